@@ -1,0 +1,49 @@
+"""tracklstm: GlueX charged-track LSTM, from the raw track CSV to an evaluated TorchScript model.
+
+    snakemake --cores 2                  # the default (simulated `demo`) dataset
+    snakemake --profile slurm            # on a Slurm farm
+    snakemake --config build='{datasets: [mlchallenge2]}' --cores 8
+"""
+
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The workflow runs the package in its own src/ folder, whatever else is installed.
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+from tracklstm import settings as tl_settings  # noqa: E402
+
+
+configfile: "config.yaml"
+
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
+try:
+    # A short message naming the key first; then the schema's defaults are filled in, and every
+    # dataset's and model variant's merged settings are checked.
+    tl_settings.check_config(
+        config, tl_settings.load_schema(Path(workflow.basedir) / SCHEMA)
+    )
+    validate(config, SCHEMA, set_default=True)
+    tl_settings.check_config(
+        config, tl_settings.load_schema(Path(workflow.basedir) / SCHEMA)
+    )
+except tl_settings.ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

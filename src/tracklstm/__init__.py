@@ -1,0 +1,3 @@
+"""tracklstm: the GlueX charged-track LSTM pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,255 @@
+"""Stage 3: Parquet tracks -> windowed HDF5 tensors, split by track, with the normalization.
+
+Layout of ``windows.h5``:
+
+- groups ``train``, ``validation``, ``test``, each with ``inputs`` (N, L, 6) float32,
+  ``targets`` (N, 6) float32, ``track`` (N,) int64 (row of the track in the Parquet data) and
+  ``target_plane`` (N,) int8; all in physical units (cm, GeV/c).
+- ``tracks/<split>``: the track rows of each split.
+- root attributes: ``norm_min``/``norm_max`` (6,) fitted on the training split only,
+  ``features``, ``plane_z``, ``window_length``, ``stride``, ``last_target_plane``,
+  ``split_seed``, ``split_fractions``, ``data_fingerprint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+
+from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
+from tracklstm.io import atomic_path, setup_logging
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+def parquet_parts(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The Parquet files of a dataset: files as given, folders expanded to their sorted parts."""
+    if not isinstance(paths, str | Path):
+        return [part for p in paths for part in parquet_parts(p)]
+    path = Path(paths)
+    if path.is_dir():
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise FileNotFoundError(f"{path}: no .parquet files in this folder")
+        return parts
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return [path]
+
+
+def count_tracks(parts: Sequence[Path]) -> int:
+    """Number of tracks (rows) in the Parquet parts, from their metadata."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+
+
+def iter_tracks(
+    parts: Sequence[Path], batch_rows: int = 65536
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls."""
+    row = 0
+    for part in parts:
+        pf = pq.ParquetFile(part)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+            cols = [
+                batch.column(i).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                for i in range(len(COLUMNS))
+            ]
+            tracks = np.stack(cols, axis=1).reshape(-1, N_PLANES, N_FEATURES)
+            yield row, tracks
+            row += len(tracks)
+
+
+def fingerprint(parts: Sequence[Path]) -> str:
+    """sha256 over the bytes of the Parquet parts, in order: identifies the training data."""
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def split_tracks(
+    n_tracks: int, fractions: dict[str, float], seed: int
+) -> np.ndarray:
+    """Assign each track to a split (index into SPLITS), by a seeded permutation of tracks."""
+    total = sum(fractions[s] for s in SPLITS)
+    if total <= 0:
+        raise ValueError("windows.split: the fractions must add up to more than 0")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_tracks)
+    bounds = np.cumsum([fractions[s] / total for s in SPLITS]) * n_tracks
+    bounds = np.round(bounds).astype(np.int64)
+    labels = np.empty(n_tracks, dtype=np.int8)
+    start = 0
+    for i, stop in enumerate(bounds):
+        labels[order[start:stop]] = i
+        start = stop
+    return labels
+
+
+def make_windows(
+    tracks: np.ndarray, length: int, stride: int = 1, last_target_plane: int = N_PLANES - 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every window of ``length`` states whose inputs and next-plane target are all present.
+
+    Returns ``inputs`` (N, length, 6), ``targets`` (N, 6), ``track`` (N,) (index into
+    ``tracks``) and ``target_plane`` (N,). Windows are ordered by track, then offset.
+    """
+    n = len(tracks)
+    offsets = np.arange(0, last_target_plane - length + 1, stride)
+    if len(offsets) == 0:
+        raise ValueError(
+            f"window length {length} leaves no target plane up to {last_target_plane}"
+        )
+    # (n, n_offsets, length + 1, 6): the inputs and the target of each window.
+    idx = offsets[:, None] + np.arange(length + 1)[None, :]
+    full = tracks[:, idx]
+    ok = np.isfinite(full).all(axis=(2, 3))
+    track_idx, off_idx = np.nonzero(ok)
+    sel = full[track_idx, off_idx]
+    inputs = np.ascontiguousarray(sel[:, :length])
+    targets = np.ascontiguousarray(sel[:, length])
+    target_plane = (offsets[off_idx] + length).astype(np.int8)
+    assert len(track_idx) <= n * len(offsets)
+    return inputs, targets, track_idx.astype(np.int64), target_plane
+
+
+def build(
+    parquet: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    length: int = 7,
+    stride: int = 1,
+    last_target_plane: int = N_PLANES - 1,
+    fractions: dict[str, float] | None = None,
+    seed: int = 12345,
+    batch_rows: int = 65536,
+) -> dict[str, int]:
+    """Write ``out`` (HDF5) from the Parquet data; return the number of windows per split."""
+    fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
+    parts = parquet_parts(parquet)
+    n_tracks = count_tracks(parts)
+    if n_tracks == 0:
+        raise ValueError(f"{parquet}: no tracks")
+    labels = split_tracks(n_tracks, fractions, seed)
+
+    # Pass 1: min-max per feature over the training tracks' planes that windows use.
+    lo = np.full(N_FEATURES, np.inf)
+    hi = np.full(N_FEATURES, -np.inf)
+    for first, tracks in iter_tracks(parts, batch_rows):
+        train = tracks[labels[first : first + len(tracks)] == 0, : last_target_plane + 1]
+        if len(train):
+            flat = train.reshape(-1, N_FEATURES)
+            lo = np.fmin(lo, np.nanmin(flat, axis=0))
+            hi = np.fmax(hi, np.nanmax(flat, axis=0))
+    if not np.isfinite(lo).all() or (hi <= lo).any():
+        raise ValueError(f"{parquet}: cannot fit the normalization (no training tracks?)")
+
+    counts = dict.fromkeys(SPLITS, 0)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        dsets = {}
+        for split in SPLITS:
+            g = h5.create_group(split)
+            dsets[split] = {
+                "inputs": g.create_dataset(
+                    "inputs", (0, length, N_FEATURES), np.float32,
+                    maxshape=(None, length, N_FEATURES), chunks=(4096, length, N_FEATURES),
+                ),
+                "targets": g.create_dataset(
+                    "targets", (0, N_FEATURES), np.float32,
+                    maxshape=(None, N_FEATURES), chunks=(4096, N_FEATURES),
+                ),
+                "track": g.create_dataset("track", (0,), np.int64, maxshape=(None,), chunks=(4096,)),
+                "target_plane": g.create_dataset(
+                    "target_plane", (0,), np.int8, maxshape=(None,), chunks=(4096,)
+                ),
+            }
+        # Pass 2: windows, appended batch by batch so memory stays bounded.
+        for first, tracks in iter_tracks(parts, batch_rows):
+            inputs, targets, track, plane = make_windows(tracks, length, stride, last_target_plane)
+            split_of = labels[first + track]
+            for i, split in enumerate(SPLITS):
+                m = split_of == i
+                k = int(m.sum())
+                if not k:
+                    continue
+                d = dsets[split]
+                start = counts[split]
+                for name, values in (
+                    ("inputs", inputs[m]),
+                    ("targets", targets[m]),
+                    ("track", track[m] + first),
+                    ("target_plane", plane[m]),
+                ):
+                    d[name].resize(start + k, axis=0)
+                    d[name][start:] = values
+                counts[split] += k
+        tg = h5.create_group("tracks")
+        for i, split in enumerate(SPLITS):
+            tg.create_dataset(split, data=np.nonzero(labels == i)[0].astype(np.int64))
+        h5.attrs.update(
+            {
+                "norm_min": lo.astype(np.float32),
+                "norm_max": hi.astype(np.float32),
+                "features": list(FEATURES),
+                "plane_z": np.asarray(PLANE_Z),
+                "window_length": length,
+                "stride": stride,
+                "last_target_plane": last_target_plane,
+                "split_seed": seed,
+                "split_fractions": json.dumps(fractions),
+                "data_fingerprint": fingerprint(parts),
+                "n_tracks": n_tracks,
+            }
+        )
+    log.info("%s: windows per split %s from %d tracks", out, counts, n_tracks)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tracklstm windows", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parquet", required=True, nargs="+", help="Parquet files or folders of parts"
+    )
+    parser.add_argument("--out", required=True, help="HDF5 file to write")
+    parser.add_argument("--length", type=int, default=7, help="states per window")
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--last-target-plane", type=int, default=N_PLANES - 1)
+    parser.add_argument(
+        "--split", default="0.8,0.1,0.1", help="train,validation,test fractions of tracks"
+    )
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the split by track")
+    args = parser.parse_args(argv)
+    setup_logging()
+    fr = [float(v) for v in args.split.split(",")]
+    if len(fr) != 3:
+        parser.error("--split takes three fractions: train,validation,test")
+    try:
+        build(
+            args.parquet,
+            args.out,
+            length=args.length,
+            stride=args.stride,
+            last_target_plane=args.last_target_plane,
+            fractions=dict(zip(SPLITS, fr, strict=True)),
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

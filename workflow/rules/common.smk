@@ -1,0 +1,69 @@
+import json
+
+
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+    part=r"tracks|shard\d{3}",
+
+
+# The package modules each stage runs. They are declared as inputs, so that editing a module
+# re-runs the rules that use it and everything downstream.
+STAGE_MODULES = {
+    "simulate": ["simulate", "constants", "io"],
+    "download": ["download", "io"],
+    "to_parquet": ["to_parquet", "constants", "io"],
+    "windows": ["windows", "constants", "io"],
+    "train": ["train", "model", "io"],
+    "export": ["export", "model", "constants", "io"],
+    "evaluate": ["evaluate", "constants", "io"],
+}
+
+
+def code(stage):
+    """The source files of a stage's modules, relative to the workflow."""
+    return [f"src/tracklstm/{m}.py" for m in STAGE_MODULES[stage]]
+
+
+def section(name, dataset, model=None):
+    """A config section as it applies to one dataset (and model variant)."""
+    return tl_settings.resolve_section(config, name, dataset, model)
+
+
+def as_json(value):
+    """Settings for the command line: compact JSON, quoted with `:q` in shell commands."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def raw_csvs(wildcards):
+    return expand(
+        "results/{dataset}/raw/{part}.csv",
+        dataset=wildcards.dataset,
+        part=tl_settings.raw_parts(config, wildcards.dataset),
+    )
+
+
+def parquet_parts(wildcards):
+    return expand(
+        "results/{dataset}/tracks.parquet/{part}.parquet",
+        dataset=wildcards.dataset,
+        part=tl_settings.raw_parts(config, wildcards.dataset),
+    )
+
+
+def all_targets():
+    targets = []
+    for ds in config["build"]["datasets"]:
+        for model in config["build"]["models"]:
+            run = f"results/{ds}/{model}"
+            targets += [
+                f"{run}/model.ts",
+                f"{run}/evaluation/{ds}/metrics.json",
+                f"{run}/evaluation/{ds}/residuals.png",
+                f"{run}/evaluation/{ds}/loss_curves.png",
+            ]
+    return targets
