@@ -21,6 +21,9 @@ from tracklstm import settings as tl_settings  # noqa: E402
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 SCHEMA = "workflow/schemas/config.schema.yaml"
 try:
     # A short message naming the key first; then the schema's defaults are filled in, and every
@@ -41,6 +44,15 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
+
+
+# Light jobs run inside the snakemake process, never as cluster jobs (with --profile slurm: on
+# the submit host, which can also reach the network for the download).
+localrules:
+    all,
+    download,
+    use_local,
+    quality_table,
 
 
 rule all:

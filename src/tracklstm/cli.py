@@ -11,9 +11,12 @@ COMMANDS: dict[str, str] = {
     "download": "tracklstm.download",
     "to-parquet": "tracklstm.to_parquet",
     "windows": "tracklstm.windows",
+    "challenge": "tracklstm.challenge",
     "train": "tracklstm.train",
     "export": "tracklstm.export",
+    "predict": "tracklstm.predict",
     "evaluate": "tracklstm.evaluate",
+    "compare": "tracklstm.compare",
 }
 
 

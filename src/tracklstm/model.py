@@ -2,6 +2,8 @@
 
 Default = the reference: LSTM 6->128 -> LSTM 128->64 -> LSTM 64->32 (last step) -> Linear 32->6,
 tanh, no dropout; 132,038 parameters in PyTorch (its LSTMs carry two bias vectors).
+Departures (config ``model:``): other sizes and numbers of layers, GRU cells, dropout after each
+recurrent layer. The model works in normalized units; ``PhysicalModel`` wraps it for cm, GeV/c.
 """
 
 from __future__ import annotations
@@ -63,12 +65,31 @@ class PhysicalModel(nn.Module):
         return y * self.norm_scale + self.norm_min
 
 
+MODEL_KEYS: tuple[str, ...] = ("cell", "hidden_sizes", "dropout")
+
+
 def build_model(settings: dict[str, Any]) -> TrackRNN:
-    """The model described by a config's ``model`` section."""
+    """The model described by a config's ``model`` section (missing keys: the reference).
+
+    Raises ``ValueError`` naming the key for an unknown key or a value that makes no sense.
+    """
+    unknown = sorted(set(settings) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(
+            f"model.{unknown[0]}: not a model setting (known: {', '.join(MODEL_KEYS)})"
+        )
+    hidden = settings.get("hidden_sizes", REFERENCE_HIDDEN)
+    if isinstance(hidden, int | str) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+    ):
+        raise ValueError(f"model.hidden_sizes: expected a list of integers >= 1, got {hidden!r}")
+    dropout = settings.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"model.dropout: expected a number in [0, 1), got {dropout!r}")
     return TrackRNN(
-        hidden_sizes=tuple(settings.get("hidden_sizes", REFERENCE_HIDDEN)),
+        hidden_sizes=tuple(hidden),
         cell=settings.get("cell", "lstm"),
-        dropout=float(settings.get("dropout", 0.0)),
+        dropout=float(dropout),
     )
 
 

@@ -8,7 +8,11 @@ Layout of ``windows.h5``:
 - ``tracks/<split>``: the track rows of each split.
 - root attributes: ``norm_min``/``norm_max`` (6,) fitted on the training split only,
   ``features``, ``plane_z``, ``window_length``, ``stride``, ``last_target_plane``,
-  ``split_seed``, ``split_fractions``, ``data_fingerprint``.
+  ``split_seed``, ``split_fractions``, ``data_fingerprint``, ``n_tracks``, ``n_windows``
+  (JSON: windows per split).
+
+A window is kept only when its inputs and its target are all present (no empty value), so a
+track with a missing plane still gives every window that does not touch that plane.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy.lib.stride_tricks import sliding_window_view
 
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
 from tracklstm.io import atomic_path, setup_logging
+from tracklstm.to_parquet import float32_values
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +59,17 @@ def count_tracks(parts: Sequence[Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
 
 
-def iter_tracks(
-    parts: Sequence[Path], batch_rows: int = 65536
-) -> Iterator[tuple[int, np.ndarray]]:
+def iter_tracks(parts: Sequence[Path], batch_rows: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls."""
     row = 0
     for part in parts:
-        pf = pq.ParquetFile(part)
+        # pre_buffer=False: pyarrow would otherwise buffer every row group of the file at once.
+        pf = pq.ParquetFile(part, pre_buffer=False)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
-            cols = [
-                batch.column(i).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                for i in range(len(COLUMNS))
-            ]
-            tracks = np.stack(cols, axis=1).reshape(-1, N_PLANES, N_FEATURES)
+            tracks = np.empty((batch.num_rows, len(COLUMNS)), np.float32)
+            for i in range(len(COLUMNS)):
+                tracks[:, i] = float32_values(batch.column(i).cast(pa.float32()))
+            tracks = tracks.reshape(-1, N_PLANES, N_FEATURES)
             yield row, tracks
             row += len(tracks)
 
@@ -79,9 +84,7 @@ def fingerprint(parts: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def split_tracks(
-    n_tracks: int, fractions: dict[str, float], seed: int
-) -> np.ndarray:
+def split_tracks(n_tracks: int, fractions: dict[str, float], seed: int) -> np.ndarray:
     """Assign each track to a split (index into SPLITS), by a seeded permutation of tracks."""
     total = sum(fractions[s] for s in SPLITS)
     if total <= 0:
@@ -98,31 +101,64 @@ def split_tracks(
     return labels
 
 
+def window_offsets(
+    length: int, stride: int = 1, last_target_plane: int = N_PLANES - 1
+) -> np.ndarray:
+    """First plane of each window: its inputs are planes off..off+length-1, its target the next."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"window length ({length}) and stride ({stride}) must be at least 1")
+    if not 1 <= last_target_plane <= N_PLANES - 1:
+        raise ValueError(f"last_target_plane must be in 1..{N_PLANES - 1}, not {last_target_plane}")
+    offsets = np.arange(0, last_target_plane - length + 1, stride)
+    if len(offsets) == 0:
+        raise ValueError(f"window length {length} leaves no target plane up to {last_target_plane}")
+    return offsets
+
+
+def window_mask(tracks: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
+    """(n, len(offsets)) True where the window's ``length`` inputs and its target are present."""
+    missing = ~np.isfinite(tracks).all(axis=2)  # (n, planes): a plane with any empty value
+    before = np.zeros((len(tracks), missing.shape[1] + 1), np.int32)
+    np.cumsum(missing, axis=1, out=before[:, 1:])  # missing planes before each plane
+    return before[:, offsets + length + 1] == before[:, offsets]
+
+
 def make_windows(
-    tracks: np.ndarray, length: int, stride: int = 1, last_target_plane: int = N_PLANES - 1
+    tracks: np.ndarray,
+    length: int,
+    stride: int = 1,
+    last_target_plane: int = N_PLANES - 1,
+    *,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every window of ``length`` states whose inputs and next-plane target are all present.
 
-    Returns ``inputs`` (N, length, 6), ``targets`` (N, 6), ``track`` (N,) (index into
-    ``tracks``) and ``target_plane`` (N,). Windows are ordered by track, then offset.
+    ``tracks`` is (n, 25, 6) with NaN for missing values. Returns ``inputs`` (N, length, 6),
+    ``targets`` (N, 6), ``track`` (N,) (index into ``tracks``) and ``target_plane`` (N,).
+    Windows are ordered by track, then offset. Vectorised: no loop over tracks or windows.
+    ``mask`` is ``window_mask(tracks, offsets, length)`` when the caller has it already.
     """
-    n = len(tracks)
-    offsets = np.arange(0, last_target_plane - length + 1, stride)
-    if len(offsets) == 0:
-        raise ValueError(
-            f"window length {length} leaves no target plane up to {last_target_plane}"
-        )
-    # (n, n_offsets, length + 1, 6): the inputs and the target of each window.
-    idx = offsets[:, None] + np.arange(length + 1)[None, :]
-    full = tracks[:, idx]
-    ok = np.isfinite(full).all(axis=(2, 3))
-    track_idx, off_idx = np.nonzero(ok)
-    sel = full[track_idx, off_idx]
-    inputs = np.ascontiguousarray(sel[:, :length])
-    targets = np.ascontiguousarray(sel[:, length])
-    target_plane = (offsets[off_idx] + length).astype(np.int8)
-    assert len(track_idx) <= n * len(offsets)
-    return inputs, targets, track_idx.astype(np.int64), target_plane
+    offsets = window_offsets(length, stride, last_target_plane)
+    if mask is None:
+        mask = window_mask(tracks, offsets, length)
+    track_idx, off_idx = np.nonzero(mask)
+    first = offsets[off_idx]
+    # Each window (inputs and target) is one contiguous run of (length + 1) * 6 values of a
+    # track's row: gather those runs, then split them.
+    flat = np.ascontiguousarray(tracks).reshape(len(tracks), -1)
+    runs = sliding_window_view(flat, (length + 1) * N_FEATURES, axis=1)
+    sel = runs[track_idx, first * N_FEATURES]
+    inputs = np.ascontiguousarray(sel[:, : length * N_FEATURES]).reshape(-1, length, N_FEATURES)
+    targets = np.ascontiguousarray(sel[:, length * N_FEATURES :])
+    return inputs, targets, track_idx.astype(np.int64), (first + length).astype(np.int8)
+
+
+def covered_planes(mask: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
+    """(n, 25) True where a plane is in at least one window of ``mask`` (input or target)."""
+    covered = np.zeros((len(mask), N_PLANES), bool)
+    for j, off in enumerate(offsets):  # a loop over offsets (at most 24), not over tracks
+        covered[:, off : off + length + 1] |= mask[:, j, None]
+    return covered
 
 
 def build(
@@ -134,28 +170,24 @@ def build(
     last_target_plane: int = N_PLANES - 1,
     fractions: dict[str, float] | None = None,
     seed: int = 12345,
-    batch_rows: int = 65536,
+    batch_rows: int = 16384,
 ) -> dict[str, int]:
-    """Write ``out`` (HDF5) from the Parquet data; return the number of windows per split."""
+    """Write ``out`` (HDF5) from the Parquet data; return the number of windows per split.
+
+    One streamed pass over the tracks, ``batch_rows`` at a time: memory stays bounded whatever
+    the number of tracks. The normalization (min-max per feature) is fitted on the values of
+    the training windows only (inputs and targets), and stored as attributes.
+    """
     fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
+    window_offsets(length, stride, last_target_plane)  # check the settings before reading
     parts = parquet_parts(parquet)
     n_tracks = count_tracks(parts)
     if n_tracks == 0:
         raise ValueError(f"{parquet}: no tracks")
     labels = split_tracks(n_tracks, fractions, seed)
 
-    # Pass 1: min-max per feature over the training tracks' planes that windows use.
-    lo = np.full(N_FEATURES, np.inf)
-    hi = np.full(N_FEATURES, -np.inf)
-    for first, tracks in iter_tracks(parts, batch_rows):
-        train = tracks[labels[first : first + len(tracks)] == 0, : last_target_plane + 1]
-        if len(train):
-            flat = train.reshape(-1, N_FEATURES)
-            lo = np.fmin(lo, np.nanmin(flat, axis=0))
-            hi = np.fmax(hi, np.nanmax(flat, axis=0))
-    if not np.isfinite(lo).all() or (hi <= lo).any():
-        raise ValueError(f"{parquet}: cannot fit the normalization (no training tracks?)")
-
+    lo = np.full(N_FEATURES, np.inf, np.float32)
+    hi = np.full(N_FEATURES, -np.inf, np.float32)
     counts = dict.fromkeys(SPLITS, 0)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         dsets = {}
@@ -163,38 +195,64 @@ def build(
             g = h5.create_group(split)
             dsets[split] = {
                 "inputs": g.create_dataset(
-                    "inputs", (0, length, N_FEATURES), np.float32,
-                    maxshape=(None, length, N_FEATURES), chunks=(4096, length, N_FEATURES),
+                    "inputs",
+                    (0, length, N_FEATURES),
+                    np.float32,
+                    maxshape=(None, length, N_FEATURES),
+                    chunks=(4096, length, N_FEATURES),
                 ),
                 "targets": g.create_dataset(
-                    "targets", (0, N_FEATURES), np.float32,
-                    maxshape=(None, N_FEATURES), chunks=(4096, N_FEATURES),
+                    "targets",
+                    (0, N_FEATURES),
+                    np.float32,
+                    maxshape=(None, N_FEATURES),
+                    chunks=(4096, N_FEATURES),
                 ),
-                "track": g.create_dataset("track", (0,), np.int64, maxshape=(None,), chunks=(4096,)),
+                "track": g.create_dataset(
+                    "track", (0,), np.int64, maxshape=(None,), chunks=(4096,)
+                ),
                 "target_plane": g.create_dataset(
                     "target_plane", (0,), np.int8, maxshape=(None,), chunks=(4096,)
                 ),
             }
-        # Pass 2: windows, appended batch by batch so memory stays bounded.
+        # Windows appended batch by batch, so memory stays bounded.
+        offsets = window_offsets(length, stride, last_target_plane)
         for first, tracks in iter_tracks(parts, batch_rows):
-            inputs, targets, track, plane = make_windows(tracks, length, stride, last_target_plane)
+            mask = window_mask(tracks, offsets, length)
+            inputs, targets, track, plane = make_windows(
+                tracks, length, stride, last_target_plane, mask=mask
+            )
+            # The normalization: the values of the training windows (inputs and targets) are
+            # those of the training tracks' planes that some window covers.
+            train = labels[first : first + len(tracks)] == 0
+            covered = covered_planes(mask[train], offsets, length)
+            if covered.any():
+                seen = np.ascontiguousarray(tracks[train][covered].T)  # (6, k): fast reduce
+                lo = np.fmin(lo, seen.min(axis=1))
+                hi = np.fmax(hi, seen.max(axis=1))
             split_of = labels[first + track]
             for i, split in enumerate(SPLITS):
                 m = split_of == i
                 k = int(m.sum())
                 if not k:
                     continue
+                values = {
+                    "inputs": inputs[m],
+                    "targets": targets[m],
+                    "track": track[m] + first,
+                    "target_plane": plane[m],
+                }
                 d = dsets[split]
                 start = counts[split]
-                for name, values in (
-                    ("inputs", inputs[m]),
-                    ("targets", targets[m]),
-                    ("track", track[m] + first),
-                    ("target_plane", plane[m]),
-                ):
+                for name, v in values.items():
                     d[name].resize(start + k, axis=0)
-                    d[name][start:] = values
+                    d[name][start:] = v
                 counts[split] += k
+        if counts["train"] == 0 or (hi <= lo).any():
+            raise ValueError(
+                f"{parquet}: cannot fit the normalization: {counts['train']} training windows"
+                + (f", a feature with no spread (min {lo}, max {hi})" if counts["train"] else "")
+            )
         tg = h5.create_group("tracks")
         for i, split in enumerate(SPLITS):
             tg.create_dataset(split, data=np.nonzero(labels == i)[0].astype(np.int64))
@@ -211,6 +269,7 @@ def build(
                 "split_fractions": json.dumps(fractions),
                 "data_fingerprint": fingerprint(parts),
                 "n_tracks": n_tracks,
+                "n_windows": json.dumps(counts),
             }
         )
     log.info("%s: windows per split %s from %d tracks", out, counts, n_tracks)

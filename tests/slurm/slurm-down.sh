@@ -16,6 +16,7 @@ if [[ ! -d "$STATE_DIR" ]]; then
     echo "slurm-down: nothing to stop (no $STATE_DIR)"
     exit 0
 fi
+# shellcheck source=/dev/null
 [[ -s "$STATE_DIR/env.sh" ]] && source "$STATE_DIR/env.sh"
 
 pid_of() { # pid_of PIDFILE NAME -> prints the pid if that process is alive

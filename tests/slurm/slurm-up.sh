@@ -141,6 +141,9 @@ JobCompType=jobcomp/none
 SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
+# Reject jobs that can never run (e.g. more CPUs than the node has) at sbatch time
+# instead of leaving them pending forever.
+EnforcePartLimits=ALL
 KillWait=10
 Waittime=0
 NodeName=$NODE NodeAddr=127.0.0.1 ${hw_fields}State=UNKNOWN
@@ -162,7 +165,7 @@ pid_alive() { # pid_alive PIDFILE NAME
 }
 
 stop_daemons() {
-    local f name pid
+    local f pid
     for f in slurmd slurmctld; do
         if pid_alive "$STATE_DIR/run/$f.pid" "$f"; then
             pid="$(cat "$STATE_DIR/run/$f.pid")"
@@ -171,7 +174,7 @@ stop_daemons() {
                 [[ -d "/proc/$pid" ]] || break
                 sleep 0.25
             done
-            [[ -d "/proc/$pid" ]] && kill -KILL "$pid" 2>/dev/null || true
+            if [[ -d "/proc/$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
         fi
     done
 }
@@ -188,17 +191,25 @@ fi
 mv -f "$conf_new" "$STATE_DIR/slurm.conf"
 [[ "$CONF" == "$ETC_CONF" ]] && cp -f "$STATE_DIR/slurm.conf" "$ETC_CONF"
 
-tail_log() { tail -n 5 "$STATE_DIR/log/$1.log" 2>/dev/null | tr '\n' ' '; }
+tail_log() { # last error lines of a daemon's log, on one line
+    local f="$STATE_DIR/log/$1.log" lines
+    lines="$(grep -E 'error|fatal' "$f" 2>/dev/null | tail -n 2)"
+    [[ -n "$lines" ]] || lines="$(tail -n 3 "$f" 2>/dev/null)"
+    echo "${lines:-no log at $f}" | tr '\n' ' '
+}
 
 if ! pid_alive "$STATE_DIR/run/slurmctld.pid" slurmctld; then
     slurmctld -f "$CONF" || die "slurmctld failed to start: $(tail_log slurmctld)"
 fi
-for _ in $(seq 1 $((TIMEOUT * 2))); do
-    scontrol ping 2>/dev/null | grep -q 'is UP' && break
+ctld_up() { timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; }
+for i in $(seq 1 $((TIMEOUT * 2))); do
+    if ((i > 1)) && ! pid_alive "$STATE_DIR/run/slurmctld.pid" slurmctld; then
+        die "slurmctld exited: $(tail_log slurmctld)"
+    fi
+    ctld_up && break
     sleep 0.5
 done
-scontrol ping 2>/dev/null | grep -q 'is UP' ||
-    die "slurmctld does not answer after ${TIMEOUT}s: $(tail_log slurmctld)"
+ctld_up || die "slurmctld does not answer after ${TIMEOUT}s: $(tail_log slurmctld)"
 
 if ! pid_alive "$STATE_DIR/run/slurmd.pid" slurmd; then
     slurmd -f "$CONF" -N "$NODE" || die "slurmd failed to start: $(tail_log slurmd)"
@@ -208,12 +219,12 @@ fi
 state=""
 resumed=0
 for _ in $(seq 1 $((TIMEOUT * 2))); do
-    state="$(sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n 1)"
+    state="$(timeout 5 sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n 1)"
     case "$state" in
     idle | mixed | allocated | completing) break ;;
-    down* | drain* | drained*)
+    down* | drain*)
         if ((!resumed)); then
-            scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true
+            timeout 5 scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true
             resumed=1
         fi
         ;;
@@ -223,7 +234,7 @@ done
 case "$state" in
 idle | mixed | allocated | completing) ;;
 *)
-    reason="$(sinfo -h -n "$NODE" -o '%E' 2>/dev/null | head -n 1)"
+    reason="$(timeout 5 sinfo -h -n "$NODE" -o '%E' 2>/dev/null | head -n 1)"
     die "node $NODE is '${state:-unknown}' after ${TIMEOUT}s (reason: ${reason:-none}): $(tail_log slurmd)"
     ;;
 esac

@@ -11,22 +11,29 @@ wildcard_constraints:
     part=r"tracks|shard\d{3}",
 
 
+# Every rule runs the package from the workflow's own src/ folder, whatever else is installed:
+# shell commands start with "{PYTHON} -m tracklstm.<module>".
+PYTHON = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python"
+
 # The package modules each stage runs. They are declared as inputs, so that editing a module
 # re-runs the rules that use it and everything downstream.
 STAGE_MODULES = {
     "simulate": ["simulate", "constants", "io"],
     "download": ["download", "io"],
     "to_parquet": ["to_parquet", "constants", "io"],
-    "windows": ["windows", "constants", "io"],
+    "windows": ["windows", "to_parquet", "constants", "io"],
+    "challenge": ["challenge", "windows", "to_parquet", "constants", "io"],
     "train": ["train", "model", "io"],
     "export": ["export", "model", "constants", "io"],
-    "evaluate": ["evaluate", "constants", "io"],
+    "predict": ["predict", "export", "model", "constants", "io"],
+    "evaluate": ["evaluate", "baselines", "challenge", "windows", "constants", "io"],
+    "compare": ["compare", "evaluate", "baselines", "constants", "io"],
 }
 
 
 def code(stage):
-    """The source files of a stage's modules, relative to the workflow."""
-    return [f"src/tracklstm/{m}.py" for m in STAGE_MODULES[stage]]
+    """The source files of a stage's modules (absolute: the workflow's own src/ folder)."""
+    return [str(SRC / "tracklstm" / f"{m}.py") for m in STAGE_MODULES[stage]]
 
 
 def section(name, dataset, model=None):
@@ -58,12 +65,15 @@ def parquet_parts(wildcards):
 def all_targets():
     targets = []
     for ds in config["build"]["datasets"]:
+        targets += [
+            f"results/{ds}/challenge/test_inputs.csv",
+            f"results/{ds}/challenge/test_answers.csv",
+        ]
         for model in config["build"]["models"]:
             run = f"results/{ds}/{model}"
             targets += [
                 f"{run}/model.ts",
-                f"{run}/evaluation/{ds}/metrics.json",
-                f"{run}/evaluation/{ds}/residuals.png",
-                f"{run}/evaluation/{ds}/loss_curves.png",
             ]
+    # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
+    targets += evaluation_targets()
     return targets

@@ -4,9 +4,6 @@ rule simulate:
         code=code("simulate"),
     output:
         "results/{dataset}/raw/shard{shard}.csv",
-    params:
-        tracks=lambda w: config["datasets"][w.dataset]["simulate"]["tracks_per_shard"],
-        seed=lambda w: config["datasets"][w.dataset]["simulate"]["seed"],
     log:
         "results/{dataset}/logs/simulate/shard{shard}.log",
     benchmark:
@@ -15,8 +12,11 @@ rule simulate:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        tracks=lambda w: config["datasets"][w.dataset]["simulate"]["tracks_per_shard"],
+        seed=lambda w: config["datasets"][w.dataset]["simulate"]["seed"],
     shell:
-        "python -m tracklstm.simulate --n-tracks {params.tracks} --seed {params.seed}"
+        "{PYTHON} -m tracklstm.simulate --n-tracks {params.tracks} --seed {params.seed}"
         " --shard {wildcards.shard} --out {output} 2> {log}"
 
 
@@ -26,9 +26,6 @@ rule download:
         code=code("download"),
     output:
         "results/{dataset}/raw/tracks.csv",
-    params:
-        url=lambda w: config["datasets"][w.dataset]["url"],
-        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     log:
         "results/{dataset}/logs/download.log",
     benchmark:
@@ -37,8 +34,11 @@ rule download:
     resources:
         mem_mb=500,
         runtime=60,
+    params:
+        url=lambda w: config["datasets"][w.dataset]["url"],
+        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     shell:
-        "python -m tracklstm.download --url {params.url:q} --sha256 {params.sha256:q}"
+        "{PYTHON} -m tracklstm.download --url {params.url:q} --sha256 {params.sha256:q}"
         " --out {output} 2> {log}"
 
 
@@ -49,17 +49,17 @@ rule use_local:
         code=code("download"),
     output:
         "results/{dataset}/raw/tracks.csv",
-    params:
-        mode=lambda w: config["datasets"][w.dataset].get("mode", "copy"),
-        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     log:
         "results/{dataset}/logs/use_local.log",
     threads: 1
     resources:
         mem_mb=500,
         runtime=30,
+    params:
+        mode=lambda w: config["datasets"][w.dataset].get("mode", "copy"),
+        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     shell:
-        "python -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
+        "{PYTHON} -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
         " --sha256 {params.sha256:q} --out {output} 2> {log}"
 
 
@@ -74,8 +74,6 @@ rule to_parquet:
     output:
         parquet="results/{dataset}/tracks.parquet/{part}.parquet",
         quality="results/{dataset}/quality/{part}.json",
-    params:
-        bad_rows=lambda w: section("conversion", w.dataset)["bad_rows"],
     log:
         "results/{dataset}/logs/to_parquet/{part}.log",
     benchmark:
@@ -84,8 +82,10 @@ rule to_parquet:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        bad_rows=lambda w: section("conversion", w.dataset)["bad_rows"],
     shell:
-        "python -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
+        "{PYTHON} -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
         " --quality {output.quality} --bad-rows {params.bad_rows} 2> {log}"
 
 
@@ -96,6 +96,14 @@ rule windows:
         code=code("windows"),
     output:
         "results/{dataset}/windows.h5",
+    log:
+        "results/{dataset}/logs/windows.log",
+    benchmark:
+        "results/{dataset}/benchmarks/windows.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         length=lambda w: section("windows", w.dataset)["length"],
         stride=lambda w: section("windows", w.dataset)["stride"],
@@ -105,15 +113,40 @@ rule windows:
             for s in ("train", "validation", "test")
         ),
         seed=lambda w: section("windows", w.dataset)["seed"],
+    shell:
+        "{PYTHON} -m tracklstm.windows --parquet {input.parquet} --out {output}"
+        " --length {params.length} --stride {params.stride} --last-target-plane {params.last}"
+        " --split {params.split} --seed {params.seed} 2> {log}"
+
+
+rule challenge:
+    """Challenge-format test inputs and answers from the test split's tracks (no header)."""
+    input:
+        parquet=parquet_parts,
+        windows="results/{dataset}/windows.h5",
+        code=code("challenge"),
+    output:
+        inputs="results/{dataset}/challenge/test_inputs.csv",
+        answers="results/{dataset}/challenge/test_answers.csv",
     log:
-        "results/{dataset}/logs/windows.log",
+        "results/{dataset}/logs/challenge.log",
     benchmark:
-        "results/{dataset}/benchmarks/windows.tsv"
+        "results/{dataset}/benchmarks/challenge.tsv"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=30,
+    params:
+        n_min=lambda w: section("challenge", w.dataset)["n_min"],
+        n_max=lambda w: section("challenge", w.dataset)["n_max"],
+        seed=lambda w: section("challenge", w.dataset)["seed"],
+        max_tracks=lambda w: (
+            f"--max-tracks {section('challenge', w.dataset)['max_tracks']}"
+            if section("challenge", w.dataset).get("max_tracks")
+            else ""
+        ),
     shell:
-        "python -m tracklstm.windows --parquet {input.parquet} --out {output}"
-        " --length {params.length} --stride {params.stride} --last-target-plane {params.last}"
-        " --split {params.split} --seed {params.seed} 2> {log}"
+        "{PYTHON} -m tracklstm.challenge --parquet {input.parquet} --windows {input.windows}"
+        " --inputs-out {output.inputs} --answers-out {output.answers}"
+        " --n-min {params.n_min} --n-max {params.n_max} --seed {params.seed}"
+        " {params.max_tracks} 2> {log}"

@@ -1,23 +1,53 @@
 rule export:
-    """TorchScript model in physical units, checked against the eager model."""
+    """TorchScript, ONNX and torch.export files in physical units, each reloaded and checked
+    against the eager model; a failed check fails the rule and leaves none of the files.
+    """
     input:
         best="results/{dataset}/{model}/weights_best.pt",
         last="results/{dataset}/{model}/weights_last.pt",
         summary="results/{dataset}/{model}/training.json",
         code=code("export"),
     output:
-        "results/{dataset}/{model}/model.ts",
-    params:
-        run_dir=subpath(input.summary, parent=True),
-        weights=lambda w: section("export", w.dataset, w.model)["weights"],
+        torchscript="results/{dataset}/{model}/model.ts",
+        onnx="results/{dataset}/{model}/model.onnx",
+        program="results/{dataset}/{model}/model.pt2",
+        report="results/{dataset}/{model}/export_checks.json",
     log:
         "results/{dataset}/logs/export/{model}.log",
     benchmark:
         "results/{dataset}/benchmarks/export/{model}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
+        runtime=30,
+    params:
+        run_dir=subpath(input.summary, parent=True),
+        weights=lambda w: section("export", w.dataset, w.model)["weights"],
+        tolerance=lambda w: section("export", w.dataset, w.model)["tolerance"],
+        opset=lambda w: section("export", w.dataset, w.model)["onnx_opset"],
+    shell:
+        "{PYTHON} -m tracklstm.export --run {params.run_dir} --weights {params.weights}"
+        " --out {output.torchscript} --onnx {output.onnx} --program {output.program}"
+        " --report {output.report} --tolerance {params.tolerance} --opset {params.opset}"
+        " --threads {threads} 2> {log}"
+
+
+rule predict:
+    """Answers (x,y,px,py,pz per line) to the challenge-format test inputs of dataset {data}."""
+    input:
+        model="results/{dataset}/{model}/model.ts",
+        inputs="results/{data}/challenge/test_inputs.csv",
+        code=code("predict"),
+    output:
+        "results/{dataset}/{model}/evaluation/{data}/challenge_predictions.csv",
+    log:
+        "results/{dataset}/logs/predict/{model}/{data}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/predict/{model}/{data}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
         runtime=30,
     shell:
-        "python -m tracklstm.export --run {params.run_dir} --weights {params.weights}"
-        " --out {output} 2> {log}"
+        "{PYTHON} -m tracklstm.predict --model {input.model} --inputs {input.inputs}"
+        " --out {output} --threads {threads} 2> {log}"

@@ -1,0 +1,228 @@
+"""Benchmark of prediction with the exported reference-size model: rows per second.
+
+Usage: ``python benchmarks/bench_predict.py [--threads 2] [--rows 100000] [--model model.ts]
+[--no-onnx] [--cpp cpp/build/tracklstm_predict] [--results PATH]``
+
+Without ``--model`` it exports a reference-size model (LSTM 128 -> 64 -> 32, 132,038 parameters,
+random weights: the speed does not depend on the values) to a temporary folder. Measured, with
+torch limited to ``--threads`` CPU threads:
+
+- the model alone (``predict.predict_windows`` on the TorchScript file) for batches of 64 to
+  16,384 windows: the speed target is 30,000 rows per second on 2 CPU cores;
+- the whole ``predict_file`` (read and check the rows, model, write the answers) on a
+  challenge-format file of ``--rows`` simulated rows;
+- the ONNX file under onnxruntime with the same threads, for comparison;
+- the C++ program's ``--bench`` table, when it is built (cpp/README.md).
+
+Each timing is the best and the median of several repeats: the machine may be shared, and the
+load average before and after is recorded with the results in ``benchmarks/results/predict.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tracklstm.constants import PLANE_Z
+from tracklstm.export import export, load_torchscript
+from tracklstm.io import setup_logging, write_json
+from tracklstm.model import build_model
+from tracklstm.predict import predict_file, predict_windows
+
+log = logging.getLogger("bench_predict")
+
+TARGET_ROWS_PER_S = 30_000
+BATCHES = (64, 256, 1024, 4096, 16384)
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "predict.json"
+DEFAULT_CPP = ROOT / "cpp" / "build" / "tracklstm_predict"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_reference_run(out: Path, tracks: np.ndarray) -> Path:
+    """A run folder with the reference architecture and random weights."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    settings = {"model": {"cell": "lstm", "hidden_sizes": [128, 64, 32], "dropout": 0.0}}
+    core = build_model(settings["model"])
+    for name in ("weights_best.pt", "weights_last.pt"):
+        torch.save(core.state_dict(), out / name)
+    states = tracks.reshape(-1, 6)
+    summary = {
+        "settings": settings,
+        "norm_min": states.min(axis=0).tolist(),
+        "norm_max": states.max(axis=0).tolist(),
+        "window_length": 7,
+        "data_fingerprint": "benchmark",
+    }
+    (out / "training.json").write_text(json.dumps(summary))
+    return out
+
+
+def write_challenge_rows(path: Path, tracks: np.ndarray, seed: int = 0) -> None:
+    """Challenge-format rows: the first N states (N = 7..24) and the z of plane N."""
+    rng = np.random.default_rng(seed)
+    ns = rng.integers(7, 25, size=len(tracks))
+    with open(path, "w") as fh:
+        for track, n in zip(tracks, ns, strict=True):
+            values = [*track[:n].ravel(), PLANE_Z[n]]
+            fh.write(",".join(f"{v:.6g}" for v in values) + "\n")
+
+
+def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float]:
+    """Rows per second of ``fn()`` (which handles ``n_rows`` rows): best and median."""
+    fn()  # warm-up: the TorchScript executor profiles its first calls
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(n_rows / (time.perf_counter() - t0))
+    return {"best": round(max(rates), 1), "median": round(statistics.median(rates), 1)}
+
+
+def bench_model(model: Any, windows: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for batch in BATCHES:
+        n = max(batch, min(len(windows), 8 * batch))
+        x = windows[:n]
+        out[str(batch)] = time_rate(lambda x=x, b=batch: predict_windows(model, x, b), n, repeats)
+        log.info("torch, batch %5d: %s rows/s", batch, out[str(batch)])
+    return out
+
+
+def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = {}
+    for batch in BATCHES:
+        n = max(batch, min(len(windows), 8 * batch))
+
+        def run(n: int = n, batch: int = batch) -> None:
+            for start in range(0, n, batch):
+                session.run(None, {"states": windows[start : start + batch]})
+
+        out[str(batch)] = time_rate(run, n, repeats)
+        log.info("onnxruntime, batch %5d: %s rows/s", batch, out[str(batch)])
+    return out
+
+
+def bench_cpp(exe: Path, model: Path, threads: int) -> list[dict[str, Any]] | str:
+    cmd = [str(exe), "--model", str(model), "--bench", "--threads", str(threads)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return f"failed: {result.stderr.strip()[-500:]}"
+    header, *rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    table = [dict(zip(header, row, strict=True)) for row in rows]
+    for row in table:
+        log.info(
+            "C++ %s, batch %5s: %s windows/s", row["device"], row["batch"], row["windows_per_s"]
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    from tracklstm.simulate import simulate_tracks
+
+    tracks = simulate_tracks(args.rows, seed=1, shard=0)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model_path = Path(args.model) if args.model else tmp / "model.ts"
+        onnx_path = None
+        if not args.model:
+            run_dir = make_reference_run(tmp / "run", tracks)
+            onnx_path = None if args.no_onnx else tmp / "model.onnx"
+            export(run_dir, torchscript=model_path, onnx=onnx_path)
+        model, meta = load_torchscript(model_path)
+        window = int(meta["window_length"])
+        # Windows from the simulated tracks (every offset), as the model meets them.
+        starts = np.arange(0, tracks.shape[1] - window)
+        windows = np.concatenate([tracks[:, s : s + window] for s in starts])[: 8 * max(BATCHES)]
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+
+        record: dict[str, Any] = {
+            "benchmark": "predict",
+            "machine": {
+                "cpu": cpu_name(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "load_average_before": [round(v, 2) for v in load_before],
+            },
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "model": meta["model"],
+            "target_rows_per_s": TARGET_ROWS_PER_S,
+            "torchscript_rows_per_s": bench_model(model, windows, args.repeats),
+        }
+        if onnx_path is not None:
+            record["onnxruntime_rows_per_s"] = bench_onnx(
+                onnx_path, windows, args.threads, args.repeats
+            )
+
+        inputs = tmp / "test_inputs.csv"
+        write_challenge_rows(inputs, tracks)
+        record["predict_file"] = predict_file(model_path, inputs, tmp / "answers.csv")
+        log.info("predict_file: %s", record["predict_file"])
+
+        exe = Path(args.cpp)
+        if exe.is_file():
+            record["cpp_bench"] = bench_cpp(exe, model_path, args.threads)
+        else:
+            record["cpp_bench"] = f"not built ({exe} missing; see cpp/README.md)"
+
+    best = max(v["best"] for v in record["torchscript_rows_per_s"].values())
+    record["best_rows_per_s"] = best
+    record["meets_target"] = best >= TARGET_ROWS_PER_S
+    record["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of the predict_file test")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    parser.add_argument("--model", help="an exported model.ts (default: a reference-size one)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime timing")
+    parser.add_argument("--cpp", default=str(DEFAULT_CPP), help="the C++ program, if built")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSON file to write")
+    args = parser.parse_args(argv)
+    setup_logging()
+    record = run(args)
+    write_json(args.results, record)
+    log.info(
+        "best %.0f rows/s on %d threads (target %d): %s -> %s",
+        record["best_rows_per_s"], args.threads, TARGET_ROWS_PER_S,
+        "met" if record["meets_target"] else "NOT met", args.results,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+// tracklstm_predict: run an exported tracklstm TorchScript model (model.ts) from C++.
+//
+// Loads the model with torch::jit::load, reads its metadata (window length, features, version),
+// runs it on a tensor file of windows in physical units and writes the predicted states, and
+// times batches of 64 to 16,384 windows. File format and options: cpp/README.md.
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr char kMagic[8] = {'T', 'L', 'S', 'T', 'M', 'F', '3', '2'};
+constexpr uint32_t kMaxDims = 8;
+
+struct Options {
+  std::string model;
+  std::string input;
+  std::string output;
+  std::string device = "cpu";
+  bool bench = false;
+  std::vector<int64_t> bench_batches = {64, 256, 1024, 4096, 16384};
+  double bench_seconds = 1.0;
+  int64_t batch = 16384;
+  int threads = 0;
+};
+
+const char* kUsage =
+    "usage: tracklstm_predict --model model.ts [--input windows.bin --output predictions.bin]\n"
+    "                         [--bench] [--bench-batches 64,256,...] [--bench-seconds S]\n"
+    "                         [--device cpu|cuda|cuda:N] [--threads N] [--batch N]\n"
+    "\n"
+    "  --model PATH         TorchScript file written by `tracklstm export`\n"
+    "  --input PATH         float32 tensor file (N, window, 6) in cm and GeV/c\n"
+    "  --output PATH        float32 tensor file (N, 6) to write (needs --input)\n"
+    "  --batch N            windows per forward call when predicting (default 16384)\n"
+    "  --bench              time batches on the device; prints a table on stdout\n"
+    "  --bench-batches L    comma-separated batch sizes (default 64,256,1024,4096,16384)\n"
+    "  --bench-seconds S    minimum timed seconds per batch size (default 1)\n"
+    "  --device D           cpu (default), cuda or cuda:N\n"
+    "  --threads N          CPU threads for intra-op parallelism (default: libtorch's)\n";
+
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::vector<int64_t> parse_list(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 1) {
+      throw UsageError("--bench-batches: '" + item + "' is not a positive integer");
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) throw UsageError("--bench-batches: empty list");
+  return out;
+}
+
+int64_t parse_int(const std::string& name, const std::string& text, int64_t min) {
+  char* end = nullptr;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < min) {
+    throw UsageError(name + ": '" + text + "' is not an integer >= " + std::to_string(min));
+  }
+  return v;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    } else if (arg == "--model") {
+      opt.model = value();
+    } else if (arg == "--input") {
+      opt.input = value();
+    } else if (arg == "--output") {
+      opt.output = value();
+    } else if (arg == "--device") {
+      opt.device = value();
+    } else if (arg == "--bench") {
+      opt.bench = true;
+    } else if (arg == "--bench-batches") {
+      opt.bench_batches = parse_list(value());
+    } else if (arg == "--bench-seconds") {
+      std::string text = value();
+      char* end = nullptr;
+      opt.bench_seconds = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0' || !(opt.bench_seconds >= 0.0)) {
+        throw UsageError("--bench-seconds: '" + text + "' is not a number >= 0");
+      }
+    } else if (arg == "--batch") {
+      opt.batch = parse_int(arg, value(), 1);
+    } else if (arg == "--threads") {
+      opt.threads = static_cast<int>(parse_int(arg, value(), 1));
+    } else {
+      throw UsageError("unknown option '" + arg + "'");
+    }
+  }
+  if (opt.model.empty()) throw UsageError("--model is required");
+  if (!opt.output.empty() && opt.input.empty()) throw UsageError("--output needs --input");
+  if (opt.input.empty() && !opt.bench) throw UsageError("nothing to do: give --input or --bench");
+  return opt;
+}
+
+// Tensor file: 8-byte magic "TLSTMF32", uint32 ndim, uint32 0, int64 shape[ndim], then the
+// float32 values in C order; all little-endian.
+torch::Tensor read_tensor(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  char magic[8];
+  uint32_t head[2];
+  in.read(magic, sizeof magic);
+  in.read(reinterpret_cast<char*>(head), sizeof head);
+  if (!in || std::memcmp(magic, kMagic, sizeof magic) != 0) {
+    throw std::runtime_error(path + ": not a tracklstm tensor file (bad magic)");
+  }
+  const uint32_t ndim = head[0];
+  if (ndim > kMaxDims) throw std::runtime_error(path + ": bad header (" + std::to_string(ndim) + " dimensions)");
+  std::vector<int64_t> shape(ndim);
+  in.read(reinterpret_cast<char*>(shape.data()), static_cast<std::streamsize>(8 * ndim));
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::runtime_error(path + ": bad header (negative size)");
+    count *= d;
+  }
+  auto tensor = torch::empty(shape, torch::kFloat32);
+  in.read(reinterpret_cast<char*>(tensor.data_ptr<float>()), static_cast<std::streamsize>(4 * count));
+  if (!in) throw std::runtime_error(path + ": truncated (expected " + std::to_string(count) + " values)");
+  if (in.peek() != std::char_traits<char>::eof()) throw std::runtime_error(path + ": trailing bytes after the data");
+  return tensor;
+}
+
+// Written to PATH.tmp and renamed: a failed run never leaves a complete-looking file.
+void write_tensor(const std::string& path, const torch::Tensor& tensor) {
+  auto t = tensor.to(torch::kCPU, torch::kFloat32).contiguous();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error(tmp + ": cannot write");
+    const uint32_t head[2] = {static_cast<uint32_t>(t.dim()), 0};
+    out.write(kMagic, sizeof kMagic);
+    out.write(reinterpret_cast<const char*>(head), sizeof head);
+    for (int64_t d : t.sizes()) out.write(reinterpret_cast<const char*>(&d), 8);
+    out.write(reinterpret_cast<const char*>(t.data_ptr<float>()), static_cast<std::streamsize>(4 * t.numel()));
+    if (!out) throw std::runtime_error(tmp + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": cannot rename " + tmp);
+  }
+}
+
+torch::Tensor run_batches(torch::jit::Module& module, const torch::Tensor& x, int64_t batch,
+                          const torch::Device& device) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t start = 0; start < x.size(0); start += batch) {
+    auto chunk = x.slice(0, start, std::min(start + batch, x.size(0))).to(device);
+    parts.push_back(module.forward({chunk}).toTensor().to(torch::kCPU));
+  }
+  if (parts.empty()) return torch::empty({0, x.size(2)}, torch::kFloat32);
+  return torch::cat(parts, 0);
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+void bench(torch::jit::Module& module, const Options& opt, const torch::Device& device,
+           const torch::Tensor& source) {
+  std::cout << "device\tbatch\tms_per_batch\twindows_per_s\trepeats\n";
+  for (int64_t batch : opt.bench_batches) {
+    // Cycle through the source windows to fill the batch.
+    auto idx = torch::arange(batch, torch::kLong).remainder(source.size(0));
+    auto x = source.index_select(0, idx).contiguous().to(device);
+    for (int i = 0; i < 3; ++i) module.forward({x});  // warm-up (the JIT profiles first calls)
+    synchronize(device);
+    int64_t repeats = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double elapsed = 0.0;
+    do {
+      module.forward({x});
+      synchronize(device);
+      ++repeats;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < opt.bench_seconds || repeats < 3);
+    const double per_batch = elapsed / static_cast<double>(repeats);
+    std::cout << device.str() << '\t' << batch << '\t' << std::fixed << std::setprecision(3)
+              << per_batch * 1e3 << '\t' << std::setprecision(0)
+              << static_cast<double>(batch) / per_batch << '\t' << repeats << std::endl;
+  }
+}
+
+int run(const Options& opt) {
+  if (opt.threads > 0) at::set_num_threads(opt.threads);
+  torch::Device device(opt.device);  // throws on a malformed device string
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::runtime_error("--device " + opt.device + ": CUDA is not available (CPU-only libtorch or no GPU)");
+  }
+  if (!device.is_cpu() && !device.is_cuda()) throw UsageError("--device must be cpu, cuda or cuda:N");
+
+  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
+  torch::jit::Module module = torch::jit::load(opt.model, device, extra);
+  module.eval();
+  if (!module.hasattr("window_length") || extra["metadata.json"].empty()) {
+    throw std::runtime_error(opt.model + ": no tracklstm metadata inside (not written by `tracklstm export`?)");
+  }
+  const int64_t window = module.attr("window_length").toInt();
+  const int64_t n_features = module.attr("n_features").toInt();
+  std::cerr << "model " << opt.model << ": tracklstm " << module.attr("version").toStringRef()
+            << ", input (batch, " << window << ", " << n_features << ") in cm and GeV/c, device "
+            << device.str() << ", " << at::get_num_threads() << " CPU threads" << std::endl;
+
+  c10::InferenceMode guard;
+  torch::Tensor inputs;
+  if (!opt.input.empty()) {
+    inputs = read_tensor(opt.input);
+    if (inputs.dim() != 3 || inputs.size(1) != window || inputs.size(2) != n_features) {
+      std::ostringstream msg;
+      msg << opt.input << ": shape " << inputs.sizes() << ", the model needs (N, " << window << ", "
+          << n_features << ")";
+      throw std::runtime_error(msg.str());
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto outputs = run_batches(module, inputs, opt.batch, device);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cerr << "predicted " << inputs.size(0) << " windows in " << std::fixed << std::setprecision(3)
+              << seconds << " s" << std::endl;
+    if (!opt.output.empty()) {
+      write_tensor(opt.output, outputs);
+      std::cerr << "wrote " << opt.output << std::endl;
+    }
+  }
+  if (opt.bench) {
+    torch::Tensor source = inputs;
+    if (!source.defined() || source.size(0) == 0) {
+      // Windows spread uniformly over the normalization box of the training data.
+      auto lo = torch::tensor(module.attr("norm_min").toDoubleVector(), torch::kFloat32);
+      auto hi = torch::tensor(module.attr("norm_max").toDoubleVector(), torch::kFloat32);
+      torch::manual_seed(0);
+      source = lo + torch::rand({16384, window, n_features}) * (hi - lo);
+    }
+    bench(module, opt, device, source);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse_args(argc, argv));
+  } catch (const UsageError& err) {
+    std::cerr << "tracklstm_predict: " << err.what() << "\n\n" << kUsage;
+    return 2;
+  } catch (const c10::Error& err) {
+    std::cerr << "tracklstm_predict: " << err.what_without_backtrace() << std::endl;
+    return 1;
+  } catch (const std::exception& err) {
+    std::cerr << "tracklstm_predict: " << err.what() << std::endl;
+    return 1;
+  }
+}

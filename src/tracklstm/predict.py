@@ -1,0 +1,300 @@
+"""Predict the challenge's test rows with an exported model: x, y, px, py, pz at the asked plane.
+
+Input (the challenge's test-input format): no header, one track per line, variable length; a row
+holds 6 values per state (x, y, z, px, py, pz; the first N states of the track) and then one more
+value, the z of the plane to predict. The last ``window_length`` states of each row (7 for the
+reference model) go into the model; they must lie on consecutive planes, and the asked z must be
+the plane right after the last of them. Output (the answers format): no header, one line per
+row, ``x,y,px,py,pz`` at that plane, 7 significant digits.
+
+Rows are checked all at once (numpy), then predicted in batches; a bad row stops the run with an
+error that names its line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tracklstm.constants import FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
+from tracklstm.export import load_torchscript
+from tracklstm.io import atomic_path, setup_logging
+
+log = logging.getLogger(__name__)
+
+#: The answer columns: the predicted state without z.
+ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
+ANSWER_INDEX: tuple[int, ...] = tuple(FEATURES.index(f) for f in ANSWER_FEATURES)
+DEFAULT_BATCH = 4096
+#: How many bad rows an error message lists.
+MAX_REPORTED = 5
+#: Rows parsed at a time (bounds the memory of the padded value table).
+CHUNK_ROWS = 65536
+
+
+class ChallengeInputError(ValueError):
+    """A test-input file or row that cannot be predicted; the message names the line."""
+
+
+@dataclass
+class ChallengeRows:
+    """Parsed test rows, ready for the model."""
+
+    windows: np.ndarray  # (N, window_length, 6) float32, physical units
+    target_plane: np.ndarray  # (N,) index into PLANE_Z of the plane to predict
+    lines: np.ndarray  # (N,) 1-based line number of each row in the file
+
+
+def _parse_values(
+    path: Path, rows: list[str], n_values: np.ndarray, lines: np.ndarray
+) -> np.ndarray:
+    """(N, max values) float64, NaN-padded; a non-numeric field raises with its line."""
+    try:
+        frame = pd.read_csv(
+            io.StringIO("\n".join(rows)),
+            header=None,
+            names=range(int(n_values.max())),
+            dtype=np.float64,
+            engine="c",
+            skip_blank_lines=False,
+            na_filter=True,  # empty cells, "nan", "NA": NaN, reported by the row check
+        )
+    except (ValueError, pd.errors.ParserError):
+        _raise_first_bad_field(path, rows, lines)
+        raise
+    return frame.to_numpy(dtype=np.float64)
+
+
+def _raise_first_bad_field(path: Path, rows: list[str], lines: np.ndarray) -> None:
+    """Find the first field that is not a number (slow path, only when parsing failed)."""
+    for i, row in enumerate(rows):
+        for j, field in enumerate(row.split(",")):
+            try:
+                float(field)
+            except ValueError:
+                shown = field.strip()[:40]
+                raise ChallengeInputError(
+                    f"{path}, line {lines[i]}, value {j + 1}: {shown!r} is not a number"
+                ) from None
+
+
+def read_challenge_rows(
+    path: str | Path,
+    window_length: int = 7,
+    z_tolerance: float = Z_TOLERANCE,
+    chunk_rows: int = CHUNK_ROWS,
+) -> ChallengeRows:
+    """Read and check a test-input file; the last ``window_length`` states of each row.
+
+    Raises ChallengeInputError naming the lines of the (first few) rows that cannot be predicted.
+    """
+    path = Path(path)
+    all_lines = path.read_text().splitlines()
+    lines = np.fromiter((i + 1 for i, row in enumerate(all_lines) if row.strip()), dtype=np.int64)
+    rows = [all_lines[i - 1] for i in lines]
+    del all_lines
+    windows = np.empty((len(rows), window_length, N_FEATURES), dtype=np.float32)
+    target_plane = np.empty(len(rows), dtype=np.int64)
+    details: list[str] = []
+    n_bad = 0
+    for start in range(0, len(rows), chunk_rows):
+        stop = min(start + chunk_rows, len(rows))
+        chunk_bad = _read_chunk(
+            path,
+            rows[start:stop],
+            lines[start:stop],
+            window_length,
+            z_tolerance,
+            windows[start:stop],
+            target_plane[start:stop],
+        )
+        n_bad += len(chunk_bad)
+        details += chunk_bad[: MAX_REPORTED - len(details)]
+    if n_bad:
+        more = f" (and {n_bad - len(details)} more)" if n_bad > len(details) else ""
+        raise ChallengeInputError(
+            f"{path}: {n_bad} of {len(rows)} rows cannot be predicted: " + "; ".join(details) + more
+        )
+    return ChallengeRows(windows, target_plane, lines)
+
+
+def nearest_plane(z: np.ndarray) -> np.ndarray:
+    """Index into PLANE_Z of the plane nearest to each z."""
+    planes = np.asarray(PLANE_Z)
+    hi = np.clip(np.searchsorted(planes, z), 1, len(planes) - 1)
+    lo = hi - 1
+    return np.where(np.abs(z - planes[lo]) <= np.abs(planes[hi] - z), lo, hi)
+
+
+def _read_chunk(
+    path: Path,
+    rows: list[str],
+    lines: np.ndarray,
+    window_length: int,
+    z_tolerance: float,
+    windows_out: np.ndarray,
+    target_out: np.ndarray,
+) -> list[str]:
+    """Parse and check some rows into ``windows_out``/``target_out``; messages of bad rows."""
+    n = len(rows)
+    n_values = np.fromiter((r.count(",") + 1 for r in rows), dtype=np.int64, count=n)
+    values = _parse_values(path, rows, n_values, lines)
+    width = values.shape[1]
+    problem = np.zeros(n, dtype=np.int8)  # 0: fine; else the first problem found (_describe)
+
+    def flag(mask: np.ndarray, code: int) -> None:
+        problem[(problem == 0) & mask] = code
+
+    n_states = (n_values - 1) // N_FEATURES
+    flag((n_values - 1) % N_FEATURES != 0, 1)
+    present = np.arange(width)[None, :] < n_values[:, None]
+    flag((present & ~np.isfinite(values)).any(axis=1), 2)
+    flag(n_states < window_length, 3)
+
+    # The window: the last window_length states (rows flagged above get harmless indices).
+    first = np.clip(n_states - window_length, 0, None)
+    cols = (first[:, None] + np.arange(window_length)[None, :]) * N_FEATURES
+    cols = cols[:, :, None] + np.arange(N_FEATURES)[None, None, :]
+    cols = np.clip(cols, 0, width - 1).reshape(n, -1)
+    windows = np.take_along_axis(values, cols, axis=1).reshape(n, window_length, N_FEATURES)
+    target_z = values[np.arange(n), np.clip(n_values - 1, 0, width - 1)]
+
+    planes = np.asarray(PLANE_Z)
+    z = np.nan_to_num(windows[:, :, FEATURES.index("z")], nan=-1e9)
+    plane = nearest_plane(z)
+    flag(~(np.abs(z - planes[plane]) <= z_tolerance).all(axis=1), 4)
+    last = plane[:, -1]
+    consecutive = plane == (last[:, None] - (window_length - 1) + np.arange(window_length))
+    flag(~consecutive.all(axis=1), 5)
+    next_z = planes[np.minimum(last + 1, len(planes) - 1)]
+    flag(~((last + 1 < len(planes)) & (np.abs(target_z - next_z) <= z_tolerance)), 6)
+
+    windows_out[:] = windows
+    target_out[:] = last + 1
+    return [
+        f"line {lines[i]}: "
+        + _describe(int(problem[i]), values[i, : n_values[i]], window_length, z[i], z_tolerance)
+        for i in np.flatnonzero(problem)
+    ]
+
+
+def _describe(
+    code: int, row: np.ndarray, window_length: int, z: np.ndarray, z_tolerance: float
+) -> str:
+    """Why one row cannot be predicted (``row``: its values; ``z``: its window's z values)."""
+    n_values = len(row)
+    n_states = (n_values - 1) // N_FEATURES
+    planes = np.asarray(PLANE_Z)
+    if code == 1:
+        return (
+            f"{n_values} values; a row holds 6 per state (x, y, z, px, py, pz) and then the z of "
+            "the plane to predict"
+        )
+    if code == 2:
+        j = int(np.flatnonzero(~np.isfinite(row))[0])
+        return f"value {j + 1} is empty or not finite"
+    if code == 3:
+        return f"{n_states} states; the model needs the last {window_length}"
+    if code == 4:
+        off = [f"{v:g}" for v in z if np.abs(planes - v).min() > z_tolerance]
+        return f"state z = {', '.join(off[:3])} cm is not the z of a detector plane"
+    if code == 5:
+        zs = ", ".join(f"{v:g}" for v in z)
+        return f"the last {window_length} states (z = {zs} cm) are not on consecutive planes"
+    last = int(nearest_plane(z[-1:])[0])
+    if last + 1 >= len(planes):
+        return f"the last state is on the last plane (z = {planes[last]:g} cm): nothing follows"
+    return (
+        f"target z = {row[-1]:g} cm is not the plane after the row's last state "
+        f"(last state z = {planes[last]:g} cm, next plane z = {planes[last + 1]:g} cm)"
+    )
+
+
+def predict_windows(
+    model: torch.nn.Module | torch.jit.ScriptModule,
+    windows: np.ndarray,
+    batch: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """(N, window, 6) physical windows -> (N, 6) predicted states, in batches."""
+    out = np.empty((len(windows), N_FEATURES), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch):
+            x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch]))
+            out[start : start + batch] = model(x).numpy()
+    return out
+
+
+def write_answers(path: str | Path, states: np.ndarray) -> None:
+    """The answers file: x,y,px,py,pz per line, no header, 7 significant digits."""
+    answers = np.asarray(states)[:, list(ANSWER_INDEX)]
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        if len(answers):
+            np.savetxt(fh, answers, fmt="%.7g", delimiter=",")
+
+
+def predict_file(
+    model_path: str | Path,
+    inputs_csv: str | Path,
+    out_csv: str | Path,
+    *,
+    batch: int = DEFAULT_BATCH,
+) -> dict[str, Any]:
+    """Predict every row of a test-input file; returns counts and timings."""
+    model, meta = load_torchscript(model_path)
+    window_length = int(meta["window_length"])
+    t0 = time.perf_counter()
+    rows = read_challenge_rows(inputs_csv, window_length)
+    t1 = time.perf_counter()
+    states = predict_windows(model, rows.windows, batch)
+    t2 = time.perf_counter()
+    write_answers(out_csv, states)
+    t3 = time.perf_counter()
+    n = len(rows.windows)
+    stats = {
+        "rows": n,
+        "seconds_read": round(t1 - t0, 3),
+        "seconds_model": round(t2 - t1, 3),
+        "seconds_write": round(t3 - t2, 3),
+        "rows_per_s_model": round(n / (t2 - t1), 1) if n and t2 > t1 else None,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+    }
+    log.info(
+        "%d rows: read %.2fs, model %.2fs (%s rows/s, %d threads), write %.2fs -> %s",
+        n, t1 - t0, t2 - t1, stats["rows_per_s_model"], stats["threads"], t3 - t2, out_csv,
+    )  # fmt: skip
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tracklstm predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="TorchScript file from the export stage")
+    parser.add_argument("--inputs", required=True, help="test-input CSV (challenge format)")
+    parser.add_argument("--out", required=True, help="answers CSV to write (x,y,px,py,pz)")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per model call")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        predict_file(args.model, args.inputs, args.out, batch=args.batch)
+    except (ValueError, OSError) as err:  # bad rows (ChallengeInputError), missing files
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

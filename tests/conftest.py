@@ -1,0 +1,75 @@
+"""Shared fixtures: small track sets built in the test, in the training-file format."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+# Subprocesses (python -m tracklstm..., snakemake) use this checkout's package too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+from tracklstm.constants import COLUMNS, N_PLANES, PLANE_Z  # noqa: E402
+
+
+def toy_tracks(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 25, 6) helices in a uniform 2 T field: a cheap stand-in for real tracks in unit tests."""
+    rng = np.random.default_rng(seed)
+    z = np.asarray(PLANE_Z)
+    pz = rng.uniform(1.0, 2.5, n)
+    pt = rng.uniform(0.05, 0.4, n)
+    phi0 = rng.uniform(-np.pi, np.pi, n)
+    x0 = rng.uniform(-20, 20, n)
+    y0 = rng.uniform(-20, 20, n)
+    k = -0.3 * 2.0 / pz / 100.0  # dphi/dz per cm
+    dz = z[None, :] - z[0]
+    phi = phi0[:, None] + k[:, None] * dz
+    radius = pt[:, None] / np.abs(k[:, None]) / pz[:, None]  # cm per GeV/c * GeV/c
+    sign = np.sign(k)[:, None]
+    x = x0[:, None] + sign * radius * (np.sin(phi) - np.sin(phi0[:, None])) * pz[:, None] / pz[:, None]
+    y = y0[:, None] - sign * radius * (np.cos(phi) - np.cos(phi0[:, None]))
+    out = np.empty((n, N_PLANES, 6))
+    out[..., 0] = x
+    out[..., 1] = y
+    out[..., 2] = z[None, :]
+    out[..., 3] = pt[:, None] * np.cos(phi)
+    out[..., 4] = pt[:, None] * np.sin(phi)
+    out[..., 5] = pz[:, None]
+    return out
+
+
+def write_tracks_csv(tracks: np.ndarray, path: Path) -> Path:
+    """Write (n, 25, 6) tracks in the training-file format."""
+    flat = tracks.reshape(len(tracks), -1)
+    with open(path, "w") as fh:
+        fh.write(",".join(COLUMNS) + "\n")
+        np.savetxt(fh, flat, delimiter=",", fmt="%.6g")
+    return path
+
+
+@pytest.fixture
+def tracks_csv(tmp_path: Path) -> Path:
+    """A CSV of 200 toy tracks in the training-file format."""
+    return write_tracks_csv(toy_tracks(200, seed=1), tmp_path / "tracks.csv")
+
+
+@pytest.fixture
+def windows_h5(tmp_path: Path, tracks_csv: Path) -> Path:
+    """windows.h5 built from ``tracks_csv`` with the default settings."""
+    from tracklstm.to_parquet import convert
+    from tracklstm.windows import build
+
+    parquet = tmp_path / "tracks.parquet"
+    convert(tracks_csv, parquet)
+    out = tmp_path / "windows.h5"
+    build(parquet, out, seed=3)
+    return out

@@ -1,0 +1,219 @@
+"""predict: challenge-format test rows -> answers with an exported TorchScript model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import toy_tracks
+from test_export import make_run
+
+from tracklstm.constants import PLANE_Z
+from tracklstm.export import export_torchscript, load_torchscript
+from tracklstm.predict import (
+    ChallengeInputError,
+    main,
+    predict_file,
+    predict_windows,
+    read_challenge_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_TRACK = ROOT / "tests" / "data" / "mlchallenge2_track3.csv"
+
+
+@pytest.fixture(scope="module")
+def model_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("predict")
+    run = make_run(base / "run")
+    export_torchscript(run, base / "model.ts")
+    return base / "model.ts"
+
+
+def row_text(track: np.ndarray, n_states: int, target_z: float | None = None) -> str:
+    """A test-input line: the first ``n_states`` states and the z of the plane to predict."""
+    z = PLANE_Z[n_states] if target_z is None else target_z
+    return ",".join(f"{v:.6g}" for v in [*track[:n_states].ravel(), z])
+
+
+def write_rows(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rounded(values: np.ndarray) -> np.ndarray:
+    """What the file holds: 6 significant digits."""
+    return np.array([float(f"{v:.6g}") for v in np.ravel(values)]).reshape(np.shape(values))
+
+
+def test_predicts_the_plane_after_the_last_seven_states(model_ts: Path, tmp_path: Path) -> None:
+    tracks = toy_tracks(40, seed=5)
+    n_states = np.random.default_rng(0).integers(7, 25, size=len(tracks))
+    n_states[:3] = [7, 24, 12]
+    inputs = write_rows(
+        tmp_path / "in.csv", [row_text(t, int(n)) for t, n in zip(tracks, n_states, strict=True)]
+    )
+    stats = predict_file(model_ts, inputs, tmp_path / "out.csv", batch=16)
+    assert stats["rows"] == len(tracks)
+
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(lines) == len(tracks)
+    got = np.array([[float(v) for v in line.split(",")] for line in lines])
+    assert got.shape == (len(tracks), 5)
+
+    model, _ = load_torchscript(model_ts)
+    windows = np.stack(
+        [rounded(t[n - 7 : n]) for t, n in zip(tracks, n_states, strict=True)]
+    ).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(windows)).numpy()[:, [0, 1, 3, 4, 5]]
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7 * np.abs(want).max())
+
+
+def test_answers_have_seven_significant_digits_and_no_header(
+    model_ts: Path, tmp_path: Path
+) -> None:
+    tracks = toy_tracks(3, seed=1)
+    inputs = write_rows(tmp_path / "in.csv", [row_text(t, 10) for t in tracks])
+    predict_file(model_ts, inputs, tmp_path / "out.csv")
+    rows = list(csv.reader((tmp_path / "out.csv").open()))
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row) == 5
+        for cell in row:
+            float(cell)  # a number, not a header
+            assert len(cell.lstrip("-").replace(".", "").split("e")[0].lstrip("0")) <= 7
+
+
+def test_real_track_row(model_ts: Path, tmp_path: Path) -> None:
+    """A row built from a real challenge track (6-digit values) reads and predicts."""
+    data = np.loadtxt(REAL_TRACK, delimiter=",", comments="#", skiprows=5)
+    states = data[:, 1:]
+    assert states.shape == (24, 6)
+    inputs = write_rows(tmp_path / "in.csv", [row_text(states, 23)])
+    rows = read_challenge_rows(inputs)
+    np.testing.assert_allclose(rows.windows[0], states[16:23], rtol=1e-6)
+    assert rows.target_plane.tolist() == [23]
+    predict_file(model_ts, inputs, tmp_path / "out.csv")
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 1
+
+
+def bad_file(tmp_path: Path, bad_line: str, good: int = 2) -> Path:
+    tracks = toy_tracks(good, seed=2)
+    lines = [row_text(t, 9) for t in tracks]
+    lines.insert(1, bad_line)  # line 2 of the file
+    return write_rows(tmp_path / "bad.csv", lines)
+
+
+@pytest.mark.parametrize(
+    ("make_line", "message"),
+    [
+        (lambda t: row_text(t, 6), r"line 2: 6 states; the model needs the last 7"),
+        (
+            lambda t: row_text(t, 9, target_z=PLANE_Z[11]),
+            r"line 2: target z = 244\.015 cm is not the plane after the row's last state "
+            r"\(last state z = 237\.639 cm, next plane z = 239\.765 cm\)",
+        ),
+        (lambda t: row_text(t, 9, target_z=PLANE_Z[9] + 0.5), r"line 2: target z"),
+        (lambda t: row_text(t, 9)[:-9], r"line 2: \d+ values; a row holds 6 per state"),
+        (
+            lambda t: row_text(np.delete(t, 5, axis=0), 9),
+            r"line 2: the last 7 states \(z = .*\) are not on consecutive planes",
+        ),
+        (lambda t: row_text(t, 9).replace(",", ",,", 1), r"line 2: \d+ values|line 2: value 2"),
+        (lambda t: "nan," + row_text(t, 9).split(",", 1)[1], r"line 2: value 1 is empty"),
+        (lambda t: row_text(t, 9).replace(",", ",abc,", 1), r"line 2, value 2: 'abc'"),
+        (
+            lambda t: ",".join(f"{v:.6g}" for v in [*t.ravel(), 350.0]),
+            r"line 2: the last state is on the last plane",
+        ),
+    ],
+)
+def test_bad_rows_name_the_line(tmp_path: Path, make_line, message: str) -> None:
+    track = toy_tracks(1, seed=9)[0]
+    path = bad_file(tmp_path, make_line(track))
+    with pytest.raises(ChallengeInputError, match=message):
+        read_challenge_rows(path)
+
+
+def test_state_off_the_planes(tmp_path: Path) -> None:
+    track = toy_tracks(1, seed=9)[0].copy()
+    track[7, 2] += 1.0  # z of the 8th state between planes
+    with pytest.raises(ChallengeInputError, match=r"line 2: state z = 236\.514 cm is not the z"):
+        read_challenge_rows(bad_file(tmp_path, row_text(track, 9)))
+
+
+def test_error_lists_first_bad_rows_and_counts_the_rest(tmp_path: Path) -> None:
+    tracks = toy_tracks(12, seed=3)
+    lines = [row_text(t, 5 if i % 2 else 9) for i, t in enumerate(tracks)]
+    path = write_rows(tmp_path / "in.csv", lines)
+    with pytest.raises(ChallengeInputError) as err:
+        read_challenge_rows(path, chunk_rows=4)  # bad rows in every chunk
+    text = str(err.value)
+    assert "6 of 12 rows cannot be predicted" in text
+    assert "line 2: 5 states" in text and "line 10: 5 states" in text
+    assert "line 12" not in text and "(and 1 more)" in text
+
+
+def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path: Path) -> None:
+    tracks = toy_tracks(3, seed=4)
+    lines = [row_text(tracks[0], 9), "", row_text(tracks[1], 8), "  ", row_text(tracks[2], 6)]
+    path = write_rows(tmp_path / "in.csv", [*lines, "", ""])
+    with pytest.raises(ChallengeInputError, match=r"1 of 3 rows .*line 5: 6 states"):
+        read_challenge_rows(path)
+    write_rows(path, lines[:4])
+    rows = read_challenge_rows(path)
+    assert rows.lines.tolist() == [1, 3]
+    assert rows.target_plane.tolist() == [9, 8]
+
+
+def test_chunks_give_the_same_windows(tmp_path: Path) -> None:
+    tracks = toy_tracks(25, seed=6)
+    ns = np.random.default_rng(1).integers(7, 25, size=len(tracks))
+    path = write_rows(
+        tmp_path / "in.csv", [row_text(t, int(n)) for t, n in zip(tracks, ns, strict=True)]
+    )
+    whole = read_challenge_rows(path)
+    chunked = read_challenge_rows(path, chunk_rows=4)
+    np.testing.assert_array_equal(whole.windows, chunked.windows)
+    np.testing.assert_array_equal(whole.target_plane, ns)
+    assert whole.windows.dtype == np.float32 and whole.windows.shape == (25, 7, 6)
+
+
+def test_empty_file_gives_empty_answers(model_ts: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("")
+    assert predict_file(model_ts, tmp_path / "in.csv", tmp_path / "out.csv")["rows"] == 0
+    assert (tmp_path / "out.csv").read_text() == ""
+
+
+def test_predict_windows_batches_agree(model_ts: Path) -> None:
+    model, meta = load_torchscript(model_ts)
+    rng = np.random.default_rng(0)
+    lo, hi = np.array(meta["norm_min"]), np.array(meta["norm_max"])
+    x = (lo + rng.random((50, 7, 6)) * (hi - lo)).astype(np.float32)
+    one = predict_windows(model, x, batch=50)
+    many = predict_windows(model, x, batch=7)
+    np.testing.assert_allclose(one, many, rtol=1e-6, atol=1e-6 * (hi - lo).max())
+
+
+def test_cli(model_ts: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    tracks = toy_tracks(4, seed=8)
+    good = write_rows(tmp_path / "good.csv", [row_text(t, 8) for t in tracks])
+    out = tmp_path / "pred.csv"
+    args = ["--model", str(model_ts), "--out", str(out), "--threads", "1"]
+    assert main([*args, "--inputs", str(good)]) == 0
+    assert len(out.read_text().splitlines()) == 4
+
+    bad = write_rows(tmp_path / "bad.csv", [row_text(tracks[0], 8), row_text(tracks[1], 3)])
+    out.unlink()
+    assert main([*args, "--inputs", str(bad)]) == 1
+    assert not out.exists()
+    err = capfd.readouterr().err
+    assert "bad.csv: 1 of 2 rows cannot be predicted: line 2: 3 states" in err
+    assert "Traceback" not in err
+
+    assert main([*args, "--inputs", str(tmp_path / "missing.csv")]) == 1
+    assert "missing.csv" in capfd.readouterr().err

@@ -1,0 +1,195 @@
+"""Windows: every complete window, split by track (seeded), normalization from training only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import toy_tracks
+
+from tracklstm.constants import COLUMNS, FEATURES, N_PLANES, PLANE_Z
+from tracklstm.windows import SPLITS, build, main, make_windows, split_tracks
+
+
+def reference_windows(tracks: np.ndarray, length: int, last: int, stride: int = 1):
+    """Per-offset slicing, one track at a time: the obvious (slow) way, for comparison."""
+    out = []
+    for t, track in enumerate(tracks):
+        for off in range(0, last - length + 1, stride):
+            window = track[off : off + length + 1]
+            if np.isfinite(window).all():
+                out.append((t, off + length, window[:length], window[length]))
+    return out
+
+
+def with_holes(n: int, seed: int = 0) -> np.ndarray:
+    """Toy tracks with empty values: a missing plane in some, one missing value in others."""
+    tracks = toy_tracks(n, seed).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    for t in rng.choice(n, n // 4, replace=False):
+        tracks[t, rng.integers(0, N_PLANES)] = np.nan
+    for t in rng.choice(n, n // 4, replace=False):
+        tracks[t, rng.integers(0, N_PLANES), rng.integers(0, 6)] = np.nan
+    return tracks
+
+
+def write_parquet(tracks: np.ndarray, path: Path) -> Path:
+    flat = tracks.reshape(len(tracks), -1).astype(np.float32)
+    arrays = [pa.array(flat[:, j], mask=np.isnan(flat[:, j])) for j in range(flat.shape[1])]
+    pq.write_table(pa.table(arrays, names=list(COLUMNS)), path)
+    return path
+
+
+def test_complete_tracks_give_every_window() -> None:
+    tracks = toy_tracks(10).astype(np.float32)
+    inputs, targets, track, plane = make_windows(tracks, 7)
+    assert inputs.shape == (10 * 18, 7, 6) and targets.shape == (10 * 18, 6)
+    assert inputs.dtype == targets.dtype == np.float32
+    np.testing.assert_array_equal(track, np.repeat(np.arange(10), 18))
+    np.testing.assert_array_equal(plane, np.tile(np.arange(7, 25), 10))
+    np.testing.assert_array_equal(inputs[20], tracks[1, 2:9])
+    np.testing.assert_array_equal(targets[20], tracks[1, 9])
+    # The reference stopped at plane 23: 17 windows per track.
+    assert len(make_windows(tracks, 7, last_target_plane=23)[0]) == 10 * 17
+    assert len(make_windows(tracks, 7, stride=2)[0]) == 10 * 9
+
+
+@pytest.mark.parametrize(
+    ("length", "last", "stride"), [(7, 24, 1), (7, 23, 1), (3, 20, 2), (1, 24, 1)]
+)
+def test_missing_values_leave_every_complete_window(length: int, last: int, stride: int) -> None:
+    tracks = with_holes(60)
+    expected = reference_windows(tracks, length, last, stride)
+    inputs, targets, track, plane = make_windows(tracks, length, stride, last)
+    assert len(inputs) == len(expected)
+    assert [(t, p) for t, p, _, _ in expected] == list(
+        zip(track.tolist(), plane.tolist(), strict=True)
+    )
+    np.testing.assert_array_equal(inputs, np.stack([w for _, _, w, _ in expected]))
+    np.testing.assert_array_equal(targets, np.stack([y for _, _, _, y in expected]))
+    assert np.isfinite(inputs).all() and np.isfinite(targets).all()
+
+
+def test_a_missing_plane_costs_only_its_windows() -> None:
+    tracks = toy_tracks(2).astype(np.float32)
+    tracks[0, 12] = np.nan  # plane 12 is in the windows at offsets 5..12 (targets 12..19)
+    _, _, track, plane = make_windows(tracks, 7)
+    kept = set(plane[track == 0].tolist())
+    assert kept == {7, 8, 9, 10, 11} | {20, 21, 22, 23, 24}
+    assert (track == 1).sum() == 18
+
+
+def test_bad_settings() -> None:
+    tracks = toy_tracks(2)
+    with pytest.raises(ValueError, match="leaves no target plane"):
+        make_windows(tracks, 10, last_target_plane=9)
+    with pytest.raises(ValueError, match="last_target_plane"):
+        make_windows(tracks, 7, last_target_plane=25)
+    with pytest.raises(ValueError, match="at least 1"):
+        make_windows(tracks, 7, stride=0)
+
+
+def test_split_by_track_is_seeded() -> None:
+    a = split_tracks(1000, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=5)
+    b = split_tracks(1000, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=5)
+    c = split_tracks(1000, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=6)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    assert np.bincount(a, minlength=3).tolist() == [800, 100, 100]
+    assert np.bincount(split_tracks(10, {"train": 8, "validation": 1, "test": 1}, 0)).tolist() == [
+        8,
+        1,
+        1,
+    ]
+
+
+@pytest.fixture
+def holes_h5(tmp_path: Path) -> tuple[np.ndarray, Path]:
+    tracks = with_holes(300, seed=2)
+    out = tmp_path / "windows.h5"
+    parts = tmp_path / "tracks.parquet"
+    parts.mkdir()
+    write_parquet(tracks[:170], parts / "shard000.parquet")
+    write_parquet(tracks[170:], parts / "shard001.parquet")
+    build(parts, out, seed=11, batch_rows=64)
+    return tracks, out
+
+
+def test_build_windows_file(holes_h5: tuple[np.ndarray, Path]) -> None:
+    tracks, out = holes_h5
+    expected = reference_windows(tracks, 7, 24)
+    with h5py.File(out) as h5:
+        split_tracks_ = {s: h5["tracks"][s][...] for s in SPLITS}
+        all_tracks = np.concatenate(list(split_tracks_.values()))
+        assert sorted(all_tracks.tolist()) == list(range(300))  # every track, in one split only
+        assert [len(split_tracks_[s]) for s in SPLITS] == [240, 30, 30]
+        found = []
+        for s in SPLITS:
+            g = h5[s]
+            t = g["track"][...]
+            assert set(t.tolist()) <= set(split_tracks_[s].tolist())
+            assert g["inputs"].dtype == np.float32 and g["target_plane"].dtype == np.int8
+            np.testing.assert_array_equal(
+                g["inputs"][...],
+                tracks[t[:, None], g["target_plane"][...][:, None] - 7 + np.arange(7)],
+            )
+            np.testing.assert_array_equal(g["targets"][...], tracks[t, g["target_plane"][...]])
+            found += list(zip(t.tolist(), g["target_plane"][...].tolist(), strict=True))
+        assert sorted(found) == [(t, p) for t, p, _, _ in expected]
+
+        train = h5["train"]
+        values = np.concatenate([train["inputs"][...].reshape(-1, 6), train["targets"][...]])
+        np.testing.assert_array_equal(h5.attrs["norm_min"], values.min(axis=0))
+        np.testing.assert_array_equal(h5.attrs["norm_max"], values.max(axis=0))
+        assert list(h5.attrs["features"]) == list(FEATURES)
+        np.testing.assert_allclose(h5.attrs["plane_z"], PLANE_Z)
+        assert h5.attrs["window_length"] == 7 and h5.attrs["stride"] == 1
+        assert h5.attrs["last_target_plane"] == 24 and h5.attrs["split_seed"] == 11
+        assert h5.attrs["n_tracks"] == 300
+        assert json.loads(h5.attrs["split_fractions"]) == {
+            "train": 0.8,
+            "validation": 0.1,
+            "test": 0.1,
+        }
+        assert json.loads(h5.attrs["n_windows"]) == {s: len(h5[s]["track"]) for s in SPLITS}
+        assert len(h5.attrs["data_fingerprint"]) == 64
+
+
+def test_normalization_from_training_tracks_only(tmp_path: Path) -> None:
+    tracks = toy_tracks(200, seed=4).astype(np.float32)
+    labels = split_tracks(200, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=3)
+    test_track = int(np.nonzero(labels == 2)[0][0])
+    tracks[test_track, 10, 0] = 999.0  # far outside; in a test track only
+    write_parquet(tracks, tmp_path / "t.parquet")
+    build(tmp_path / "t.parquet", tmp_path / "w.h5", seed=3)
+    with h5py.File(tmp_path / "w.h5") as h5:
+        assert h5.attrs["norm_max"][0] < 500
+        assert h5.attrs["norm_max"][0] == tracks[labels == 0][:, :, 0].max()
+        assert (h5["test"]["inputs"][...][..., 0] == 999.0).any()
+
+
+def test_batches_do_not_change_the_file(tmp_path: Path, holes_h5: tuple[np.ndarray, Path]) -> None:
+    _, out = holes_h5
+    build(tmp_path / "tracks.parquet", tmp_path / "big.h5", seed=11)  # one batch
+    with h5py.File(out) as a, h5py.File(tmp_path / "big.h5") as b:
+        for s in SPLITS:
+            for name in ("inputs", "targets", "track", "target_plane"):
+                np.testing.assert_array_equal(a[s][name][...], b[s][name][...])
+        np.testing.assert_array_equal(a.attrs["norm_min"], b.attrs["norm_min"])
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_parquet(toy_tracks(50).astype(np.float32), tmp_path / "t.parquet")
+    out = tmp_path / "w.h5"
+    args = ["--parquet", str(tmp_path / "t.parquet"), "--out", str(out), "--split", "0.6,0.2,0.2"]
+    assert main([*args, "--seed", "1", "--last-target-plane", "23"]) == 0
+    with h5py.File(out) as h5:
+        assert [len(h5["tracks"][s]) for s in SPLITS] == [30, 10, 10]
+        assert len(h5["train"]["track"]) == 30 * 17
+    assert main(["--parquet", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1
+    assert "missing.parquet: no such file" in capsys.readouterr().err
