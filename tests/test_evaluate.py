@@ -26,6 +26,7 @@ from tracklstm import evaluate as ev
 from tracklstm.baselines import straight_line
 from tracklstm.challenge import write_challenge
 from tracklstm.constants import FEATURES, PLANE_Z
+from tracklstm.io import sha256_file
 from tracklstm.model import PhysicalModel, build_model
 from tracklstm.predict import main as predict_main
 from tracklstm.to_parquet import convert
@@ -214,6 +215,10 @@ def test_outputs_written(oracle_eval) -> None:
     result, out = oracle_eval
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["residuals"]["x"]["rms"] == pytest.approx(result["residuals"]["x"]["rms"])
+    for f in FEATURES:  # the histograms behind residuals.png hold every window
+        h = on_disk["histograms"][f]
+        assert len(h["edges"]) == len(h["counts"]) + 1 == 41
+        assert sum(h["counts"]) + h["underflow"] + h["overflow"] == result["n_test_windows"]
     for name in (*PLOTS, "loss_curves.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
     page = (out / "summary.html").read_text()
@@ -259,17 +264,17 @@ def test_walk_helpers() -> None:
     np.testing.assert_allclose(helix_walk[:, 24], direct, atol=1e-9)
 
 
-def test_cli_names_bad_inputs(toy, tmp_path, caplog) -> None:
+def test_cli_names_bad_inputs(toy, tmp_path, capsys) -> None:
     out = str(tmp_path / "o")
     rc = ev.main(
         ["--model", str(toy["oracle"]), "--windows", str(tmp_path / "no.h5"), "--out", out]
     )
-    assert rc == 1 and "no.h5" in caplog.text
+    assert rc == 1 and "no.h5: no such file" in capsys.readouterr().err
     rc = ev.main(
         ["--model", str(toy["oracle"]), "--windows", str(toy["windows"]), "--out", out,
          "--helix-field", "[[100, 2], [50, 1]]"]
     )  # fmt: skip
-    assert rc == 1 and "--helix-field" in caplog.text
+    assert rc == 1 and "--helix-field" in capsys.readouterr().err
     short = tmp_path / "short.csv"
     short.write_text("\n".join(toy["predictions"].read_text().splitlines()[:3]) + "\n")
     with pytest.raises(ValueError, match=r"short\.csv: 3 predictions"):
@@ -342,7 +347,11 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
                 "training": {"epochs": 1, "batch_size": 256, "learning_rate": 3.0e-3},
                 "evaluation": {"also_on": ["toy"]},
             },
-            "toy": {"source": "path", "path": str(tmp_path / "toy.csv")},
+            "toy": {
+                "source": "path",
+                "path": str(tmp_path / "toy.csv"),
+                "sha256": sha256_file(tmp_path / "toy.csv"),
+            },
         },
         "models": {"small": {"model": {"hidden_sizes": [8]}}},
         "evaluation": {"bins": 30, "momentum_bins": 4, "external_models": {"ext": str(external)}},
@@ -381,7 +390,7 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
         assert (res / "compare/both" / name).read_bytes()[:8] == PNG_MAGIC
     assert "| run |" in (res / "compare/both/metrics.md").read_text()
 
-    snakemake(work, "--report", "report.html")
+    snakemake(work, "--cores", "1", "--report", "report.html")
     html = (work / "report.html").read_text()
     for text in (
         "walk.png",
@@ -394,3 +403,53 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
         "Data quality of dataset",
     ):
         assert text in html, text
+
+
+def test_evaluation_plan_targets_and_checks() -> None:
+    from tracklstm import evaluation_plan as plan
+    from tracklstm.settings import ConfigError
+
+    config = {
+        "build": {"datasets": ["a"], "models": ["m"]},
+        "datasets": {
+            "a": {
+                "source": "simulate",
+                "simulate": {"shards": 2},
+                "evaluation": {"also_on": ["b"]},
+            },
+            "b": {"source": "url"},
+        },
+        "models": {"m": {}},
+        "evaluation": {"external_models": {"x": "/models/x.ts"}},
+        "compare": {
+            "c": [{"dataset": "a", "model": "m", "data": "b"}, {"external": "x", "data": "a"}]
+        },
+    }
+    plan.check(config)
+    targets = plan.targets(config)
+    assert "results/a/m/evaluation/a/loss_curves.png" in targets
+    assert "results/a/m/evaluation/b/walk.png" in targets
+    assert "results/external/x/evaluation/a/metrics.json" in targets
+    assert "results/external/x/evaluation/b/metrics.json" not in targets  # build datasets only
+    assert "results/external/x/evaluation/a/loss_curves.png" not in targets  # never trained
+    assert {"results/a/quality/summary.html", "results/b/quality/summary.html"} <= set(targets)
+    assert "results/compare/c/residual_widths.png" in targets
+    assert plan.compare_runs(config, "c") == [
+        ("results/a/m/evaluation/b", "a/m on b"),
+        ("results/external/x/evaluation/a", "external/x on a"),
+    ]
+    assert plan.quality_jsons(config, "a") == [
+        "results/a/quality/shard000.json",
+        "results/a/quality/shard001.json",
+    ]
+    assert "--helix-field '[[65.0,2.0]]'" in plan.evaluation_cli_args(config, "a", "m")
+    assert re.fullmatch(plan.name_pattern([]), "anything") is None
+    config["compare"]["c"][1]["external"] = "y"
+    with pytest.raises(ConfigError, match=r"compare\.c\[1\]\.external: 'y'"):
+        plan.check(config)
+    config["datasets"]["a"]["evaluation"]["also_on"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"also_on .* 'nope' is not a dataset"):
+        plan.check(config)
+    config["datasets"]["compare"] = {"source": "url"}
+    with pytest.raises(ConfigError, match="'compare' is a reserved name"):
+        plan.check(config)

@@ -12,7 +12,7 @@ from conftest import toy_tracks
 from test_export import make_run
 
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export_torchscript, load_torchscript
+from tracklstm.export import export, export_torchscript, load_torchscript
 from tracklstm.predict import (
     ChallengeInputError,
     main,
@@ -71,6 +71,21 @@ def test_predicts_the_plane_after_the_last_seven_states(model_ts: Path, tmp_path
     with torch.no_grad():
         want = model(torch.from_numpy(windows)).numpy()[:, [0, 1, 3, 4, 5]]
     np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7 * np.abs(want).max())
+
+
+def test_onnx_model_gives_the_same_answers(model_ts: Path, tmp_path: Path) -> None:
+    """--model model.onnx runs under onnxruntime; answers agree with TorchScript's to rounding."""
+    run = make_run(tmp_path / "run")  # the same weights as model_ts (seed 0)
+    export(run, torchscript=tmp_path / "model.ts", onnx=tmp_path / "model.onnx")
+    tracks = toy_tracks(30, seed=12)
+    inputs = write_rows(tmp_path / "in.csv", [row_text(t, 15) for t in tracks])
+    stats = predict_file(tmp_path / "model.onnx", inputs, tmp_path / "onnx.csv", batch=8)
+    assert stats["engine"] == "onnxruntime"
+    predict_file(model_ts, inputs, tmp_path / "ts.csv")
+    got = np.loadtxt(tmp_path / "onnx.csv", delimiter=",")
+    want = np.loadtxt(tmp_path / "ts.csv", delimiter=",")
+    assert got.shape == want.shape == (30, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_answers_have_seven_significant_digits_and_no_header(

@@ -463,3 +463,50 @@ def test_cli_exit_codes(wfile: Path, tmp_path: Path, capsys: Any) -> None:
     assert tr.main([*args, "--checkpoint", str(tmp_path / "ck.pt")]) == 0
     assert len(read_metrics(tmp_path / "run/metrics.csv")) == 1
     assert not (tmp_path / "ck.pt").exists()
+
+
+def test_a_second_process_on_the_same_run_is_refused(wfile: Path, tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "checkpoint.pt.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(tr.TrainingInputError, match="another training process"):
+            tr.train(wfile, run, TINY)
+    assert not (run / "metrics.csv").exists()
+    tr.train(wfile, run, tiny(epochs=1))  # free again
+    assert not (run / "checkpoint.pt.lock").exists()
+
+
+def test_schema_defaults_match_the_code() -> None:
+    import yaml
+
+    schema = yaml.safe_load(
+        (Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+
+    def defaults(node: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, sub in node["properties"].items():
+            out[key] = defaults(sub) if sub.get("type") == "object" else sub["default"]
+        return out
+
+    assert defaults(schema["properties"]["training"]) == tr.DEFAULT_TRAINING
+    assert defaults(schema["properties"]["model"]) == tr.DEFAULT_MODEL
+
+
+def test_every_configured_run_has_valid_settings() -> None:
+    import yaml
+
+    from tracklstm.settings import resolve_section
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    for dataset in config["datasets"]:
+        for model in config["models"]:
+            settings = {
+                s: resolve_section(config, s, dataset, model) for s in ("model", "training")
+            }
+            resolved = tr.resolve_settings(settings)
+            assert resolved["training"]["batch_size"] >= 1
+    assert config["training"] == tr.DEFAULT_TRAINING  # config.yaml spells out the defaults
+    assert config["model"] == tr.DEFAULT_MODEL

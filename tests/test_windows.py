@@ -193,3 +193,12 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert len(h5["train"]["track"]) == 30 * 17
     assert main(["--parquet", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1
     assert "missing.parquet: no such file" in capsys.readouterr().err
+
+
+def test_no_training_window_is_an_error(tmp_path: Path) -> None:
+    tracks = toy_tracks(20).astype(np.float32)
+    tracks[:, ::4] = np.nan  # a gap every 4 planes: no 8 planes in a row
+    write_parquet(tracks, tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="cannot fit the normalization: 0 training windows"):
+        build(tmp_path / "t.parquet", tmp_path / "w.h5")
+    assert not (tmp_path / "w.h5").exists()

@@ -96,6 +96,8 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
     """Read the test split of ``windows``; with ``length`` (the model's window length) different
     from the file's, the test windows are rebuilt from the test tracks with that length."""
     windows = Path(windows)
+    if not windows.is_file():
+        raise EvaluationInputError(f"{windows}: no such file")
     try:
         with h5py.File(windows, "r") as h5:
             if "test" not in h5:
@@ -364,11 +366,15 @@ def _line(ax: plt.Axes, x: Any, y: Any, method: str, label: str, **kw: Any) -> N
 
 def log_axis(ax: plt.Axes, f: str, ylabel: str) -> None:
     """Log y axis with the variable as title; an axis with nothing above 0 stays linear."""
-    positive = any(np.any(np.asarray(line.get_ydata(), dtype=float) > 0) for line in ax.get_lines())
+    positive = any(
+        np.any(np.asarray(line.get_ydata(), dtype=float) > 0)
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")  # skip unlabelled guides (axvline)
+    )
     if positive:
         ax.set_yscale("log")
     else:
-        ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", color="0.4")
+        ax.text(0.5, 0.75, "all zero", transform=ax.transAxes, ha="center", color="0.4")
     ax.set_title(f, fontweight="bold")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="major", axis="y")
@@ -388,46 +394,62 @@ def placeholder_figure(path: str | Path, text: str) -> None:
     save_figure(fig, path)
 
 
+def residual_histograms(residuals: np.ndarray, bins: int = 100) -> dict[str, dict[str, Any]]:
+    """Histogram of each variable's residuals over its central 99% (padded by 10%), with the
+    windows outside that range counted as underflow and overflow."""
+    out = {}
+    for i, f in enumerate(FEATURES):
+        r = residuals[:, i]
+        lo, hi = np.percentile(r, [0.5, 99.5])
+        pad = 0.1 * (hi - lo) if hi > lo else max(abs(lo), 1e-6)
+        counts, edges = np.histogram(r, bins=bins, range=(lo - pad, hi + pad))
+        out[f] = {
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "underflow": int((r < edges[0]).sum()),
+            "overflow": int((r > edges[-1]).sum()),
+            "unit": UNITS[f],
+        }
+    return out
+
+
 def plot_residuals(
-    residuals: np.ndarray, stats: dict, path: str | Path, bins: int = 100, title: str = ""
+    histograms: dict[str, dict[str, Any]], stats: dict, path: str | Path, title: str = ""
 ) -> None:
     """2x3 histograms of truth - prediction for x, y, z, px, py, pz in physical units, with the
     RMS and the central 68% interval written on each."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), layout="constrained")
-    for i, (ax, f) in enumerate(zip(axes.flat, FEATURES, strict=True)):
-        r = residuals[:, i]
+    for ax, f in zip(axes.flat, FEATURES, strict=True):
+        h = histograms[f]
         s = stats[f]
-        lo, hi = np.percentile(r, [0.5, 99.5])
-        pad = 0.1 * (hi - lo) if hi > lo else max(abs(lo), 1e-6)
         ax.axvspan(s["q16"], s["q84"], color="0.85", zorder=0, lw=0, label="central 68%")
-        ax.hist(
-            r,
-            bins=bins,
-            range=(lo - pad, hi + pad),
-            color=COLORS["network"],
-            alpha=0.9,
-            zorder=2,
+        ax.stairs(
+            h["counts"], h["edges"], fill=True, color=COLORS["network"], alpha=0.9, zorder=2,
             label="network",
-        )
+        )  # fmt: skip
         ax.axvline(0, color="k", lw=0.8, alpha=0.6)
         unit = UNITS[f]
+        outside = h["underflow"] + h["overflow"]
         ax.text(
             0.03,
             0.96,
             f"RMS {s['rms']:.3g} {unit}\n68% in [{s['q16']:.3g}, {s['q84']:.3g}] {unit}\n"
-            f"mean {s['mean']:.2g} {unit}",
+            f"mean {s['mean']:.2g} {unit}" + (f"\n{outside:,} outside the axis" if outside else ""),
             transform=ax.transAxes,
             va="top",
             ha="left",
             fontsize=9,
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
         )
+        ax.set_xlim(h["edges"][0], h["edges"][-1])
         ax.set_xlabel(f"{f} truth − prediction [{unit}]")
         ax.set_ylabel("test windows")
         ax.set_title(f, fontweight="bold")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     axes.flat[2].legend(loc="upper right", fontsize=9)
-    fig.suptitle(title or f"Residuals on {len(residuals):,} held-out test windows")
+    hx = histograms[FEATURES[0]]
+    n = sum(hx["counts"]) + hx["underflow"] + hx["overflow"]
+    fig.suptitle(title or f"Residuals on {n:,} held-out test windows")
     save_figure(fig, path)
 
 
@@ -438,19 +460,25 @@ def plot_truth_vs_prediction(
     fig, axes = plt.subplots(2, 3, figsize=(13, 8), layout="constrained")
     for i, (ax, f) in enumerate(zip(axes.flat, FEATURES, strict=True)):
         t, p = truth[:, i], pred[:, i]
-        lo, hi = np.percentile(t, [0.1, 99.9])
+        # one square range holding (nearly) all true and predicted values
+        qt, qp = np.percentile(t, [0.1, 99.9]), np.percentile(p, [0.1, 99.9])
+        lo, hi = min(qt[0], qp[0]), max(qt[1], qp[1])
         pad = 0.05 * (hi - lo) if hi > lo else max(abs(lo) * 0.01, 1e-3)
         rng = (lo - pad, hi + pad)
-        _, _, _, im = ax.hist2d(
-            t, p, bins=bins, range=(rng, rng), norm=LogNorm(), cmap="viridis", cmin=1
+        counts, xe, ye = np.histogram2d(t, p, bins=bins, range=(rng, rng))
+        counts = np.ma.masked_equal(counts, 0)
+        im = ax.pcolormesh(
+            xe, ye, counts.T, cmap="viridis", norm=LogNorm(vmin=1, vmax=max(2.0, counts.max()))
         )
         ax.plot(rng, rng, color="tab:red", lw=0.8, ls="--", label="prediction = truth")
+        ax.set_xlim(rng)
+        ax.set_ylim(rng)
         ax.set_xlabel(f"true {f} [{UNITS[f]}]")
         ax.set_ylabel(f"predicted {f} [{UNITS[f]}]")
         ax.set_title(f, fontweight="bold")
         ax.set_aspect("equal")
         fig.colorbar(im, ax=ax, label="test windows", shrink=0.8)
-    axes.flat[0].legend(loc="upper left", fontsize=9)
+    axes.flat[0].legend(loc="best", fontsize=9)
     fig.suptitle(title or f"Prediction versus truth on {len(truth):,} test windows")
     save_figure(fig, path)
 
@@ -796,7 +824,6 @@ def quality_table(
 
 def write_plots(
     result: dict[str, Any],
-    res: Mapping[str, np.ndarray],
     truth: np.ndarray,
     pred: np.ndarray,
     out_dir: Path,
@@ -807,10 +834,9 @@ def write_plots(
     """Every PNG of an evaluation, from its numbers and residuals."""
     title = f"{result['model']['name']} on {result['data']['name']}"
     plot_residuals(
-        res["network"],
+        result["histograms"],
         result["residuals"],
         out_dir / "residuals.png",
-        bins,
         f"{title}: residuals on {len(truth):,} held-out test windows",
     )
     plot_truth_vs_prediction(
@@ -892,6 +918,12 @@ def evaluate(
 
     # One step from true states: the network and the baselines on the same windows.
     pred = predict_windows(model, test.inputs, batch)
+    if not np.isfinite(pred).all():
+        bad = int((~np.isfinite(pred)).any(axis=1).sum())
+        raise EvaluationInputError(
+            f"{model_path}: the model predicts NaN or infinite values for {bad} of "
+            f"{len(pred)} test windows"
+        )
     truth = test.targets.astype(np.float64)
     last_states = test.inputs[:, -1].astype(np.float64)
     preds = {"network": pred.astype(np.float64)}
@@ -936,6 +968,7 @@ def evaluate(
             "normalization_of": norm_from,
         },
         "residuals": stats["network"],
+        "histograms": residual_histograms(res["network"], bins),
         "score_windows": window_score(truth, preds["network"]),
         "baselines": {
             "helix_field": [list(r) for r in check_field(helix_field)],
@@ -999,7 +1032,7 @@ def evaluate(
             "history": {k: v.tolist() for k, v in history.items()},
         }
     if plots:
-        write_plots(result, res, truth, preds["network"], out_dir, bins, history, metrics_csv)
+        write_plots(result, truth, preds["network"], out_dir, bins, history, metrics_csv)
     write_json(out_dir / "metrics.json", result)
     with atomic_path(out_dir / "summary.html") as tmp:
         tmp.write_text(summary_html(result))

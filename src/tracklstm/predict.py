@@ -8,13 +8,15 @@ the plane right after the last of them. Output (the answers format): no header, 
 row, ``x,y,px,py,pz`` at that plane, 7 significant digits.
 
 Rows are checked all at once (numpy), then predicted in batches; a bad row stops the run with an
-error that names its line.
+error that names its line. The model is the TorchScript file of the export stage (``model.ts``);
+its ONNX file (``model.onnx``) works too and runs under onnxruntime, with the same CPU threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ import pandas as pd
 import torch
 
 from tracklstm.constants import FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
-from tracklstm.export import load_torchscript
+from tracklstm.export import METADATA_NAME, ONNX_INPUT, load_torchscript
 from tracklstm.io import atomic_path, setup_logging
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 #: The answer columns: the predicted state without z.
 ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
 ANSWER_INDEX: tuple[int, ...] = tuple(FEATURES.index(f) for f in ANSWER_FEATURES)
-DEFAULT_BATCH = 4096
+#: Rows per model call: 1024 keeps the LSTM's working set in the CPU caches (benchmarks/).
+DEFAULT_BATCH = 1024
 #: How many bad rows an error message lists.
 MAX_REPORTED = 5
 #: Rows parsed at a time (bounds the memory of the padded value table).
@@ -219,8 +222,36 @@ def _describe(
     )
 
 
+class OnnxModel:
+    """An exported ONNX file under onnxruntime, called like the TorchScript module."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_NAME not in props:
+            raise ValueError(f"{path}: no {METADATA_NAME} inside; not a tracklstm export")
+        self.metadata: dict[str, Any] = json.loads(props[METADATA_NAME])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {ONNX_INPUT: x.numpy()})[0])
+
+
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """An exported model (``.onnx``: onnxruntime; otherwise TorchScript) and its metadata."""
+    if Path(path).suffix == ".onnx":
+        model = OnnxModel(path, threads=torch.get_num_threads())
+        return model, model.metadata
+    return load_torchscript(path)
+
+
 def predict_windows(
-    model: torch.nn.Module | torch.jit.ScriptModule,
+    model: torch.nn.Module | torch.jit.ScriptModule | OnnxModel,
     windows: np.ndarray,
     batch: int = DEFAULT_BATCH,
 ) -> np.ndarray:
@@ -249,7 +280,7 @@ def predict_file(
     batch: int = DEFAULT_BATCH,
 ) -> dict[str, Any]:
     """Predict every row of a test-input file; returns counts and timings."""
-    model, meta = load_torchscript(model_path)
+    model, meta = load_model(model_path)
     window_length = int(meta["window_length"])
     t0 = time.perf_counter()
     rows = read_challenge_rows(inputs_csv, window_length)
@@ -265,6 +296,7 @@ def predict_file(
         "seconds_model": round(t2 - t1, 3),
         "seconds_write": round(t3 - t2, 3),
         "rows_per_s_model": round(n / (t2 - t1), 1) if n and t2 > t1 else None,
+        "engine": "onnxruntime" if isinstance(model, OnnxModel) else "torchscript",
         "threads": torch.get_num_threads(),
         "batch": batch,
     }
@@ -277,7 +309,9 @@ def predict_file(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tracklstm predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="TorchScript file from the export stage")
+    parser.add_argument(
+        "--model", required=True, help="model.ts (or model.onnx) from the export stage"
+    )
     parser.add_argument("--inputs", required=True, help="test-input CSV (challenge format)")
     parser.add_argument("--out", required=True, help="answers CSV to write (x,y,px,py,pz)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per model call")

@@ -773,7 +773,8 @@ def make_scheduler(
     return None
 
 
-def _configure_backends(cfg: dict[str, Any], device: torch.device) -> None:
+def configure_backends(cfg: dict[str, Any], device: torch.device) -> None:
+    """Process-wide CUDA math settings of a run: TF32 only when ``cfg["tf32"]`` asks for it."""
     if device.type != "cuda":
         return
     with warnings.catch_warnings():
@@ -1044,6 +1045,32 @@ def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
+@contextlib.contextmanager
+def _run_lock(checkpoint: Path, enabled: bool = True) -> Iterator[None]:
+    """Refuse a second training process on the same checkpoint (an advisory ``flock``)."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform
+        enabled = False
+    if not enabled:
+        yield
+        return
+    lock = checkpoint.with_name(checkpoint.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrainingInputError(
+                f"{lock}: another training process is running on this checkpoint"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load_checkpoint(path: Path, run_hash: str) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it belongs to this run (same settings and data), else None."""
     if not path.exists():
@@ -1156,7 +1183,7 @@ def _train(
 ) -> dict[str, Any]:
     cfg = settings["training"]
     seed = int(cfg["seed"])
-    _configure_backends(cfg, device)
+    configure_backends(cfg, device)
     torch.manual_seed(seed)
     model = build_model(settings["model"]).to(device)
     init_sha = None
@@ -1191,6 +1218,25 @@ def _train(
             "norm": [info.norm_min.tolist(), info.norm_max.tolist()],
         }
     )
+    with _run_lock(ckpt_path, dist.main):
+        return _train_locked(
+            info, out_dir, ckpt_path, settings, init, dist, device, model, run_hash
+        )
+
+
+def _train_locked(
+    info: WindowsInfo,
+    out_dir: Path,
+    ckpt_path: Path,
+    settings: dict[str, Any],
+    init: tuple[Path, Path | None] | None,
+    dist: Dist,
+    device: torch.device,
+    model: TrackRNN,
+    run_hash: str,
+) -> dict[str, Any]:
+    cfg = settings["training"]
+    seed = int(cfg["seed"])
     train_src, val_src, placement = load_windows(
         info, device, cfg["data_on_device"], int(cfg["stream_chunk"])
     )
@@ -1424,7 +1470,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     except TrainingInterrupted as err:
-        log.warning("%s", err)
+        if _env_int("RANK", 0) == 0:
+            log.warning("%s", err)
         return EXIT_INTERRUPTED
     return 0
 

@@ -179,7 +179,7 @@ def build(
     the training windows only (inputs and targets), and stored as attributes.
     """
     fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
-    window_offsets(length, stride, last_target_plane)  # check the settings before reading
+    offsets = window_offsets(length, stride, last_target_plane)  # checks the settings
     parts = parquet_parts(parquet)
     n_tracks = count_tracks(parts)
     if n_tracks == 0:
@@ -216,7 +216,6 @@ def build(
                 ),
             }
         # Windows appended batch by batch, so memory stays bounded.
-        offsets = window_offsets(length, stride, last_target_plane)
         for first, tracks in iter_tracks(parts, batch_rows):
             mask = window_mask(tracks, offsets, length)
             inputs, targets, track, plane = make_windows(

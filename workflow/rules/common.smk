@@ -75,5 +75,5 @@ def all_targets():
                 f"{run}/model.ts",
             ]
     # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
-    targets += evaluation_targets()
+    targets += tl_plan.targets(config)
     return targets

@@ -43,6 +43,7 @@ rule train:
 
     A failed or killed job (Slurm's time limit sends SIGTERM: the step is finished, the state
     saved, the exit code is 143) leaves checkpoint.pt in the run folder; the retry resumes it.
+    The log keeps every attempt (appended).
     """
     input:
         windows="results/{dataset}/windows.h5",
@@ -71,4 +72,4 @@ rule train:
     shell:
         "{PYTHON} {params.launcher} tracklstm.train --windows {input.windows}"
         " --out {params.run_dir} --checkpoint {params.checkpoint}"
-        " --settings {params.settings:q} --threads {params.threads} 2> {log}"
+        " --settings {params.settings:q} --threads {params.threads} 2>> {log}"

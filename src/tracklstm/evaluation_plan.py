@@ -1,0 +1,165 @@
+"""Which evaluations the workflow runs, where their files go, and the checks of their settings.
+
+Used by ``workflow/rules/evaluate.smk`` (and rule ``all``); light on imports so that Snakemake
+parses the workflow quickly. A trained model ``<dataset>/<model>`` is evaluated on its own
+dataset and on every dataset in its ``evaluation.also_on``, into
+``results/<dataset>/<model>/evaluation/<data>/``; an exported model file listed under the
+top-level ``evaluation.external_models`` is evaluated on every dataset of ``build.datasets`` and
+the top-level ``evaluation.also_on``, into ``results/external/<name>/evaluation/<data>/``; a
+comparison under ``compare:`` goes to ``results/compare/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any
+
+from tracklstm.settings import ConfigError, raw_parts, resolve_section
+
+#: Files of one evaluation folder (besides metrics.json): output name -> (file, caption file in
+#: workflow/report/, label of the figure in the report).
+EVALUATION_FILES: dict[str, tuple[str, str, str]] = {
+    "summary": ("summary.html", "summary.rst", "metrics table"),
+    "residuals": ("residuals.png", "residuals.rst", "residuals"),
+    "truth_vs_prediction": (
+        "truth_vs_prediction.png",
+        "truth_vs_prediction.rst",
+        "truth vs prediction",
+    ),
+    "per_plane": ("resolution_per_plane.png", "resolution_per_plane.rst", "per plane"),
+    "vs_momentum": ("resolution_vs_momentum.png", "resolution_vs_momentum.rst", "vs |p|"),
+    "vs_pt": ("resolution_vs_pt.png", "resolution_vs_momentum.rst", "vs pt"),
+    "walk": ("walk.png", "walk.rst", "walking a track"),
+    "loss_curves": ("loss_curves.png", "loss_curves.rst", "loss curves"),
+}
+#: Files of a comparison folder.
+COMPARE_FILES: tuple[str, ...] = (
+    "metrics.html",
+    "metrics.csv",
+    "metrics.md",
+    "loss_curves.png",
+    "residual_widths.png",
+)
+#: Folder names under results/ that cannot be dataset names.
+RESERVED: tuple[str, ...] = ("external", "compare")
+
+
+def name_pattern(names: Any) -> str:
+    """A wildcard constraint matching exactly one of ``names`` (nothing when there are none)."""
+    names = list(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def external_models(config: dict[str, Any]) -> dict[str, str]:
+    """name -> path of the exported model files to evaluate (top-level section only)."""
+    return dict((config.get("evaluation") or {}).get("external_models") or {})
+
+
+def comparisons(config: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    return dict(config.get("compare") or {})
+
+
+def evaluated_on(config: dict[str, Any], dataset: str, model: str) -> list[str]:
+    """The datasets a model trained on ``dataset`` is evaluated on: its own, then also_on."""
+    extra = resolve_section(config, "evaluation", dataset, model).get("also_on") or []
+    return [dataset] + [d for d in extra if d != dataset]
+
+
+def external_data(config: dict[str, Any]) -> list[str]:
+    """The datasets the external model files are evaluated on."""
+    extra = (config.get("evaluation") or {}).get("also_on") or []
+    return list(dict.fromkeys([*config["build"]["datasets"], *extra]))
+
+
+def compare_runs(config: dict[str, Any], name: str) -> list[tuple[str, str]]:
+    """(evaluation folder, label) of each run of comparison ``name``."""
+    runs = []
+    for r in comparisons(config)[name]:
+        if "external" in r:
+            folder = f"results/external/{r['external']}/evaluation/{r['data']}"
+            label = f"external/{r['external']} on {r['data']}"
+        else:
+            data = r.get("data", r["dataset"])
+            folder = f"results/{r['dataset']}/{r['model']}/evaluation/{data}"
+            label = f"{r['dataset']}/{r['model']} on {data}"
+        runs.append((folder, r.get("label") or label))
+    return runs
+
+
+def check(config: dict[str, Any]) -> None:
+    """Dataset, model and external names in `also_on` and `compare`; reserved dataset names.
+
+    Raises ConfigError naming the key.
+    """
+    datasets = list(config["datasets"])
+    models = list(config.get("models") or {})
+    for reserved in RESERVED:
+        if reserved in datasets:
+            raise ConfigError(
+                f"datasets: {reserved!r} is a reserved name (results/{reserved}/ holds "
+                "evaluations of external models and comparisons)"
+            )
+    for ds in datasets:
+        for model in models:
+            for data in resolve_section(config, "evaluation", ds, model).get("also_on") or []:
+                if data not in datasets:
+                    raise ConfigError(
+                        f"evaluation.also_on (dataset {ds}, model {model}): {data!r} is not a "
+                        f"dataset (known: {', '.join(datasets)})"
+                    )
+    known = {"dataset": datasets, "data": datasets, "model": models}
+    known["external"] = list(external_models(config))
+    for name, runs in comparisons(config).items():
+        for i, r in enumerate(runs):
+            for key, names in known.items():
+                if key in r and r[key] not in names:
+                    raise ConfigError(
+                        f"compare.{name}[{i}].{key}: {r[key]!r} is not one of: "
+                        f"{', '.join(names) or '(none)'}"
+                    )
+
+
+def evaluation_cli_args(config: dict[str, Any], data: str, model: str | None = None) -> str:
+    """The evaluated dataset's evaluation settings (with the model variant's) as CLI options."""
+    ev = resolve_section(config, "evaluation", data, model)
+    field = json.dumps(ev.get("helix_field", [[65.0, 2.0]]), separators=(",", ":"))
+    return (
+        f"--bins {ev.get('bins', 100)} --momentum-bins {ev.get('momentum_bins', 8)}"
+        f" --helix-field {shlex.quote(field)}"
+    )
+
+
+def evaluation_files(folder: str, loss_curves: bool = True) -> list[str]:
+    """Every file of an evaluation folder."""
+    files = [f"{folder}/metrics.json"]
+    for key, (file, _, _) in EVALUATION_FILES.items():
+        if key != "loss_curves" or loss_curves:
+            files.append(f"{folder}/{file}")
+    return files
+
+
+def quality_jsons(config: dict[str, Any], dataset: str) -> list[str]:
+    """The data-quality summaries of a dataset's CSV parts."""
+    return [f"results/{dataset}/quality/{part}.json" for part in raw_parts(config, dataset)]
+
+
+def targets(config: dict[str, Any]) -> list[str]:
+    """What rule `all` builds of the evaluation: evaluations, quality tables, comparisons."""
+    out: list[str] = []
+    evaluated: list[str] = []
+    for ds in config["build"]["datasets"]:
+        for model in config["build"]["models"]:
+            for data in evaluated_on(config, ds, model):
+                out += evaluation_files(f"results/{ds}/{model}/evaluation/{data}")
+                evaluated.append(data)
+    for ext in external_models(config):
+        for data in external_data(config):
+            out += evaluation_files(f"results/external/{ext}/evaluation/{data}", False)
+            evaluated.append(data)
+    for ds in dict.fromkeys([*config["build"]["datasets"], *evaluated]):
+        out.append(f"results/{ds}/quality/summary.html")
+    for name in comparisons(config):
+        out += [f"results/compare/{name}/{f}" for f in COMPARE_FILES]
+    return out

@@ -1,0 +1,400 @@
+"""Re-runs redo only what changed: each change previewed with ``snakemake -n``, then run for real.
+
+Two copies of the workflow (code and config: edits stay in the copy):
+
+* ``full``: the whole pipeline on the tiny simulated dataset. A training setting is changed and
+  run for real (the run is killed in the middle of training and recovered with
+  ``--rerun-incomplete``); every other change is previewed on the whole pipeline, then undone,
+  after which nothing is left to do (Snakemake compares the checksums of inputs that are newer
+  than the outputs, so restored bytes count as unchanged).
+* ``data``: the data stages (raw file, Parquet, windows, challenge files, quality table) of a
+  simulated, a local-file and a downloaded dataset. The other changes are run for real here.
+
+The jobs expected to run are derived from the DAG Snakemake reports (``-n -F``): the jobs that
+use what changed and every job downstream of them, nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import toy_tracks, write_tracks_csv
+
+sys.path.insert(0, str(Path(__file__).with_name("slurm")))
+from farmtest import (
+    ROOT,
+    Job,
+    copy_workflow,
+    downstream,
+    job_keys,
+    output_times,
+    parse_jobs,
+    read_config,
+    rules_of,
+    run_env,
+    snakemake,
+    write_config,
+)
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+DATA_STAGES = {"simulate", "download", "use_local", "to_parquet", "quality_table", "windows"}
+Keys = set[tuple[str, tuple[str, ...]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reading Snakemake
+
+
+def full_dag(workdir: Path, *targets: str) -> list[Job]:
+    """Every job of the DAG (as if nothing existed), with inputs and outputs."""
+    return parse_jobs(snakemake(workdir, "-n", "-F", "--cores", "1", *targets).stdout)
+
+
+def planned(workdir: Path, *targets: str, extra: tuple[str, ...] = ()) -> Keys:
+    """The jobs a dry-run lists."""
+    out = snakemake(workdir, "-n", "--cores", "1", *extra, *targets).stdout
+    jobs = job_keys(parse_jobs(out))
+    assert jobs or "Nothing to be done" in out, out[-3000:]
+    return jobs
+
+
+def assert_nothing_to_do(workdir: Path, *targets: str) -> None:
+    out = snakemake(workdir, "-n", "--cores", "1", *targets).stdout
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def check_run(
+    workdir: Path, dag: list[Job], expected: Keys, *targets: str, extra: tuple[str, ...] = ()
+) -> str:
+    """Run for real: exactly ``expected`` runs (its outputs rewritten, no other); then nothing."""
+    before = output_times(workdir, dag)
+    result = snakemake(workdir, "--cores", "2", *extra, *targets)
+    assert job_keys(parse_jobs(result.stdout)) == expected, result.stdout[-4000:]
+    after = output_times(workdir, dag)
+    rewritten = {out for out, t in after.items() if before.get(out) != t}
+    assert rewritten == {out for _, outs in expected for out in outs}
+    assert_nothing_to_do(workdir, *targets)
+    return result.stdout
+
+
+def preview_and_undo(
+    workdir: Path, change: Callable[[], Callable[[], None]], expected: Keys
+) -> None:
+    """``-n`` after ``change()`` lists exactly ``expected``; after its undo nothing is left."""
+    assert_nothing_to_do(workdir)
+    undo = change()
+    assert planned(workdir) == expected
+    undo()
+    assert_nothing_to_do(workdir)
+
+
+def edit_config(workdir: Path, edit: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    """Apply ``edit`` to the config; returns the undo."""
+    text = (workdir / "config.yaml").read_text()
+    cfg = read_config(workdir)
+    edit(cfg)
+    write_config(workdir, cfg)
+    return lambda: (workdir / "config.yaml").write_text(text)
+
+
+def rewrite(path: Path, data: bytes) -> Callable[[], None]:
+    """Write ``data`` to ``path``, with a modification time clearly after the current one.
+
+    Returns the undo: the former bytes written back (again with a later modification time).
+    """
+    before = path.read_bytes()
+    old = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    if path.stat().st_mtime_ns <= old + 10**9:
+        os.utime(path, ns=(old + 2 * 10**9, old + 2 * 10**9))
+
+    def undo() -> None:
+        rewrite(path, before)
+
+    return undo
+
+
+def using(workdir: Path, dag: list[Job], path: Path) -> list[Job]:
+    """The jobs of ``dag`` with the file ``path`` as an input."""
+    names = {str(path)}
+    if path.is_relative_to(workdir):
+        names.add(str(path.relative_to(workdir)))
+    return [j for j in dag if names & set(j.inputs)]
+
+
+# --------------------------------------------------------------------------------------------
+# The two workflow copies
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole pipeline on the tiny simulated dataset, built."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("full"), copy.deepcopy(TINY))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on 127.0.0.1: (folder, base URL)."""
+    folder = tmp_path_factory.mktemp("served")
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def data_targets(*datasets: str) -> list[str]:
+    return [
+        f"results/{ds}/{name}"
+        for ds in datasets
+        for name in (
+            "challenge/test_inputs.csv",
+            "challenge/test_answers.csv",
+            "quality/summary.html",
+        )
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]) -> Path:
+    """The data stages of a simulated (`sim`), a local (`file`) and a downloaded (`web`) set."""
+    root = tmp_path_factory.mktemp("data")
+    write_tracks_csv(toy_tracks(150, seed=3), root / "tracks.csv")
+    served, url = http_dir
+    write_tracks_csv(toy_tracks(150, seed=4), served / "tracks.csv")
+    cfg = copy.deepcopy(TINY)
+    cfg["build"]["datasets"] = ["sim"]
+    cfg["datasets"] = {
+        "sim": {
+            "source": "simulate",
+            "simulate": {"tracks_per_shard": 100, "shards": 2, "seed": 11},
+        },
+        "file": {"source": "path", "path": str(root / "tracks.csv")},
+        "web": {"source": "url", "url": f"{url}/tracks.csv"},
+    }
+    workdir = copy_workflow(root / "wf", cfg)
+    snakemake(workdir, "--cores", "2", *data_targets("sim", "file", "web"))
+    return workdir
+
+
+# --------------------------------------------------------------------------------------------
+# 1. A training setting
+
+
+def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
+    dag = full_dag(full)
+    expected = downstream(dag, [j for j in dag if j.rule == "train"])
+    assert {"train", "export", "evaluate", "all"} <= rules_of(expected)
+    assert not rules_of(expected) & (DATA_STAGES | {"challenge"})
+
+    assert_nothing_to_do(full)
+    # More epochs: long enough to stop the run in the middle of training.
+    edit_config(full, lambda c: c["datasets"]["tiny"]["training"].update(epochs=6))
+    assert planned(full) == expected
+    changes = snakemake(full, "--list-changes", "params", "--cores", "1").stdout
+    assert "results/tiny/small/training.json" in changes
+    assert "results/tiny/windows.h5" not in changes
+
+    # The run dies (SIGKILL of snakemake and its jobs) once the first epoch is saved.
+    run_dir = full / "results" / "tiny" / "small"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2"],
+        cwd=full,
+        env=run_env(full),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, "the run ended before training saved a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 600 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Nothing that looks finished: the final files are missing, and Snakemake refuses the
+    # partial metrics.csv as incomplete until it is told to redo it.
+    for name in ("weights_best.pt", "weights_last.pt", "training.json"):
+        assert not (run_dir / name).exists()
+    refused = snakemake(full, "-n", "--cores", "1", check=False)
+    assert refused.returncode != 0
+    assert "incomplete" in refused.stdout.lower()
+    assert planned(full, extra=("--rerun-incomplete",)) == expected
+
+    check_run(full, dag, expected, extra=("--rerun-incomplete",))
+    log = (full / "results" / "tiny" / "logs" / "train" / "small.log").read_text()
+    assert "resuming from" in log
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 6
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 2. A windowing setting
+
+
+def test_windowing_setting_reruns_windows_and_what_follows(full: Path, data: Path) -> None:
+    dag = full_dag(full)
+    expected = downstream(dag, [j for j in dag if j.rule == "windows"])
+    assert {"windows", "challenge", "train", "export", "evaluate"} <= rules_of(expected)
+    assert not rules_of(expected) & {"simulate", "to_parquet", "quality_table"}
+    preview_and_undo(
+        full,
+        lambda: edit_config(full, lambda c: c["datasets"]["tiny"].update(windows={"stride": 2})),
+        expected,
+    )
+
+    targets = data_targets("sim")
+    ddag = full_dag(data, *targets)
+    expected = downstream(ddag, [j for j in ddag if j.rule == "windows"])
+    assert rules_of(expected) == {"windows", "challenge"}
+    assert_nothing_to_do(data, *targets)
+    edit_config(data, lambda c: c["datasets"]["sim"].update(windows={"stride": 2}))
+    assert planned(data, *targets) == expected
+    check_run(data, ddag, expected, *targets)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. The raw file's content
+
+
+def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(
+    full: Path, data: Path
+) -> None:
+    # The whole pipeline: a raw shard written again with the same bytes, then with others.
+    dag = full_dag(full)
+    raw = full / "results" / "tiny" / "raw" / "shard000.csv"
+    original = raw.read_bytes()
+    rewrite(raw, original)
+    # Newer than what was made from it: only its checksum tells that it did not change.
+    parquet = full / "results" / "tiny" / "tracks.parquet" / "shard000.parquet"
+    assert raw.stat().st_mtime_ns > parquet.stat().st_mtime_ns
+    assert_nothing_to_do(full)
+    expected = downstream(dag, using(full, dag, raw))
+    assert {"to_parquet", "windows", "train", "export", "evaluate"} <= rules_of(expected)
+    assert "simulate" not in rules_of(expected)
+    assert not any("shard001" in out for _, outs in expected for out in outs)
+    one_track_less = b"".join(original.splitlines(keepends=True)[:-1])
+    preview_and_undo(full, lambda: rewrite(raw, one_track_less), expected)
+
+    # A local file (source: path) written again with the same bytes: nothing runs.
+    targets = data_targets("file")
+    ddag = full_dag(data, *targets)
+    source = Path(read_config(data)["datasets"]["file"]["path"])
+    rewrite(source, source.read_bytes())
+    copied = data / "results" / "file" / "raw" / "tracks.csv"
+    assert source.stat().st_mtime_ns > copied.stat().st_mtime_ns
+    assert_nothing_to_do(data, *targets)
+    assert "Nothing to be done" in snakemake(data, "--cores", "2", *targets).stdout
+
+    # A file downloaded again (forced) with the same bytes: only the download itself runs.
+    raw_web = data / "results" / "web" / "raw" / "tracks.csv"
+    fetched = raw_web.stat().st_mtime_ns
+    again = snakemake(data, "--cores", "1", "--forcerun", "download", str(raw_web))
+    assert rules_of(job_keys(parse_jobs(again.stdout))) == {"download"}
+    assert raw_web.stat().st_mtime_ns != fetched
+    assert_nothing_to_do(data, *data_targets("web"))
+
+    # Other bytes in the local file: everything after it runs.
+    expected = downstream(ddag, using(data, ddag, source))
+    assert rules_of(expected) == {
+        "use_local",
+        "to_parquet",
+        "quality_table",
+        "windows",
+        "challenge",
+    }
+    write_tracks_csv(toy_tracks(120, seed=5), source)
+    assert planned(data, *targets) == expected
+    check_run(data, ddag, expected, *targets)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. A module of the package
+
+
+def test_module_edit_reruns_the_rules_using_it_and_what_follows(full: Path, data: Path) -> None:
+    module = Path("src") / "tracklstm" / "windows.py"
+    dag = full_dag(full)
+    users = using(full, dag, full / module)
+    assert {j.rule for j in users} >= {"windows", "challenge"}
+    expected = downstream(dag, users)
+    assert {"windows", "challenge", "train", "export", "evaluate"} <= rules_of(expected)
+    assert not rules_of(expected) & {"simulate", "to_parquet", "quality_table"}
+    code = (full / module).read_bytes()
+    preview_and_undo(full, lambda: rewrite(full / module, code + b"\n# edited\n"), expected)
+
+    targets = data_targets("sim")
+    ddag = full_dag(data, *targets)
+    expected = downstream(ddag, using(data, ddag, data / module))
+    assert rules_of(expected) == {"windows", "challenge"}
+    assert_nothing_to_do(data, *targets)
+    with open(data / module, "a") as fh:
+        fh.write("\n# edited\n")
+    assert planned(data, *targets) == expected
+    check_run(data, ddag, expected, *targets)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. One more shard of simulated data
+
+
+def _new_jobs(workdir: Path, dag: list[Job]) -> list[Job]:
+    return [j for j in dag if j.outputs and not any((workdir / o).exists() for o in j.outputs)]
+
+
+def test_one_more_shard_simulates_and_converts_only_that_shard(full: Path, data: Path) -> None:
+    assert_nothing_to_do(full)
+    undo = edit_config(full, lambda c: c["datasets"]["tiny"]["simulate"].update(shards=3))
+    dag = full_dag(full)
+    new = _new_jobs(full, dag)
+    assert sorted((j.rule, j.wildcards.get("shard") or j.wildcards.get("part")) for j in new) == [
+        ("simulate", "002"),
+        ("to_parquet", "shard002"),
+    ]
+    expected = downstream(dag, new)
+    assert {"windows", "train", "export", "evaluate"} <= rules_of(expected)
+    assert planned(full) == expected
+    undo()
+    assert_nothing_to_do(full)
+
+    targets = data_targets("sim")
+    assert_nothing_to_do(data, *targets)
+    edit_config(data, lambda c: c["datasets"]["sim"]["simulate"].update(shards=3))
+    ddag = full_dag(data, *targets)
+    new = _new_jobs(data, ddag)
+    assert sorted(j.rule for j in new) == ["simulate", "to_parquet"]
+    expected = downstream(ddag, new)
+    assert rules_of(expected) == {"simulate", "to_parquet", "quality_table", "windows", "challenge"}
+    assert planned(data, *targets) == expected
+    out = check_run(data, ddag, expected, *targets)
+    ran = parse_jobs(out)
+    assert [j.wildcards["shard"] for j in ran if j.rule == "simulate"] == ["002"]
+    assert [j.wildcards["part"] for j in ran if j.rule == "to_parquet"] == ["shard002"]

@@ -1,0 +1,229 @@
+"""The Slurm profile: what it asks Slurm for (dry-run), and a real run through a local Slurm.
+
+The real run needs the one-node Slurm of ``tests/slurm/slurm-up.sh``: it is used when it answers,
+started when it does not (as root; stopped again afterwards), and the test is skipped with the
+script's reason when it cannot be started. That node has no GPU, 2 CPUs and no accounting
+database, so the run sets TRACKLSTM_SLURM_GPUS=0 and TRACKLSTM_SLURM_TRAIN_CPUS=1; job states come
+from squeue (the profile notices the missing database).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).with_name("slurm")))
+from farmtest import (  # noqa: E402
+    ROOT,
+    Job,
+    copy_workflow,
+    parse_jobs,
+    read_config,
+    run_env,
+    slurm_down,
+    slurm_env,
+    slurm_job,
+    slurm_up,
+    snakemake,
+    write_config,
+)
+
+TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
+#: Rules that run as Slurm jobs in the tiny pipeline, and the light ones run by snakemake itself.
+CLUSTER_RULES = {"simulate", "to_parquet", "windows", "challenge", "train", "export", "evaluate"}
+LOCAL_RULES = {"all", "quality_table"}
+
+
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as a user has it (with the `slurm` link), with the tiny config."""
+    return copy_workflow(tmp_path_factory.mktemp("project"), copy.deepcopy(TINY))
+
+
+def dry_run(workdir: Path, profile: str, **env: str) -> dict[str, Job]:
+    """``snakemake --profile PROFILE -n`` in ``workdir``: the jobs by rule (one of each)."""
+    out = snakemake(workdir, "--profile", profile, "-n", env=run_env(workdir, **env)).stdout
+    assert f"Using profiles {profile} " in out, out[:2000]
+    return {job.rule: job for job in parse_jobs(out)}
+
+
+# --------------------------------------------------------------------------------------------
+# What the profile asks for (no Slurm needed)
+
+
+def test_project_root_has_the_profile_under_its_plain_name() -> None:
+    # `snakemake --profile slurm` looks for ./slurm first: the link to profiles/slurm.
+    assert (ROOT / "slurm").resolve() == (ROOT / "profiles" / "slurm").resolve()
+    assert (ROOT / "slurm" / "config.yaml").is_file()
+
+
+def test_profile_resources_by_default(workflow_copy: Path) -> None:
+    jobs = dry_run(workflow_copy, "slurm")
+    assert CLUSTER_RULES <= set(jobs) and LOCAL_RULES <= set(jobs)
+    assert {r for r, j in jobs.items() if j.local} >= LOCAL_RULES
+    assert not {r for r, j in jobs.items() if j.local} & CLUSTER_RULES
+
+    train = jobs["train"].resources
+    assert train["gpu"] == "1"  # one GPU
+    assert train["cpus_per_task"] == "8"
+    assert train["runtime"] == "480"
+    assert train["mem_mb"] == "16000"
+    assert not {"gpu_model", "slurm_partition", "slurm_account"} & set(train)
+    for rule in CLUSTER_RULES - {"train"}:
+        res = jobs[rule].resources
+        assert "gpu" not in res, rule
+        assert int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, rule
+        assert int(res["cpus_per_task"]) >= 1, rule
+
+    # The same profile by its path.
+    by_path = dry_run(workflow_copy, "profiles/slurm")
+    assert {r: j.resources for r, j in by_path.items()} == {
+        r: j.resources for r, j in jobs.items()
+    }
+
+
+def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None:
+    jobs = dry_run(
+        workflow_copy,
+        "slurm",
+        TRACKLSTM_SLURM_ACCOUNT="proj42",
+        TRACKLSTM_SLURM_PARTITION="short",
+        TRACKLSTM_SLURM_GPU_PARTITION="gpu",
+        TRACKLSTM_SLURM_GPU_MODEL="a100",
+        TRACKLSTM_SLURM_TRAIN_CPUS="16",
+        TRACKLSTM_SLURM_TRAIN_RUNTIME="720",
+    )
+    train = jobs["train"].resources
+    assert (train["gpu"], train["gpu_model"], train["slurm_partition"]) == ("1", "a100", "gpu")
+    assert (train["cpus_per_task"], train["runtime"]) == ("16", "720")
+    assert train["slurm_account"] == "proj42"
+    for rule in CLUSTER_RULES - {"train"}:
+        res = jobs[rule].resources
+        assert (res["slurm_partition"], res["slurm_account"]) == ("short", "proj42"), rule
+        assert "gpu_model" not in res
+
+    cpu_only = dry_run(workflow_copy, "slurm", TRACKLSTM_SLURM_GPUS="0")
+    assert cpu_only["train"].resources["gpu"] == "0"  # no --gpus for sbatch
+
+
+# --------------------------------------------------------------------------------------------
+# A real run through the local Slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    try:
+        started, summary = slurm_up()
+    except RuntimeError as err:
+        pytest.skip(f"no local Slurm: {err}")
+    yield summary
+    if started:
+        slurm_down()
+
+
+def _seconds_per_epoch(workdir: Path, windows: Path) -> float:
+    """This machine's current speed on the tiny training: seconds per epoch, one thread."""
+    out = workdir / "calibration"
+    settings = {
+        "model": TINY["models"]["small"]["model"],
+        "training": {**TINY["datasets"]["tiny"]["training"], "epochs": 3},
+    }
+    subprocess.run(
+        [sys.executable, "-m", "tracklstm.train", "--windows", str(windows), "--out", str(out)]
+        + ["--settings", json.dumps(settings), "--threads", "1"],
+        env=run_env(workdir),
+        check=True,
+        capture_output=True,
+    )
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    column = header.index("seconds")
+    return statistics.median(float(r.split(",")[column]) for r in rows)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_pipeline_through_slurm_with_training_at_its_time_limit(
+    slurm_cluster: str, tmp_path: Path
+) -> None:
+    workdir = copy_workflow(tmp_path / "project", copy.deepcopy(TINY))
+    env = run_env(
+        workdir,
+        TRACKLSTM_SLURM_GPUS="0",  # no GPU on this node
+        TRACKLSTM_SLURM_TRAIN_CPUS="1",  # 2 CPUs: another job runs beside training
+        TRACKLSTM_SLURM_TRAIN_RUNTIME="1",  # minutes: training is stopped at this limit
+        **slurm_env(),
+    )
+    fast = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
+
+    # The data stages first: they give the windows the training speed is measured on.
+    first = snakemake(workdir, *fast, "results/tiny/windows.h5", env=env)
+    # Then a training of about 90 s at this speed: longer than the 1-minute time limit.
+    per_epoch = _seconds_per_epoch(workdir, workdir / "results" / "tiny" / "windows.h5")
+    epochs = min(3000, max(20, math.ceil(90 / max(per_epoch, 1e-3))))
+    cfg = read_config(workdir)
+    cfg["datasets"]["tiny"]["training"].update(epochs=epochs, early_stopping={"patience": None})
+    write_config(workdir, cfg)
+    second = snakemake(workdir, *fast, "--retries", "3", env=env)
+    log = first.stdout + second.stdout
+    jobs = parse_jobs(first.stdout) + parse_jobs(second.stdout)
+
+    # Every cluster job went through Slurm (a Slurm job id each), the light ones did not.
+    assert {j.rule for j in jobs if j.slurm_id} == CLUSTER_RULES | {"predict"}
+    assert {j.rule for j in jobs if j.local} >= LOCAL_RULES
+    assert all(j.slurm_id for j in jobs if not j.local), log[-5000:]
+    assert not any(j.slurm_id for j in jobs if j.local)
+
+    # Slurm's own records: each job finished, under the name of its rule.
+    records = {j.slurm_id: slurm_job(j.slurm_id) for j in jobs if j.slurm_id}
+    trains = [r for r in records.values() if r["Comment"].startswith("rule_train")]
+    for job in jobs:
+        if job.slurm_id and job.rule != "train":
+            record = records[job.slurm_id]
+            assert record["Comment"].startswith(f"rule_{job.rule}_"), record
+            assert record["JobState"] == "COMPLETED", record
+            assert record["WorkDir"] == str(workdir)
+
+    # Training: stopped at its time limit, retried, resumed from its checkpoint, finished.
+    assert 2 <= len(trains) <= 4, log[-5000:]
+    assert trains[0]["JobState"] == "TIMEOUT", trains[0]
+    assert trains[-1]["JobState"] == "COMPLETED", trains[-1]
+    assert all(r["TimeLimit"] == "00:01:00" and r["NumCPUs"] == "1" for r in trains), trains
+    first_try = [j for j in jobs if j.rule == "train"][0]
+    slurm_log = (
+        workdir / ".snakemake" / "slurm_logs" / "rule_train" / "tiny_small"
+    ) / f"{first_try.slurm_id}.log"
+    assert "DUE TO TIME LIMIT" in slurm_log.read_text()
+    # The killed job's outputs were removed (its metrics.csv would look like a finished run).
+    assert "Removing output files of failed job train" in second.stdout
+    run = workdir / "results" / "tiny" / "small"
+    train_log = (workdir / "results" / "tiny" / "logs" / "train" / "small.log").read_text()
+    assert "resuming from" in train_log
+    summary = json.loads((run / "training.json").read_text())
+    assert summary["resumes"] >= 1 and summary["epochs_run"] == epochs
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + epochs
+    assert not (run / "checkpoint.pt").exists()
+
+    # The outputs are right.
+    metrics = json.loads((run / "evaluation" / "tiny" / "metrics.json").read_text())
+    assert metrics["n_test_windows"] > 0
+    assert all(math.isfinite(s["rms"]) for s in metrics["residuals"].values())
+    for png in (run / "evaluation" / "tiny").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    load = (
+        "import sys, torch; m = torch.jit.load(sys.argv[1]); "
+        "y = m(torch.zeros(1, 7, 6) + torch.tensor([0., 0., 65., .1, -.05, 1.5])); "
+        "assert y.shape == (1, 6) and bool(torch.isfinite(y).all())"
+    )
+    subprocess.run([sys.executable, "-c", load, str(run / "model.ts")], check=True)
+    assert "Nothing to be done" in snakemake(workdir, *fast, "-n", env=env).stdout
