@@ -94,19 +94,40 @@ def write_challenge_rows(path: Path, tracks: np.ndarray, seed: int = 0) -> None:
             fh.write(",".join(f"{v:.6g}" for v in values) + "\n")
 
 
-def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float]:
-    """Rows per second of ``fn()`` (which handles ``n_rows`` rows): best, median, per CPU-second."""
+def machine_busy_seconds() -> float | None:
+    """CPU-seconds all processes have used so far (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
+    """Rows per second of ``fn()`` (which handles ``n_rows`` rows): best, median, per CPU-second.
+
+    ``others_cpu``: the share of the machine's CPUs that other processes used meanwhile (0 on
+    an idle machine; the rates are only comparable when it is small).
+    """
     fn()  # warm-up: the TorchScript executor profiles its first calls
     rates, cpu_rates = [], []
+    busy0, wall0, own0 = machine_busy_seconds(), time.perf_counter(), time.process_time()
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         rates.append(n_rows / (time.perf_counter() - t0))
         cpu_rates.append(n_rows / max(time.process_time() - c0, 1e-9))
+    busy1, wall1, own1 = machine_busy_seconds(), time.perf_counter(), time.process_time()
+    others = None
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * os.cpu_count())
     return {
         "best": round(max(rates), 1),
         "median": round(statistics.median(rates), 1),
         "per_cpu_s": round(statistics.median(cpu_rates), 1),
+        "others_cpu": None if others is None else round(others, 2),
     }
 
 

@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
-        "--windows", type=int, default=0, help="training windows (default: CPU 15,072; GPU 502,400)"
+        "--windows", type=int, default=0, help="training windows (default: CPU 10,048; GPU 502,400)"
     )
     parser.add_argument("--full-size", action="store_true", help="the real set's 2,802,254 windows")
-    parser.add_argument("--rounds", type=int, default=6, help="timed epochs per way (median)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed epochs per way (median)")
     parser.add_argument("--batch-size", type=int, default=1256)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's)")
     parser.add_argument(
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = tr.pick_device(args.device)
     cuda = device.type == "cuda"
-    n = FULL_TRAIN if args.full_size else args.windows or (502_400 if cuda else 15_072)
+    n = FULL_TRAIN if args.full_size else args.windows or (502_400 if cuda else 10_048)
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         if v not in VARIANTS:

@@ -78,6 +78,13 @@ def assert_nothing_to_do(workdir: Path, *targets: str) -> None:
     assert "Nothing to be done" in out, out[-3000:]
 
 
+def summary_table(workdir: Path) -> dict[str, tuple[str, str]]:
+    """``snakemake --summary``: output file -> (status, plan)."""
+    out = snakemake(workdir, "--summary", "--cores", "1").stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.count("\t") >= 5]
+    return {r[0]: (r[4], r[5]) for r in rows[1:]}
+
+
 def check_run(
     workdir: Path, dag: list[Job], expected: Keys, *targets: str, extra: tuple[str, ...] = ()
 ) -> str:
@@ -217,9 +224,14 @@ def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
     # More epochs: long enough to stop the run in the middle of training.
     edit_config(full, lambda c: c["datasets"]["tiny"]["training"].update(epochs=6))
     assert planned(full) == expected
-    changes = snakemake(full, "--list-changes", "params", "--cores", "1").stdout
-    assert "results/tiny/small/training.json" in changes
-    assert "results/tiny/windows.h5" not in changes
+    # Why: the dry-run's reasons, and the summary's status and plan of each output file.
+    reasons = {j.rule: j.reason for j in parse_jobs(snakemake(full, "-n", "--cores", "1").stdout)}
+    assert reasons["train"].startswith("Params have changed since last execution")
+    assert reasons["export"].startswith("Input files updated by another job")
+    summary = summary_table(full)
+    assert summary["results/tiny/small/training.json"][:2] == ("params changed", "update pending")
+    assert summary["results/tiny/small/model.ts"][1] == "update pending"
+    assert summary["results/tiny/windows.h5"][:2] == ("ok", "no update")
 
     # The run dies (SIGKILL of snakemake and its jobs) once the first epoch is saved.
     run_dir = full / "results" / "tiny" / "small"
@@ -244,6 +256,7 @@ def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
     # partial metrics.csv as incomplete until it is told to redo it.
     for name in ("weights_best.pt", "weights_last.pt", "training.json"):
         assert not (run_dir / name).exists()
+    snakemake(full, "--unlock", "--cores", "1")  # the killed run's lock
     refused = snakemake(full, "-n", "--cores", "1", check=False)
     assert refused.returncode != 0
     assert "incomplete" in refused.stdout.lower()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
-from farmtest import (  # noqa: E402
+from farmtest import (
     ROOT,
     Job,
     copy_workflow,
@@ -34,6 +34,7 @@ from farmtest import (  # noqa: E402
     slurm_job,
     slurm_up,
     snakemake,
+    submissions,
     write_config,
 )
 
@@ -68,9 +69,7 @@ def test_project_root_has_the_profile_under_its_plain_name() -> None:
 
 def test_profile_resources_by_default(workflow_copy: Path) -> None:
     jobs = dry_run(workflow_copy, "slurm")
-    assert CLUSTER_RULES <= set(jobs) and LOCAL_RULES <= set(jobs)
-    assert {r for r, j in jobs.items() if j.local} >= LOCAL_RULES
-    assert not {r for r, j in jobs.items() if j.local} & CLUSTER_RULES
+    assert set(jobs) >= CLUSTER_RULES | LOCAL_RULES
 
     train = jobs["train"].resources
     assert train["gpu"] == "1"  # one GPU
@@ -86,9 +85,7 @@ def test_profile_resources_by_default(workflow_copy: Path) -> None:
 
     # The same profile by its path.
     by_path = dry_run(workflow_copy, "profiles/slurm")
-    assert {r: j.resources for r, j in by_path.items()} == {
-        r: j.resources for r, j in jobs.items()
-    }
+    assert {r: j.resources for r, j in by_path.items()} == {r: j.resources for r, j in jobs.items()}
 
 
 def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None:
@@ -139,8 +136,10 @@ def _seconds_per_epoch(workdir: Path, windows: Path) -> float:
         "training": {**TINY["datasets"]["tiny"]["training"], "epochs": 3},
     }
     subprocess.run(
-        [sys.executable, "-m", "tracklstm.train", "--windows", str(windows), "--out", str(out)]
-        + ["--settings", json.dumps(settings), "--threads", "1"],
+        [
+            *(sys.executable, "-m", "tracklstm.train", "--windows", str(windows)),
+            *("--out", str(out), "--settings", json.dumps(settings), "--threads", "1"),
+        ],
         env=run_env(workdir),
         check=True,
         capture_output=True,
@@ -177,35 +176,36 @@ def test_pipeline_through_slurm_with_training_at_its_time_limit(
     second = snakemake(workdir, *fast, "--retries", "3", env=env)
     log = first.stdout + second.stdout
     jobs = parse_jobs(first.stdout) + parse_jobs(second.stdout)
+    sent = submissions(log)
 
-    # Every cluster job went through Slurm (a Slurm job id each), the light ones did not.
-    assert {j.rule for j in jobs if j.slurm_id} == CLUSTER_RULES | {"predict"}
-    assert {j.rule for j in jobs if j.local} >= LOCAL_RULES
+    # Every cluster job went through Slurm, the light ones did not.
+    assert {s.rule for s in sent} == CLUSTER_RULES | {"predict"}, log[-5000:]
     assert all(j.slurm_id for j in jobs if not j.local), log[-5000:]
-    assert not any(j.slurm_id for j in jobs if j.local)
+    assert {j.rule for j in jobs if j.local} >= LOCAL_RULES
+    assert not {j.rule for j in jobs if j.local} & {s.rule for s in sent}
 
-    # Slurm's own records: each job finished, under the name of its rule.
-    records = {j.slurm_id: slurm_job(j.slurm_id) for j in jobs if j.slurm_id}
-    trains = [r for r in records.values() if r["Comment"].startswith("rule_train")]
-    for job in jobs:
-        if job.slurm_id and job.rule != "train":
-            record = records[job.slurm_id]
-            assert record["Comment"].startswith(f"rule_{job.rule}_"), record
+    # Slurm's own records: each job ran under the name of its rule, in the workflow's folder,
+    # and finished; its Slurm log is kept.
+    records = {s.slurm_id: slurm_job(s.slurm_id) for s in sent}
+    for s in sent:
+        record = records[s.slurm_id]
+        assert record["Comment"].startswith(f"rule_{s.rule}_"), record
+        assert record["WorkDir"] == str(workdir), record
+        assert s.log.is_file() and s.log.parent.parent.name == f"rule_{s.rule}"
+        if s.rule != "train":
             assert record["JobState"] == "COMPLETED", record
-            assert record["WorkDir"] == str(workdir)
 
     # Training: stopped at its time limit, retried, resumed from its checkpoint, finished.
-    assert 2 <= len(trains) <= 4, log[-5000:]
-    assert trains[0]["JobState"] == "TIMEOUT", trains[0]
-    assert trains[-1]["JobState"] == "COMPLETED", trains[-1]
-    assert all(r["TimeLimit"] == "00:01:00" and r["NumCPUs"] == "1" for r in trains), trains
-    first_try = [j for j in jobs if j.rule == "train"][0]
-    slurm_log = (
-        workdir / ".snakemake" / "slurm_logs" / "rule_train" / "tiny_small"
-    ) / f"{first_try.slurm_id}.log"
-    assert "DUE TO TIME LIMIT" in slurm_log.read_text()
+    trains = [s for s in sent if s.rule == "train"]
+    states = [records[s.slurm_id]["JobState"] for s in trains]
+    assert 2 <= len(trains) <= 4 and states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
+    for s in trains:
+        assert records[s.slurm_id]["TimeLimit"] == "00:01:00"
+        assert records[s.slurm_id]["NumCPUs"] == "1"
+    killed = trains[0].log.read_text()
+    assert "DUE TO TIME LIMIT" in killed
     # The killed job's outputs were removed (its metrics.csv would look like a finished run).
-    assert "Removing output files of failed job train" in second.stdout
+    assert "Removing output files of failed job train" in killed
     run = workdir / "results" / "tiny" / "small"
     train_log = (workdir / "results" / "tiny" / "logs" / "train" / "small.log").read_text()
     assert "resuming from" in train_log

@@ -211,7 +211,7 @@ def test_bad_windows_file(edit: Any, message: str, wfile: Path, tmp_path: Path) 
         with pytest.raises(tr.TrainingInputError, match=message) as err:
             tr.train(wfile, tmp_path / "run", tiny(data_on_device=on_device))
         assert str(wfile) in str(err.value)
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_not_an_hdf5_file(tmp_path: Path) -> None:
@@ -391,6 +391,10 @@ def test_init_from_another_run(wfile: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(tr.TrainingInputError, match="init_from"):
         tr.train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "nothing")))
+    (tmp_path / "junk.pt").write_text("not weights")
+    with pytest.raises(tr.TrainingInputError, match=r"junk\.pt is not a weights file"):
+        tr.train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "junk.pt")))
+    assert not (tmp_path / "bad").exists()
 
 
 # --- checkpoints and resume (in-process; the signal tests are in test_train_resume.py) ------

@@ -15,7 +15,8 @@ RNG states, metrics so far) is written atomically beside the outputs (``checkpoi
 declared output, so Snakemake leaves it when a job fails). A restarted run with the same
 settings and data continues from it. On SIGTERM (Slurm's time limit) or Ctrl-C the current step
 is finished, the state in the middle of the epoch is saved (the epoch's permutation is rebuilt
-from its seed, so the resumed run is the same run) and the process exits with code 143.
+from its seed, so the resumed run is the same run) and the process exits with code 143. A lock
+beside the checkpoint refuses a second process on the same run.
 
 Several GPUs: under ``torchrun`` (WORLD_SIZE > 1) training is data-parallel (DDP; NCCL on GPUs,
 gloo on CPUs). ``batch_size`` stays the global batch: each rank takes its share of every batch
@@ -56,7 +57,7 @@ import torch
 from torch import nn
 
 import tracklstm
-from tracklstm.io import atomic_path, setup_logging, show_progress, write_json
+from tracklstm.io import atomic_path, setup_logging, sha256_file, show_progress, write_json
 from tracklstm.model import TrackRNN, build_model, count_parameters
 
 log = logging.getLogger("tracklstm.train")  # the same name under `python -m`
@@ -495,7 +496,7 @@ def inspect_windows(path: str | Path) -> WindowsInfo:
             if xs.shape[0] == 0:
                 raise TrainingInputError(f"{path}: the split {split!r} holds no windows")
             sizes[split] = int(xs.shape[0])
-    fingerprint = str(attrs.get("data_fingerprint", "")) or _file_sha256(path)
+    fingerprint = str(attrs.get("data_fingerprint", "")) or sha256_file(path)
     identity = {
         "data_fingerprint": fingerprint,
         "sizes": sizes,
@@ -513,12 +514,6 @@ def inspect_windows(path: str | Path) -> WindowsInfo:
         },
     }
     return WindowsInfo(path, int(length), sizes, lo, hi, fingerprint, identity)
-
-
-def _file_sha256(path: Path) -> str:
-    from tracklstm.io import sha256_file
-
-    return sha256_file(path)
 
 
 def _normalize(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -580,6 +575,8 @@ class WindowSource(Protocol):
         self, batch: int, dist: Dist
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
+    def close(self) -> None: ...
+
 
 class DeviceWindows:
     """A split held in device memory; batches are slices of a ``randperm`` drawn on the device."""
@@ -617,7 +614,7 @@ class DeviceWindows:
     def eval_batches(self, batch: int, dist: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x[dist.rank :: dist.world], self.y[dist.rank :: dist.world]
         for start in range(0, len(x), batch):
-            yield x[start : start + batch], y[start : start + batch]
+            yield x[start : start + batch].contiguous(), y[start : start + batch].contiguous()
 
     def close(self) -> None:
         pass
@@ -1189,20 +1186,31 @@ def _train(
     init_sha = None
     if init is not None:
         weights, summary_path = init
-        state = torch.load(weights, map_location=device, weights_only=True)
+        try:
+            state = torch.load(weights, map_location=device, weights_only=True)
+        except Exception as err:  # not a weights file: say which file, not a traceback
+            raise TrainingInputError(
+                f"training.init_from: {weights} is not a weights file ({err})"
+            ) from None
         try:
             model.load_state_dict(state)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, AttributeError) as err:
             first = str(err).strip().splitlines()[-1].strip()
             raise TrainingInputError(
                 f"training.init_from: {weights} does not fit model {settings['model']}: {first}"
             ) from None
-        init_sha = _file_sha256(weights)
+        init_sha = sha256_file(weights)
         if summary_path is not None:
             # The weights expect the inputs normalized as in their own run.
-            source = json.loads(summary_path.read_text())
-            info.norm_min = np.asarray(source["norm_min"], dtype=np.float32)
-            info.norm_max = np.asarray(source["norm_max"], dtype=np.float32)
+            try:
+                source = json.loads(summary_path.read_text())
+                lo = np.asarray(source["norm_min"], dtype=np.float32).reshape(N_FEATURES)
+                hi = np.asarray(source["norm_max"], dtype=np.float32).reshape(N_FEATURES)
+            except (ValueError, KeyError, TypeError) as err:
+                raise TrainingInputError(
+                    f"training.init_from: {summary_path} holds no normalization ({err})"
+                ) from None
+            info.norm_min, info.norm_max = lo, hi
             log.info("the normalization comes from %s", summary_path)
         log.info("initialised the weights from %s", weights)
     if dist.rank > 0:  # dropout draws differ between ranks; rank 0 is the single-process run
@@ -1218,10 +1226,15 @@ def _train(
             "norm": [info.norm_min.tolist(), info.norm_max.tolist()],
         }
     )
-    with _run_lock(ckpt_path, dist.main):
-        return _train_locked(
-            info, out_dir, ckpt_path, settings, init, dist, device, model, run_hash
-        )
+    sources = load_windows(info, device, cfg["data_on_device"], int(cfg["stream_chunk"]))
+    try:
+        with _run_lock(ckpt_path, dist.main):
+            return _train_locked(
+                info, out_dir, ckpt_path, settings, init, dist, device, model, run_hash, sources
+            )
+    finally:
+        sources[0].close()
+        sources[1].close()
 
 
 def _train_locked(
@@ -1234,12 +1247,11 @@ def _train_locked(
     device: torch.device,
     model: TrackRNN,
     run_hash: str,
+    sources: tuple[WindowSource, WindowSource, str],
 ) -> dict[str, Any]:
     cfg = settings["training"]
     seed = int(cfg["seed"])
-    train_src, val_src, placement = load_windows(
-        info, device, cfg["data_on_device"], int(cfg["stream_chunk"])
-    )
+    train_src, val_src, placement = sources
     trainer = Trainer(model, cfg, device, dist)
 
     state: dict[str, Any] = {
@@ -1311,85 +1323,79 @@ def _train_locked(
     )
     progress = show_progress() and dist.main
     started = time.perf_counter()
-    try:
-        for epoch in range(state["epoch"] + 1, epochs + 1):
-            if state["stopped"]:
-                break
-            skip, before = 0, 0.0
-            trainer.set_sums()
-            if partial is not None and partial["epoch"] == epoch:
-                skip, before = int(partial["step"]), float(partial["seconds"])
-                if dist.main:
-                    trainer.set_sums(float(partial["abs_sum"]), float(partial["sq_sum"]))
-            partial = None
-            t0 = time.perf_counter()
-            stopped_at = trainer.train_epoch(
-                train_src, epoch, seed=seed, skip=skip, progress=progress
-            )
-            if stopped_at is not None:
-                abs_sum, sq_sum = trainer.global_sums()
-                save(
-                    {
-                        "epoch": epoch,
-                        "step": stopped_at,
-                        "abs_sum": abs_sum,
-                        "sq_sum": sq_sum,
-                        "seconds": before + time.perf_counter() - t0,
-                    }
-                )
-                raise TrainingInterrupted(ckpt_path, epoch, stopped_at)
-            abs_sum, sq_sum = trainer.global_sums()
-            train_seconds = before + time.perf_counter() - t0
-            n_values = n_train * trainer.n_features
-            train_mae, train_mse = abs_sum / n_values, sq_sum / n_values
-            val_mae, val_mse = trainer.evaluate(val_src)
-            lr = trainer.lr()
-            trainer.schedule(val_mae)
-            seconds = before + time.perf_counter() - t0
-            row = {
-                "epoch": epoch,
-                "train_mae": train_mae,
-                "train_mse": train_mse,
-                "val_mae": val_mae,
-                "val_mse": val_mse,
-                "lr": lr,
-                "seconds": round(seconds, 4),
-                "samples_per_s": round(n_train / max(train_seconds, 1e-9), 1),
-            }
-            state["rows"].append(row)
-            state["epoch"] = epoch
-            if val_mae < state["best_val"] - float(es_cfg["min_delta"]):
-                state.update(best_val=val_mae, best_val_mse=val_mse, best_epoch=epoch)
-                state["bad_epochs"] = 0
-                best_state = _cpu_state(model.state_dict())
-            else:
-                state["bad_epochs"] += 1
-            patience = es_cfg["patience"]
-            state["stopped"] = patience is not None and state["bad_epochs"] >= int(patience)
-            save(None)
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        if state["stopped"]:
+            break
+        skip, before = 0, 0.0
+        trainer.set_sums()
+        if partial is not None and partial["epoch"] == epoch:
+            skip, before = int(partial["step"]), float(partial["seconds"])
             if dist.main:
-                _write_metrics(out_dir / "metrics.csv", state["rows"])
-            log.info(
-                "epoch %d/%d: train MAE %.5f MSE %.3e | val MAE %.5f MSE %.3e | lr %.2e | "
-                "%.1fs, %.0f samples/s",
-                epoch,
-                epochs,
-                train_mae,
-                train_mse,
-                val_mae,
-                val_mse,
-                lr,
-                seconds,
-                row["samples_per_s"],
+                trainer.set_sums(float(partial["abs_sum"]), float(partial["sq_sum"]))
+        partial = None
+        t0 = time.perf_counter()
+        stopped_at = trainer.train_epoch(train_src, epoch, seed=seed, skip=skip, progress=progress)
+        if stopped_at is not None:
+            abs_sum, sq_sum = trainer.global_sums()
+            save(
+                {
+                    "epoch": epoch,
+                    "step": stopped_at,
+                    "abs_sum": abs_sum,
+                    "sq_sum": sq_sum,
+                    "seconds": before + time.perf_counter() - t0,
+                }
             )
-            if state["stopped"]:
-                log.info("early stop after epoch %d: best was epoch %d", epoch, state["best_epoch"])
-                break
-            if epoch < epochs and trainer.stop_agreed(_stop_requested()):
-                raise TrainingInterrupted(ckpt_path, epoch, math.ceil(n_train / trainer.batch))
-    finally:
-        train_src.close()
-        val_src.close()
+            raise TrainingInterrupted(ckpt_path, epoch, stopped_at)
+        abs_sum, sq_sum = trainer.global_sums()
+        train_seconds = before + time.perf_counter() - t0
+        n_values = n_train * trainer.n_features
+        train_mae, train_mse = abs_sum / n_values, sq_sum / n_values
+        val_mae, val_mse = trainer.evaluate(val_src)
+        lr = trainer.lr()
+        trainer.schedule(val_mae)
+        seconds = before + time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            "train_mae": train_mae,
+            "train_mse": train_mse,
+            "val_mae": val_mae,
+            "val_mse": val_mse,
+            "lr": lr,
+            "seconds": round(seconds, 4),
+            "samples_per_s": round(n_train / max(train_seconds, 1e-9), 1),
+        }
+        state["rows"].append(row)
+        state["epoch"] = epoch
+        if val_mae < state["best_val"] - float(es_cfg["min_delta"]):
+            state.update(best_val=val_mae, best_val_mse=val_mse, best_epoch=epoch)
+            state["bad_epochs"] = 0
+            best_state = _cpu_state(model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        patience = es_cfg["patience"]
+        state["stopped"] = patience is not None and state["bad_epochs"] >= int(patience)
+        save(None)
+        if dist.main:
+            _write_metrics(out_dir / "metrics.csv", state["rows"])
+        log.info(
+            "epoch %d/%d: train MAE %.5f MSE %.3e | val MAE %.5f MSE %.3e | lr %.2e | "
+            "%.1fs, %.0f samples/s",
+            epoch,
+            epochs,
+            train_mae,
+            train_mse,
+            val_mae,
+            val_mse,
+            lr,
+            seconds,
+            row["samples_per_s"],
+        )
+        if state["stopped"]:
+            log.info("early stop after epoch %d: best was epoch %d", epoch, state["best_epoch"])
+            break
+        if epoch < epochs and trainer.stop_agreed(_stop_requested()):
+            raise TrainingInterrupted(ckpt_path, epoch, math.ceil(n_train / trainer.batch))
 
     summary = {
         "settings": settings,

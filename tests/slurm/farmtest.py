@@ -31,6 +31,9 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".ruff_ca
 _JOB_HEAD = re.compile(r"^(local)?(?:checkpoint|rule) (\w+):$")
 _FIELD = re.compile(r"^\s{4}(\w[\w ]*): (.*)$")
 _SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+_SUBMITTED_LOG = re.compile(
+    r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S*/rule_(\w+)/\S*)\)"
+)
 
 
 def copy_workflow(dst: Path, config: dict[str, Any] | Path) -> Path:
@@ -101,6 +104,7 @@ class Job:
     outputs: tuple[str, ...] = ()
     wildcards: dict[str, str] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
     slurm_id: str | None = None
 
     @property
@@ -122,7 +126,11 @@ def _pairs(value: str) -> dict[str, str]:
 
 
 def parse_jobs(text: str) -> list[Job]:
-    """The job blocks (``rule NAME:`` / ``localrule NAME:`` and their fields) of ``text``."""
+    """The job blocks (``rule NAME:`` / ``localrule NAME:`` and their fields) of ``text``.
+
+    A job submitted to Slurm gets the Slurm job id of the submission that follows its block (a
+    retried job is listed, and submitted, once per attempt).
+    """
     jobs: list[Job] = []
     current: Job | None = None
     for line in text.splitlines():
@@ -131,6 +139,11 @@ def parse_jobs(text: str) -> list[Job]:
             current = Job(rule=head.group(2), local=bool(head.group(1)))
             jobs.append(current)
             continue
+        sent = _SUBMITTED.search(line)
+        if sent:
+            waiting = [j for j in jobs if j.jobid == int(sent.group(1)) and j.slurm_id is None]
+            if waiting:
+                waiting[-1].slurm_id = sent.group(2)
         if current is None:
             continue
         item = _FIELD.match(line)
@@ -148,12 +161,23 @@ def parse_jobs(text: str) -> list[Job]:
             current.wildcards = _pairs(value)
         elif key == "resources":
             current.resources = _pairs(value)
-    by_id = {j.jobid: j for j in jobs}
-    for snake_id, slurm_id in _SUBMITTED.findall(text):
-        job = by_id.get(int(snake_id))
-        if job is not None:
-            job.slurm_id = slurm_id
+        elif key == "reason":
+            current.reason = value
     return jobs
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One sbatch of a run (a retried job is submitted again)."""
+
+    rule: str
+    slurm_id: str
+    log: Path
+
+
+def submissions(text: str) -> list[Submission]:
+    """Every Slurm job a run submitted, in order."""
+    return [Submission(rule, sid, Path(log)) for sid, log, rule in _SUBMITTED_LOG.findall(text)]
 
 
 def job_keys(jobs: Iterable[Job]) -> set[tuple[str, tuple[str, ...]]]:

@@ -26,7 +26,15 @@ STAGE_MODULES = {
     "train": ["train", "model", "io"],
     "export": ["export", "model", "constants", "io"],
     "predict": ["predict", "export", "model", "constants", "io"],
-    "evaluate": ["evaluate", "baselines", "challenge", "windows", "constants", "io"],
+    "evaluate": [
+        "evaluate",
+        "baselines",
+        "challenge",
+        "windows",
+        "to_parquet",
+        "constants",
+        "io",
+    ],
     "compare": ["compare", "evaluate", "baselines", "constants", "io"],
 }
 
