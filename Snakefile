@@ -1,8 +1,8 @@
 """tracklstm: GlueX charged-track LSTM, from the raw track CSV to an evaluated TorchScript model.
 
-    snakemake --cores 2                  # the default (simulated `demo`) dataset
-    snakemake --profile slurm            # on a Slurm farm
-    snakemake --config build='{datasets: [mlchallenge2]}' --cores 8
+snakemake --cores 2                  # the default (simulated `demo`) dataset
+snakemake --profile slurm            # on a Slurm farm
+snakemake --config build='{datasets: [mlchallenge2]}' --cores 8
 """
 
 import sys
@@ -19,6 +19,12 @@ from tracklstm import settings as tl_settings  # noqa: E402
 
 
 configfile: "config.yaml"
+
+
+# Every job runs the package from this workflow's src/ folder, whatever else is installed.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 report: "workflow/report/workflow.rst"
@@ -40,6 +46,14 @@ except tl_settings.ConfigError as err:
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+    part=r"tracks|shard\d{3}",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/export.smk"
@@ -56,6 +70,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

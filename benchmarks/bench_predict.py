@@ -8,7 +8,9 @@ random weights: the speed does not depend on the values) to a temporary folder. 
 each number of CPU threads in ``--threads`` (torch and onnxruntime limited to it):
 
 - the model alone (``predict.predict_windows`` on the TorchScript file) for batches of 64 to
-  16,384 windows: the speed target is 30,000 rows per second on 2 CPU cores;
+  16,384 windows: the speed target is 30,000 rows per second on 2 CPU cores. With N threads,
+  ``predict_windows`` runs N batches at a time, one thread each; ``split_batch`` is the other
+  way, every batch split over the N threads by torch (as the C++ program and most hosts do);
 - the whole ``predict_file`` (read and check the rows, model, write the answers) on a
   challenge-format file of ``--rows`` simulated rows, with the TorchScript and the ONNX file
   (largest thread count);
@@ -131,13 +133,19 @@ def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
     }
 
 
-def bench_model(model: Any, windows: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+def bench_model(
+    model: Any, windows: np.ndarray, repeats: int, workers: int | None = None
+) -> dict[str, dict[str, float]]:
     out = {}
     for batch in BATCHES:
         n = min(len(windows), max(4 * batch, 16384))
         x = windows[:n]
-        out[str(batch)] = time_rate(lambda x=x, b=batch: predict_windows(model, x, b), n, repeats)
-        log.info("torch, batch %5d: %s rows/s", batch, out[str(batch)])
+
+        def run(x: np.ndarray = x, b: int = batch) -> None:
+            predict_windows(model, x, b, workers=workers)
+
+        out[str(batch)] = time_rate(run, n, repeats)
+        log.info("torch, workers %s, batch %5d: %s rows/s", workers, batch, out[str(batch)])
     return out
 
 
@@ -207,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": meta["model"],
             "target_rows_per_s": TARGET_ROWS_PER_S,
             "torchscript_rows_per_s": {},
+            "torchscript_split_batch_rows_per_s": {},
             "onnxruntime_rows_per_s": {},
         }
         for n_threads in threads:
@@ -215,6 +224,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record["torchscript_rows_per_s"][str(n_threads)] = bench_model(
                 model, windows, args.repeats
             )
+            if n_threads > 1:  # for comparison: each batch split over the threads (OpenMP)
+                record["torchscript_split_batch_rows_per_s"][str(n_threads)] = bench_model(
+                    model, windows, args.repeats, workers=1
+                )
             if onnx_path is not None:
                 record["onnxruntime_rows_per_s"][str(n_threads)] = bench_onnx(
                     onnx_path, windows, n_threads, args.repeats

@@ -209,9 +209,14 @@ def test_predict_windows_batches_agree(model_ts: Path) -> None:
     rng = np.random.default_rng(0)
     lo, hi = np.array(meta["norm_min"]), np.array(meta["norm_max"])
     x = (lo + rng.random((50, 7, 6)) * (hi - lo)).astype(np.float32)
-    one = predict_windows(model, x, batch=50)
-    many = predict_windows(model, x, batch=7)
+    threads = torch.get_num_threads()
+    one = predict_windows(model, x, batch=50, workers=1)
+    many = predict_windows(model, x, batch=7, workers=3)  # 8 batches over 3 threads
+    assert torch.get_num_threads() == threads
     np.testing.assert_allclose(one, many, rtol=1e-6, atol=1e-6 * (hi - lo).max())
+    with torch.no_grad():
+        direct = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(many, direct, rtol=1e-6, atol=1e-6 * (hi - lo).max())
 
 
 def test_cli(model_ts: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

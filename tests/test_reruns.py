@@ -189,24 +189,36 @@ def data_targets(*datasets: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]) -> Path:
-    """The data stages of a simulated (`sim`), a local (`file`) and a downloaded (`web`) set."""
-    root = tmp_path_factory.mktemp("data")
-    write_tracks_csv(toy_tracks(150, seed=3), root / "tracks.csv")
-    served, url = http_dir
-    write_tracks_csv(toy_tracks(150, seed=4), served / "tracks.csv")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data stages of a small simulated set (`sim`), built."""
     cfg = copy.deepcopy(TINY)
     cfg["build"]["datasets"] = ["sim"]
     cfg["datasets"] = {
         "sim": {
             "source": "simulate",
             "simulate": {"tracks_per_shard": 100, "shards": 2, "seed": 11},
-        },
+        }
+    }
+    workdir = copy_workflow(tmp_path_factory.mktemp("data"), cfg)
+    snakemake(workdir, "--cores", "2", *data_targets("sim"))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]) -> Path:
+    """The data stages of a local file (`file`, source: path) and a download (`web`), built."""
+    root = tmp_path_factory.mktemp("sources")
+    write_tracks_csv(toy_tracks(150, seed=3), root / "tracks.csv")
+    served, url = http_dir
+    write_tracks_csv(toy_tracks(150, seed=4), served / "tracks.csv")
+    cfg = copy.deepcopy(TINY)
+    cfg["build"]["datasets"] = ["file"]
+    cfg["datasets"] = {
         "file": {"source": "path", "path": str(root / "tracks.csv")},
         "web": {"source": "url", "url": f"{url}/tracks.csv"},
     }
     workdir = copy_workflow(root / "wf", cfg)
-    snakemake(workdir, "--cores", "2", *data_targets("sim", "file", "web"))
+    snakemake(workdir, "--cores", "2", *data_targets("file", "web"))
     return workdir
 
 
@@ -298,10 +310,8 @@ def test_windowing_setting_reruns_windows_and_what_follows(full: Path, data: Pat
 # 3. The raw file's content
 
 
-def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(
-    full: Path, data: Path
-) -> None:
-    # The whole pipeline: a raw shard written again with the same bytes, then with others.
+def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(full: Path) -> None:
+    # A raw shard written again with the same bytes, then with others.
     dag = full_dag(full)
     raw = full / "results" / "tiny" / "raw" / "shard000.csv"
     original = raw.read_bytes()
@@ -317,26 +327,30 @@ def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(
     one_track_less = b"".join(original.splitlines(keepends=True)[:-1])
     preview_and_undo(full, lambda: rewrite(raw, one_track_less), expected)
 
+
+def test_local_or_downloaded_file_again_same_bytes_nothing_other_bytes_what_follows(
+    sources: Path,
+) -> None:
     # A local file (source: path) written again with the same bytes: nothing runs.
     targets = data_targets("file")
-    ddag = full_dag(data, *targets)
-    source = Path(read_config(data)["datasets"]["file"]["path"])
+    dag = full_dag(sources, *targets)
+    source = Path(read_config(sources)["datasets"]["file"]["path"])
     rewrite(source, source.read_bytes())
-    copied = data / "results" / "file" / "raw" / "tracks.csv"
+    copied = sources / "results" / "file" / "raw" / "tracks.csv"
     assert source.stat().st_mtime_ns > copied.stat().st_mtime_ns
-    assert_nothing_to_do(data, *targets)
-    assert "Nothing to be done" in snakemake(data, "--cores", "2", *targets).stdout
+    assert_nothing_to_do(sources, *targets)
+    assert "Nothing to be done" in snakemake(sources, "--cores", "2", *targets).stdout
 
     # A file downloaded again (forced) with the same bytes: only the download itself runs.
-    raw_web = data / "results" / "web" / "raw" / "tracks.csv"
+    raw_web = sources / "results" / "web" / "raw" / "tracks.csv"
     fetched = raw_web.stat().st_mtime_ns
-    again = snakemake(data, "--cores", "1", "--forcerun", "download", str(raw_web))
+    again = snakemake(sources, "--cores", "1", "--forcerun", "download", str(raw_web))
     assert rules_of(job_keys(parse_jobs(again.stdout))) == {"download"}
     assert raw_web.stat().st_mtime_ns != fetched
-    assert_nothing_to_do(data, *data_targets("web"))
+    assert_nothing_to_do(sources, *data_targets("web"))
 
     # Other bytes in the local file: everything after it runs.
-    expected = downstream(ddag, using(data, ddag, source))
+    expected = downstream(dag, using(sources, dag, source))
     assert rules_of(expected) == {
         "use_local",
         "to_parquet",
@@ -345,8 +359,8 @@ def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(
         "challenge",
     }
     write_tracks_csv(toy_tracks(120, seed=5), source)
-    assert planned(data, *targets) == expected
-    check_run(data, ddag, expected, *targets)
+    assert planned(sources, *targets) == expected
+    check_run(sources, dag, expected, *targets)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,19 +1,8 @@
 import json
 
-
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 
-
-wildcard_constraints:
-    dataset="|".join(DATASETS),
-    model="|".join(MODELS),
-    part=r"tracks|shard\d{3}",
-
-
-# Every rule runs the package from the workflow's own src/ folder, whatever else is installed:
-# shell commands start with "{PYTHON} -m tracklstm.<module>".
-PYTHON = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python"
 
 # The package modules each stage runs. They are declared as inputs, so that editing a module
 # re-runs the rules that use it and everything downstream.
@@ -85,3 +74,43 @@ def all_targets():
     # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
     targets += tl_plan.targets(config)
     return targets
+
+
+def train_settings(wildcards):
+    """The model and training sections of one run, and the window length it expects."""
+    return {
+        "model": section("model", wildcards.dataset, wildcards.model),
+        "training": section("training", wildcards.dataset, wildcards.model),
+        "window_length": section("windows", wildcards.dataset)["length"],
+    }
+
+
+def train_init_inputs(wildcards):
+    """Fine-tuning: the weights (and normalization) the run starts from, built first if needed."""
+    init = section("training", wildcards.dataset, wildcards.model).get("init_from")
+    if not init:
+        return []
+    path = Path(init)
+    if path.suffix == ".pt":
+        extra = (
+            [path.parent / "training.json"] if path.name.startswith("weights_") else []
+        )
+        return [str(path), *map(str, extra)]
+    return [str(path / "weights_best.pt"), str(path / "training.json")]
+
+
+def train_gpus(resources):
+    return int(resources.get("gpu", 0) or resources.get("gpus", 0) or 0)
+
+
+def train_launcher(wildcards, resources):
+    """One process by default; with several GPUs (resource `gpu` > 1) torchrun, one per GPU."""
+    gpus = train_gpus(resources)
+    if gpus > 1:
+        return f"-m torch.distributed.run --standalone --nproc_per_node={gpus} -m"
+    return "-m"
+
+
+def train_threads(wildcards, threads, resources):
+    """CPU threads of each training process."""
+    return max(1, threads // max(1, train_gpus(resources)))

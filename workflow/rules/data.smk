@@ -8,6 +8,8 @@ rule simulate:
         "results/{dataset}/logs/simulate/shard{shard}.log",
     benchmark:
         "results/{dataset}/benchmarks/simulate/shard{shard}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -16,7 +18,7 @@ rule simulate:
         tracks=lambda w: config["datasets"][w.dataset]["simulate"]["tracks_per_shard"],
         seed=lambda w: config["datasets"][w.dataset]["simulate"]["seed"],
     shell:
-        "{PYTHON} -m tracklstm.simulate --n-tracks {params.tracks} --seed {params.seed}"
+        "python -m tracklstm.simulate --n-tracks {params.tracks} --seed {params.seed}"
         " --shard {wildcards.shard} --out {output} 2> {log}"
 
 
@@ -30,6 +32,8 @@ rule download:
         "results/{dataset}/logs/download.log",
     benchmark:
         "results/{dataset}/benchmarks/download.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -38,7 +42,7 @@ rule download:
         url=lambda w: config["datasets"][w.dataset]["url"],
         sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     shell:
-        "{PYTHON} -m tracklstm.download --url {params.url:q} --sha256 {params.sha256:q}"
+        "python -m tracklstm.download --url {params.url:q} --sha256 {params.sha256:q}"
         " --out {output} 2> {log}"
 
 
@@ -51,6 +55,8 @@ rule use_local:
         "results/{dataset}/raw/tracks.csv",
     log:
         "results/{dataset}/logs/use_local.log",
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -59,7 +65,7 @@ rule use_local:
         mode=lambda w: config["datasets"][w.dataset].get("mode", "copy"),
         sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
     shell:
-        "{PYTHON} -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
+        "python -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
         " --sha256 {params.sha256:q} --out {output} 2> {log}"
 
 
@@ -78,6 +84,8 @@ rule to_parquet:
         "results/{dataset}/logs/to_parquet/{part}.log",
     benchmark:
         "results/{dataset}/benchmarks/to_parquet/{part}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -85,7 +93,7 @@ rule to_parquet:
     params:
         bad_rows=lambda w: section("conversion", w.dataset)["bad_rows"],
     shell:
-        "{PYTHON} -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
+        "python -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
         " --quality {output.quality} --bad-rows {params.bad_rows} 2> {log}"
 
 
@@ -100,6 +108,8 @@ rule windows:
         "results/{dataset}/logs/windows.log",
     benchmark:
         "results/{dataset}/benchmarks/windows.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -114,7 +124,7 @@ rule windows:
         ),
         seed=lambda w: section("windows", w.dataset)["seed"],
     shell:
-        "{PYTHON} -m tracklstm.windows --parquet {input.parquet} --out {output}"
+        "python -m tracklstm.windows --parquet {input.parquet} --out {output}"
         " --length {params.length} --stride {params.stride} --last-target-plane {params.last}"
         " --split {params.split} --seed {params.seed} 2> {log}"
 
@@ -132,6 +142,8 @@ rule challenge:
         "results/{dataset}/logs/challenge.log",
     benchmark:
         "results/{dataset}/benchmarks/challenge.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -146,7 +158,7 @@ rule challenge:
             else ""
         ),
     shell:
-        "{PYTHON} -m tracklstm.challenge --parquet {input.parquet} --windows {input.windows}"
+        "python -m tracklstm.challenge --parquet {input.parquet} --windows {input.windows}"
         " --inputs-out {output.inputs} --answers-out {output.answers}"
         " --n-min {params.n_min} --n-max {params.n_max} --seed {params.seed}"
         " {params.max_tracks} 2> {log}"

@@ -66,6 +66,8 @@ rule evaluate:
         "results/{dataset}/logs/evaluate/{model}/{data}.log",
     benchmark:
         "results/{dataset}/benchmarks/evaluate/{model}/{data}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -74,7 +76,7 @@ rule evaluate:
         out_dir=subpath(output.metrics, parent=True),
         settings=lambda w: tl_plan.evaluation_cli_args(config, w.data, w.model),
     shell:
-        "{PYTHON} -m tracklstm.evaluate --model {input.model} --windows {input.windows}"
+        "python -m tracklstm.evaluate --model {input.model} --windows {input.windows}"
         " --out {params.out_dir} --metrics-csv {input.metrics}"
         " --challenge-inputs {input.challenge_inputs}"
         " --challenge-answers {input.challenge_answers}"
@@ -94,12 +96,14 @@ rule predict_external:
         f"{EXTERNAL}/challenge_predictions.csv",
     log:
         "results/external/logs/predict/{ext}/{data}.log",
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{PYTHON} -m tracklstm.predict --model {input.model:q} --inputs {input.inputs}"
+        "python -m tracklstm.predict --model {input.model:q} --inputs {input.inputs}"
         " --out {output} --threads {threads} 2> {log}"
 
 
@@ -119,6 +123,8 @@ rule evaluate_external:
         "results/external/logs/evaluate/{ext}/{data}.log",
     benchmark:
         "results/external/benchmarks/evaluate/{ext}/{data}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -127,7 +133,7 @@ rule evaluate_external:
         out_dir=subpath(output.metrics, parent=True),
         settings=lambda w: tl_plan.evaluation_cli_args(config, w.data),
     shell:
-        "{PYTHON} -m tracklstm.evaluate --model {input.model:q} --windows {input.windows}"
+        "python -m tracklstm.evaluate --model {input.model:q} --windows {input.windows}"
         " --out {params.out_dir}"
         " --challenge-inputs {input.challenge_inputs}"
         " --challenge-answers {input.challenge_answers}"
@@ -151,12 +157,14 @@ rule quality_table:
         ),
     log:
         "results/{dataset}/logs/quality_table.log",
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
     shell:
-        "{PYTHON} -m tracklstm.evaluate quality --out {output} --dataset {wildcards.dataset}"
+        "python -m tracklstm.evaluate quality --out {output} --dataset {wildcards.dataset}"
         " {input.quality} 2> {log}"
 
 
@@ -195,6 +203,8 @@ rule compare:
         ),
     log:
         "results/compare/logs/{comparison}.log",
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -208,5 +218,5 @@ rule compare:
             shlex.quote(lab) for _, lab in tl_plan.compare_runs(config, w.comparison)
         ),
     shell:
-        "{PYTHON} -m tracklstm.compare {params.runs} --out {params.out_dir}"
+        "python -m tracklstm.compare {params.runs} --out {params.out_dir}"
         " --labels {params.labels} 2> {log}"

@@ -16,6 +16,8 @@ rule export:
         "results/{dataset}/logs/export/{model}.log",
     benchmark:
         "results/{dataset}/benchmarks/export/{model}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 1
     resources:
         mem_mb=3000,
@@ -26,7 +28,7 @@ rule export:
         tolerance=lambda w: section("export", w.dataset, w.model)["tolerance"],
         opset=lambda w: section("export", w.dataset, w.model)["onnx_opset"],
     shell:
-        "{PYTHON} -m tracklstm.export --run {params.run_dir} --weights {params.weights}"
+        "python -m tracklstm.export --run {params.run_dir} --weights {params.weights}"
         " --out {output.torchscript} --onnx {output.onnx} --program {output.program}"
         " --report {output.report} --tolerance {params.tolerance} --opset {params.opset}"
         " --threads {threads} 2> {log}"
@@ -44,10 +46,12 @@ rule predict:
         "results/{dataset}/logs/predict/{model}/{data}.log",
     benchmark:
         "results/{dataset}/benchmarks/predict/{model}/{data}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{PYTHON} -m tracklstm.predict --model {input.model} --inputs {input.inputs}"
+        "python -m tracklstm.predict --model {input.model} --inputs {input.inputs}"
         " --out {output} --threads {threads} 2> {log}"
