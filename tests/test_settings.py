@@ -28,12 +28,15 @@ def test_config_defaults_are_the_reference(config: dict) -> None:
     assert train["batch_size"] == 1256
     assert train["learning_rate"] == pytest.approx(1e-4)
     assert train["epochs"] == 100
-    assert train["scheduler"] == {
+    assert train["scheduler"]["kind"] == "plateau"
+    assert {k: train["scheduler"][k] for k in ("factor", "patience", "threshold", "min_lr")} == {
         "factor": 0.85,
         "patience": 5,
         "threshold": 1e-5,
         "min_lr": 1e-6,
     }
+    assert train["grad_clip_value"] == 1.0
+    assert train["early_stopping"]["patience"] == 20
     assert config["model"]["hidden_sizes"] == [128, 64, 32]
     assert config["windows"]["length"] == 7
 

@@ -136,4 +136,5 @@ def test_bad_config_value_is_named(tmp_path: Path) -> None:
     (workdir / "config.yaml").write_text(cfg)
     result = snakemake(workdir, "--cores", "1", "-n", check=False)
     assert result.returncode != 0
-    assert "batch_size" in result.stderr and "minimum" in result.stderr
+    out = result.stdout + result.stderr
+    assert "batch_size" in out and "minimum" in out

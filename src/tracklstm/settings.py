@@ -40,7 +40,11 @@ def load_schema(path: str | Path) -> dict[str, Any]:
 
 
 def _key_path(error: jsonschema.ValidationError, prefix: str) -> str:
-    parts = [prefix, *[str(p) for p in error.absolute_path]] if prefix else list(map(str, error.absolute_path))
+    parts = (
+        [prefix, *[str(p) for p in error.absolute_path]]
+        if prefix
+        else list(map(str, error.absolute_path))
+    )
     return ".".join(p for p in parts if p) or "(top level)"
 
 
