@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def bench_model(
 ) -> dict[str, dict[str, float]]:
     out = {}
     for batch in BATCHES:
-        n = min(len(windows), max(4 * batch, 16384))
+        n = min(len(windows), max(2 * batch, 16384))
         x = windows[:n]
 
         def run(x: np.ndarray = x, b: int = batch) -> None:
@@ -158,7 +159,7 @@ def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> d
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     out = {}
     for batch in BATCHES:
-        n = min(len(windows), max(4 * batch, 16384))
+        n = min(len(windows), max(2 * batch, 16384))
 
         def run(n: int = n, batch: int = batch) -> None:
             for start in range(0, n, batch):
@@ -171,11 +172,20 @@ def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> d
 
 def bench_cpp(exe: Path, model: Path, threads: int) -> list[dict[str, Any]] | str:
     cmd = [str(exe), "--model", str(model), "--bench", "--threads", str(threads)]
+    busy0, wall0 = machine_busy_seconds(), time.perf_counter()
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, wall1 = machine_busy_seconds(), time.perf_counter()
     if result.returncode != 0:
         return f"failed: {result.stderr.strip()[-500:]}"
     header, *rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
     table = [dict(zip(header, row, strict=True)) for row in rows]
+    if busy0 is not None and busy1 is not None:
+        own = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+        others = max(0.0, busy1 - busy0 - own) / ((wall1 - wall0) * os.cpu_count())
+        for row in table:
+            row["others_cpu"] = round(others, 2)
     for row in table:
         log.info(
             "C++ %s, batch %5s: %s windows/s", row["device"], row["batch"], row["windows_per_s"]
@@ -239,7 +249,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(max(threads))
         for path in (model_path, onnx_path):
             if path is not None:
+                busy0, wall0, own0 = (
+                    machine_busy_seconds(),
+                    time.perf_counter(),
+                    time.process_time(),
+                )
                 stats = predict_file(path, inputs, tmp / "answers.csv")
+                busy1, wall1, own1 = (
+                    machine_busy_seconds(),
+                    time.perf_counter(),
+                    time.process_time(),
+                )
+                if busy0 is not None and busy1 is not None:
+                    others = max(0.0, busy1 - busy0 - (own1 - own0))
+                    stats["others_cpu"] = round(others / ((wall1 - wall0) * os.cpu_count()), 2)
                 record["predict_file"][stats["engine"]] = stats
 
         exe = Path(args.cpp)

@@ -135,7 +135,7 @@ def test_torchscript_attributes(exported: dict[str, Path]) -> None:
 
 def test_torchscript_rejects_wrong_shape(exported: dict[str, Path]) -> None:
     module, _ = load_torchscript(exported["torchscript"])
-    with pytest.raises(Exception, match=r"expected input \(batch, 7, 6\).*\[3, 5, 6\]"):
+    with pytest.raises(torch.jit.Error, match=r"expected input \(batch, 7, 6\).*\[3, 5, 6\]"):
         module(torch.zeros(3, 5, 6))
 
 

@@ -1,17 +1,20 @@
 """Re-runs redo only what changed: each change previewed with ``snakemake -n``, then run for real.
 
-Two copies of the workflow (code and config: edits stay in the copy):
+Copies of the workflow (code and config; edits stay in the copy), each built once:
 
 * ``full``: the whole pipeline on the tiny simulated dataset. A training setting is changed and
-  run for real (the run is killed in the middle of training and recovered with
-  ``--rerun-incomplete``); every other change is previewed on the whole pipeline, then undone,
-  after which nothing is left to do (Snakemake compares the checksums of inputs that are newer
-  than the outputs, so restored bytes count as unchanged).
-* ``data``: the data stages (raw file, Parquet, windows, challenge files, quality table) of a
-  simulated, a local-file and a downloaded dataset. The other changes are run for real here.
+  run for real (that run is killed in the middle of training and recovered with
+  ``--rerun-incomplete``). Every other change is previewed on the whole pipeline, then undone,
+  after which nothing is left to do (Snakemake compares the checksums of inputs newer than the
+  outputs, so restored bytes count as unchanged).
+* ``data``: the data stages (raw CSV, Parquet, quality table, windows, challenge files) of a
+  small simulated set: the other changes are run for real there.
+* ``sources``: the data stages of a local file (``source: path``) and of a download from a local
+  HTTP server (``source: url``): the same bytes again, and other bytes.
 
 The jobs expected to run are derived from the DAG Snakemake reports (``-n -F``): the jobs that
-use what changed and every job downstream of them, nothing else.
+use what changed and every job downstream of them, nothing else. A real run must run exactly
+those (their outputs rewritten, no other output touched) and leave nothing to do.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +69,16 @@ def full_dag(workdir: Path, *targets: str) -> list[Job]:
     return parse_jobs(snakemake(workdir, "-n", "-F", "--cores", "1", *targets).stdout)
 
 
-def planned(workdir: Path, *targets: str, extra: tuple[str, ...] = ()) -> Keys:
+def dry_run(workdir: Path, *targets: str, extra: tuple[str, ...] = ()) -> list[Job]:
     """The jobs a dry-run lists."""
     out = snakemake(workdir, "-n", "--cores", "1", *extra, *targets).stdout
-    jobs = job_keys(parse_jobs(out))
+    jobs = parse_jobs(out)
     assert jobs or "Nothing to be done" in out, out[-3000:]
     return jobs
+
+
+def planned(workdir: Path, *targets: str, extra: tuple[str, ...] = ()) -> Keys:
+    return job_keys(dry_run(workdir, *targets, extra=extra))
 
 
 def assert_nothing_to_do(workdir: Path, *targets: str) -> None:
@@ -103,7 +111,6 @@ def preview_and_undo(
     workdir: Path, change: Callable[[], Callable[[], None]], expected: Keys
 ) -> None:
     """``-n`` after ``change()`` lists exactly ``expected``; after its undo nothing is left."""
-    assert_nothing_to_do(workdir)
     undo = change()
     assert planned(workdir) == expected
     undo()
@@ -148,12 +155,24 @@ def using(workdir: Path, dag: list[Job], path: Path) -> list[Job]:
 # The two workflow copies
 
 
+@dataclass
+class Built:
+    """A built copy of the workflow: its folder, the targets built and their whole DAG."""
+
+    workdir: Path
+    targets: tuple[str, ...]
+    dag: list[Job]
+
+
+def build(workdir: Path, *targets: str) -> Built:
+    snakemake(workdir, "--cores", "2", *targets)
+    return Built(workdir, targets, full_dag(workdir, *targets))
+
+
 @pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def full(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The whole pipeline on the tiny simulated dataset, built."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("full"), copy.deepcopy(TINY))
-    snakemake(workdir, "--cores", "2")
-    return workdir
+    return build(copy_workflow(tmp_path_factory.mktemp("full"), copy.deepcopy(TINY)))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -189,7 +208,7 @@ def data_targets(*datasets: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The data stages of a small simulated set (`sim`), built."""
     cfg = copy.deepcopy(TINY)
     cfg["build"]["datasets"] = ["sim"]
@@ -199,13 +218,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "simulate": {"tracks_per_shard": 100, "shards": 2, "seed": 11},
         }
     }
-    workdir = copy_workflow(tmp_path_factory.mktemp("data"), cfg)
-    snakemake(workdir, "--cores", "2", *data_targets("sim"))
-    return workdir
+    return build(copy_workflow(tmp_path_factory.mktemp("data"), cfg), *data_targets("sim"))
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]) -> Path:
+def sources(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]) -> Built:
     """The data stages of a local file (`file`, source: path) and a download (`web`), built."""
     root = tmp_path_factory.mktemp("sources")
     write_tracks_csv(toy_tracks(150, seed=3), root / "tracks.csv")
@@ -217,40 +234,38 @@ def sources(tmp_path_factory: pytest.TempPathFactory, http_dir: tuple[Path, str]
         "file": {"source": "path", "path": str(root / "tracks.csv")},
         "web": {"source": "url", "url": f"{url}/tracks.csv"},
     }
-    workdir = copy_workflow(root / "wf", cfg)
-    snakemake(workdir, "--cores", "2", *data_targets("file", "web"))
-    return workdir
+    return build(copy_workflow(root / "wf", cfg), *data_targets("file", "web"))
 
 
 # --------------------------------------------------------------------------------------------
 # 1. A training setting
 
 
-def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
-    dag = full_dag(full)
+def test_training_setting_reruns_train_and_what_follows(full: Built) -> None:
+    workdir, dag = full.workdir, full.dag
     expected = downstream(dag, [j for j in dag if j.rule == "train"])
     assert {"train", "export", "evaluate", "all"} <= rules_of(expected)
     assert not rules_of(expected) & (DATA_STAGES | {"challenge"})
 
-    assert_nothing_to_do(full)
     # More epochs: long enough to stop the run in the middle of training.
-    edit_config(full, lambda c: c["datasets"]["tiny"]["training"].update(epochs=6))
-    assert planned(full) == expected
+    edit_config(workdir, lambda c: c["datasets"]["tiny"]["training"].update(epochs=6))
+    jobs = dry_run(workdir)
+    assert job_keys(jobs) == expected
     # Why: the dry-run's reasons, and the summary's status and plan of each output file.
-    reasons = {j.rule: j.reason for j in parse_jobs(snakemake(full, "-n", "--cores", "1").stdout)}
+    reasons = {j.rule: j.reason for j in jobs}
     assert reasons["train"].startswith("Params have changed since last execution")
     assert reasons["export"].startswith("Input files updated by another job")
-    summary = summary_table(full)
+    summary = summary_table(workdir)
     assert summary["results/tiny/small/training.json"][:2] == ("params changed", "update pending")
     assert summary["results/tiny/small/model.ts"][1] == "update pending"
     assert summary["results/tiny/windows.h5"][:2] == ("ok", "no update")
 
     # The run dies (SIGKILL of snakemake and its jobs) once the first epoch is saved.
-    run_dir = full / "results" / "tiny" / "small"
+    run_dir = workdir / "results" / "tiny" / "small"
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "2"],
-        cwd=full,
-        env=run_env(full),
+        cwd=workdir,
+        env=run_env(workdir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -268,14 +283,14 @@ def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
     # partial metrics.csv as incomplete until it is told to redo it.
     for name in ("weights_best.pt", "weights_last.pt", "training.json"):
         assert not (run_dir / name).exists()
-    snakemake(full, "--unlock", "--cores", "1")  # the killed run's lock
-    refused = snakemake(full, "-n", "--cores", "1", check=False)
+    snakemake(workdir, "--unlock", "--cores", "1")  # the killed run's lock
+    refused = snakemake(workdir, "-n", "--cores", "1", check=False)
     assert refused.returncode != 0
     assert "incomplete" in refused.stdout.lower()
-    assert planned(full, extra=("--rerun-incomplete",)) == expected
+    assert planned(workdir, extra=("--rerun-incomplete",)) == expected
 
-    check_run(full, dag, expected, extra=("--rerun-incomplete",))
-    log = (full / "results" / "tiny" / "logs" / "train" / "small.log").read_text()
+    check_run(workdir, dag, expected, extra=("--rerun-incomplete",))
+    log = (workdir / "results" / "tiny" / "logs" / "train" / "small.log").read_text()
     assert "resuming from" in log
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 6
     assert not (run_dir / "checkpoint.pt").exists()
@@ -285,72 +300,71 @@ def test_training_setting_reruns_train_and_what_follows(full: Path) -> None:
 # 2. A windowing setting
 
 
-def test_windowing_setting_reruns_windows_and_what_follows(full: Path, data: Path) -> None:
-    dag = full_dag(full)
-    expected = downstream(dag, [j for j in dag if j.rule == "windows"])
+def test_windowing_setting_reruns_windows_and_what_follows(full: Built, data: Built) -> None:
+    expected = downstream(full.dag, [j for j in full.dag if j.rule == "windows"])
     assert {"windows", "challenge", "train", "export", "evaluate"} <= rules_of(expected)
     assert not rules_of(expected) & {"simulate", "to_parquet", "quality_table"}
+    tiny_windows = {"stride": 2}
     preview_and_undo(
-        full,
-        lambda: edit_config(full, lambda c: c["datasets"]["tiny"].update(windows={"stride": 2})),
+        full.workdir,
+        lambda: edit_config(
+            full.workdir, lambda c: c["datasets"]["tiny"].update(windows=tiny_windows)
+        ),
         expected,
     )
 
-    targets = data_targets("sim")
-    ddag = full_dag(data, *targets)
-    expected = downstream(ddag, [j for j in ddag if j.rule == "windows"])
+    expected = downstream(data.dag, [j for j in data.dag if j.rule == "windows"])
     assert rules_of(expected) == {"windows", "challenge"}
-    assert_nothing_to_do(data, *targets)
-    edit_config(data, lambda c: c["datasets"]["sim"].update(windows={"stride": 2}))
-    assert planned(data, *targets) == expected
-    check_run(data, ddag, expected, *targets)
+    edit_config(data.workdir, lambda c: c["datasets"]["sim"].update(windows={"stride": 2}))
+    assert planned(data.workdir, *data.targets) == expected
+    check_run(data.workdir, data.dag, expected, *data.targets)
 
 
 # --------------------------------------------------------------------------------------------
 # 3. The raw file's content
 
 
-def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(full: Path) -> None:
-    # A raw shard written again with the same bytes, then with others.
-    dag = full_dag(full)
-    raw = full / "results" / "tiny" / "raw" / "shard000.csv"
+def test_raw_file_content_change_reruns_what_follows_but_same_bytes_nothing(full: Built) -> None:
+    workdir, dag = full.workdir, full.dag
+    raw = workdir / "results" / "tiny" / "raw" / "shard000.csv"
     original = raw.read_bytes()
     rewrite(raw, original)
     # Newer than what was made from it: only its checksum tells that it did not change.
-    parquet = full / "results" / "tiny" / "tracks.parquet" / "shard000.parquet"
+    parquet = workdir / "results" / "tiny" / "tracks.parquet" / "shard000.parquet"
     assert raw.stat().st_mtime_ns > parquet.stat().st_mtime_ns
-    assert_nothing_to_do(full)
-    expected = downstream(dag, using(full, dag, raw))
+    assert_nothing_to_do(workdir)
+
+    expected = downstream(dag, using(workdir, dag, raw))
     assert {"to_parquet", "windows", "train", "export", "evaluate"} <= rules_of(expected)
     assert "simulate" not in rules_of(expected)
     assert not any("shard001" in out for _, outs in expected for out in outs)
     one_track_less = b"".join(original.splitlines(keepends=True)[:-1])
-    preview_and_undo(full, lambda: rewrite(raw, one_track_less), expected)
+    preview_and_undo(workdir, lambda: rewrite(raw, one_track_less), expected)
 
 
 def test_local_or_downloaded_file_again_same_bytes_nothing_other_bytes_what_follows(
-    sources: Path,
+    sources: Built,
 ) -> None:
+    workdir = sources.workdir
+    file_targets = data_targets("file")
     # A local file (source: path) written again with the same bytes: nothing runs.
-    targets = data_targets("file")
-    dag = full_dag(sources, *targets)
-    source = Path(read_config(sources)["datasets"]["file"]["path"])
+    source = Path(read_config(workdir)["datasets"]["file"]["path"])
     rewrite(source, source.read_bytes())
-    copied = sources / "results" / "file" / "raw" / "tracks.csv"
+    copied = workdir / "results" / "file" / "raw" / "tracks.csv"
     assert source.stat().st_mtime_ns > copied.stat().st_mtime_ns
-    assert_nothing_to_do(sources, *targets)
-    assert "Nothing to be done" in snakemake(sources, "--cores", "2", *targets).stdout
+    assert_nothing_to_do(workdir, *file_targets)
+    assert "Nothing to be done" in snakemake(workdir, "--cores", "2", *file_targets).stdout
 
     # A file downloaded again (forced) with the same bytes: only the download itself runs.
-    raw_web = sources / "results" / "web" / "raw" / "tracks.csv"
-    fetched = raw_web.stat().st_mtime_ns
-    again = snakemake(sources, "--cores", "1", "--forcerun", "download", str(raw_web))
+    raw_web = "results/web/raw/tracks.csv"
+    fetched = (workdir / raw_web).stat().st_mtime_ns
+    again = snakemake(workdir, raw_web, "--cores", "1", "--forcerun", "download")
     assert rules_of(job_keys(parse_jobs(again.stdout))) == {"download"}
-    assert raw_web.stat().st_mtime_ns != fetched
-    assert_nothing_to_do(sources, *data_targets("web"))
+    assert (workdir / raw_web).stat().st_mtime_ns != fetched
+    assert_nothing_to_do(workdir, *data_targets("web"))
 
-    # Other bytes in the local file: everything after it runs.
-    expected = downstream(dag, using(sources, dag, source))
+    # Other bytes in the local file: everything after it runs (and nothing of `web`).
+    expected = downstream(sources.dag, using(workdir, sources.dag, source))
     assert rules_of(expected) == {
         "use_local",
         "to_parquet",
@@ -358,35 +372,35 @@ def test_local_or_downloaded_file_again_same_bytes_nothing_other_bytes_what_foll
         "windows",
         "challenge",
     }
+    assert not any("/web/" in out for _, outs in expected for out in outs)
     write_tracks_csv(toy_tracks(120, seed=5), source)
-    assert planned(sources, *targets) == expected
-    check_run(sources, dag, expected, *targets)
+    assert planned(workdir, *sources.targets) == expected
+    check_run(workdir, sources.dag, expected, *sources.targets)
 
 
 # --------------------------------------------------------------------------------------------
 # 4. A module of the package
 
 
-def test_module_edit_reruns_the_rules_using_it_and_what_follows(full: Path, data: Path) -> None:
+def test_module_edit_reruns_the_rules_using_it_and_what_follows(full: Built, data: Built) -> None:
     module = Path("src") / "tracklstm" / "windows.py"
-    dag = full_dag(full)
-    users = using(full, dag, full / module)
+    users = using(full.workdir, full.dag, full.workdir / module)
     assert {j.rule for j in users} >= {"windows", "challenge"}
-    expected = downstream(dag, users)
+    expected = downstream(full.dag, users)
     assert {"windows", "challenge", "train", "export", "evaluate"} <= rules_of(expected)
-    assert not rules_of(expected) & {"simulate", "to_parquet", "quality_table"}
-    code = (full / module).read_bytes()
-    preview_and_undo(full, lambda: rewrite(full / module, code + b"\n# edited\n"), expected)
+    assert not rules_of(expected) & {"simulate", "to_parquet"}
+    code = (full.workdir / module).read_bytes()
+    preview_and_undo(
+        full.workdir, lambda: rewrite(full.workdir / module, code + b"\n# edited\n"), expected
+    )
 
-    targets = data_targets("sim")
-    ddag = full_dag(data, *targets)
-    expected = downstream(ddag, using(data, ddag, data / module))
-    assert rules_of(expected) == {"windows", "challenge"}
-    assert_nothing_to_do(data, *targets)
-    with open(data / module, "a") as fh:
+    expected = downstream(data.dag, using(data.workdir, data.dag, data.workdir / module))
+    assert rules_of(expected) >= {"windows", "challenge"}
+    assert not rules_of(expected) & {"simulate", "to_parquet"}
+    with open(data.workdir / module, "a") as fh:
         fh.write("\n# edited\n")
-    assert planned(data, *targets) == expected
-    check_run(data, ddag, expected, *targets)
+    assert planned(data.workdir, *data.targets) == expected
+    check_run(data.workdir, data.dag, expected, *data.targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,31 +411,36 @@ def _new_jobs(workdir: Path, dag: list[Job]) -> list[Job]:
     return [j for j in dag if j.outputs and not any((workdir / o).exists() for o in j.outputs)]
 
 
-def test_one_more_shard_simulates_and_converts_only_that_shard(full: Path, data: Path) -> None:
-    assert_nothing_to_do(full)
-    undo = edit_config(full, lambda c: c["datasets"]["tiny"]["simulate"].update(shards=3))
-    dag = full_dag(full)
-    new = _new_jobs(full, dag)
-    assert sorted((j.rule, j.wildcards.get("shard") or j.wildcards.get("part")) for j in new) == [
+def _shard(job: Job) -> str:
+    return job.wildcards.get("shard") or job.wildcards["part"]
+
+
+def test_one_more_shard_simulates_and_converts_only_that_shard(full: Built, data: Built) -> None:
+    undo = edit_config(full.workdir, lambda c: c["datasets"]["tiny"]["simulate"].update(shards=3))
+    dag = full_dag(full.workdir)
+    new = _new_jobs(full.workdir, dag)
+    assert sorted((j.rule, _shard(j)) for j in new) == [
         ("simulate", "002"),
         ("to_parquet", "shard002"),
     ]
     expected = downstream(dag, new)
-    assert {"windows", "train", "export", "evaluate"} <= rules_of(expected)
-    assert planned(full) == expected
+    assert {"quality_table", "windows", "train", "export", "evaluate"} <= rules_of(expected)
+    assert planned(full.workdir) == expected
     undo()
-    assert_nothing_to_do(full)
+    assert_nothing_to_do(full.workdir)
 
-    targets = data_targets("sim")
-    assert_nothing_to_do(data, *targets)
-    edit_config(data, lambda c: c["datasets"]["sim"]["simulate"].update(shards=3))
-    ddag = full_dag(data, *targets)
-    new = _new_jobs(data, ddag)
-    assert sorted(j.rule for j in new) == ["simulate", "to_parquet"]
-    expected = downstream(ddag, new)
+    workdir = data.workdir
+    edit_config(workdir, lambda c: c["datasets"]["sim"]["simulate"].update(shards=3))
+    dag = full_dag(workdir, *data.targets)
+    new = _new_jobs(workdir, dag)
+    assert sorted((j.rule, _shard(j)) for j in new) == [
+        ("simulate", "002"),
+        ("to_parquet", "shard002"),
+    ]
+    expected = downstream(dag, new)
     assert rules_of(expected) == {"simulate", "to_parquet", "quality_table", "windows", "challenge"}
-    assert planned(data, *targets) == expected
-    out = check_run(data, ddag, expected, *targets)
+    assert planned(workdir, *data.targets) == expected
+    out = check_run(workdir, dag, expected, *data.targets)
     ran = parse_jobs(out)
     assert [j.wildcards["shard"] for j in ran if j.rule == "simulate"] == ["002"]
     assert [j.wildcards["part"] for j in ran if j.rule == "to_parquet"] == ["shard002"]
