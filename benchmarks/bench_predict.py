@@ -20,7 +20,9 @@ each number of CPU threads in ``--threads`` (torch and onnxruntime limited to it
 Each timing gives the best and the median wall-clock rate of several repeats, and the rate per
 CPU-second of the process (``per_cpu_s``: with 1 thread, what one core that is not shared does;
 with more threads it includes the time threads spin while waiting). The machine may be shared:
-the load average before and after goes with the results into ``benchmarks/results/predict.json``.
+every measurement records ``others_cpu``, the share of the CPUs other processes used meanwhile,
+and is retried (up to 6 times, 5 s apart) until that share is at most 5 %; the quietest try is
+kept. Results: ``benchmarks/results/predict.json``.
 """
 
 from __future__ import annotations
@@ -108,12 +110,12 @@ def machine_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
-    """Rows per second of ``fn()`` (which handles ``n_rows`` rows): best, median, per CPU-second.
+#: A measurement is retried while other processes use more than this share of the CPUs.
+QUIET_SHARE = 0.05
+MAX_TRIES = 6
 
-    ``others_cpu``: the share of the machine's CPUs that other processes used meanwhile (0 on
-    an idle machine; the rates are only comparable when it is small).
-    """
+
+def _measure(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
     fn()  # warm-up: the TorchScript executor profiles its first calls
     rates, cpu_rates = [], []
     busy0, wall0, own0 = machine_busy_seconds(), time.perf_counter(), time.process_time()
@@ -132,6 +134,41 @@ def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
         "per_cpu_s": round(statistics.median(cpu_rates), 1),
         "others_cpu": None if others is None else round(others, 2),
     }
+
+
+def time_rate(fn: Any, n_rows: int, repeats: int) -> dict[str, float | None]:
+    """Rows per second of ``fn()`` (which handles ``n_rows`` rows): best, median, per CPU-second.
+
+    ``others_cpu``: the share of the machine's CPUs that other processes used meanwhile (0 on
+    an idle machine). On a shared machine the measurement is repeated, up to MAX_TRIES times,
+    until that share is at most QUIET_SHARE; the quietest try is kept (``tries``).
+    """
+    return quietest(lambda: _measure(fn, n_rows, repeats))
+
+
+def quietest(measure: Any) -> Any:
+    """Call ``measure()`` until its ``others_cpu`` is at most QUIET_SHARE; the quietest result.
+
+    ``measure`` returns a dict with ``others_cpu``, or a list of such dicts (same share each).
+    """
+    results = []
+    for _ in range(MAX_TRIES):
+        result = measure()
+        results.append(result)
+        first = result[0] if isinstance(result, list) else result
+        if not isinstance(first, dict) or first.get("others_cpu") is None:
+            return result  # failed, or no /proc/stat: nothing to compare
+        if first["others_cpu"] <= QUIET_SHARE:
+            break
+        time.sleep(5)
+
+    def share(result: Any) -> float:
+        return (result[0] if isinstance(result, list) else result)["others_cpu"]
+
+    best = min(results, key=share)
+    for row in best if isinstance(best, list) else [best]:
+        row["tries"] = len(results)
+    return best
 
 
 def bench_model(
@@ -168,6 +205,17 @@ def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> d
         out[str(batch)] = time_rate(run, n, repeats)
         log.info("onnxruntime, batch %5d: %s rows/s", batch, out[str(batch)])
     return out
+
+
+def timed_predict_file(model: Path, inputs: Path, out: Path) -> dict[str, Any]:
+    """``predict_file``'s statistics and the CPU share other processes used meanwhile."""
+    busy0, wall0, own0 = machine_busy_seconds(), time.perf_counter(), time.process_time()
+    stats = predict_file(model, inputs, out)
+    busy1, wall1, own1 = machine_busy_seconds(), time.perf_counter(), time.process_time()
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, busy1 - busy0 - (own1 - own0))
+        stats["others_cpu"] = round(others / ((wall1 - wall0) * os.cpu_count()), 2)
+    return stats
 
 
 def bench_cpp(exe: Path, model: Path, threads: int) -> list[dict[str, Any]] | str:
@@ -249,25 +297,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(max(threads))
         for path in (model_path, onnx_path):
             if path is not None:
-                busy0, wall0, own0 = (
-                    machine_busy_seconds(),
-                    time.perf_counter(),
-                    time.process_time(),
-                )
-                stats = predict_file(path, inputs, tmp / "answers.csv")
-                busy1, wall1, own1 = (
-                    machine_busy_seconds(),
-                    time.perf_counter(),
-                    time.process_time(),
-                )
-                if busy0 is not None and busy1 is not None:
-                    others = max(0.0, busy1 - busy0 - (own1 - own0))
-                    stats["others_cpu"] = round(others / ((wall1 - wall0) * os.cpu_count()), 2)
+                stats = quietest(lambda p=path: timed_predict_file(p, inputs, tmp / "answers.csv"))
                 record["predict_file"][stats["engine"]] = stats
 
         exe = Path(args.cpp)
         if exe.is_file():
-            record["cpp_bench"] = bench_cpp(exe, model_path, max(threads))
+            record["cpp_bench"] = quietest(lambda: bench_cpp(exe, model_path, max(threads)))
         else:
             record["cpp_bench"] = f"not built ({exe} missing; see cpp/README.md)"
 

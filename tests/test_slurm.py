@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tracklstm.constants import PLANE_Z
+
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
 from farmtest import (
     ROOT,
@@ -37,6 +39,8 @@ from farmtest import (
     submissions,
     write_config,
 )
+
+pytestmark = pytest.mark.workflow
 
 TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
 #: Rules that run as Slurm jobs in the tiny pipeline, and the light ones run by snakemake itself.
@@ -222,10 +226,17 @@ def test_pipeline_through_slurm_with_training_at_its_time_limit(
     assert all(math.isfinite(s["rms"]) for s in metrics["residuals"].values())
     for png in (run / "evaluation" / "tiny").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    load = (
+    for name in ("challenge/test_inputs.csv", "challenge/test_answers.csv", "quality/summary.html"):
+        assert (workdir / "results" / "tiny" / name).stat().st_size > 0, name
+    predict = (
         "import sys, torch; m = torch.jit.load(sys.argv[1]); "
-        "y = m(torch.zeros(1, 7, 6) + torch.tensor([0., 0., 65., .1, -.05, 1.5])); "
-        "assert y.shape == (1, 6) and bool(torch.isfinite(y).all())"
+        f"x = torch.tensor([[[0., 0., z, .1, -.05, 1.5] for z in {list(PLANE_Z[:7])}]]); "
+        "y = m(x); assert y.shape == (1, 6) and bool(torch.isfinite(y).all()); "
+        "print(float(y[0, 2]))"
     )
-    subprocess.run([sys.executable, "-c", load, str(run / "model.ts")], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", predict, str(run / "model.ts")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 60 < float(out.stdout) < 400  # the next plane's z, in cm: physical units
     assert "Nothing to be done" in snakemake(workdir, *fast, "-n", env=env).stdout

@@ -60,7 +60,7 @@ TENSOR_MAGIC = b"TLSTMF32"
 
 
 class ExportCheckError(RuntimeError):
-    """An exported model does not reproduce the eager model."""
+    """An export that failed, or an exported file that does not reproduce the eager model."""
 
 
 class ExportInputError(ValueError):
@@ -374,7 +374,10 @@ def export(
 
         if program is not None or onnx is not None:
             t0 = time.perf_counter()
-            exported = _export_program(module, inputs)
+            try:
+                exported = _export_program(module, inputs)
+            except Exception as err:
+                raise ExportCheckError(f"torch.export of the model failed: {err}") from err
             seconds["torch_export"] = time.perf_counter() - t0
             if program is not None:
                 pt2_tmp = tmp[Path(program)]
@@ -394,7 +397,10 @@ def export(
             if onnx is not None:
                 t0 = time.perf_counter()
                 onnx_tmp = tmp[Path(onnx)]
-                _save_onnx(exported, inputs, onnx_tmp, meta, opset)
+                try:
+                    _save_onnx(exported, inputs, onnx_tmp, meta, opset)
+                except Exception as err:
+                    raise ExportCheckError(f"ONNX export (opset {opset}) failed: {err}") from err
                 checks += _check("onnx", _onnx_runner(onnx_tmp), eager, inputs, meta, tolerance)
                 seconds["onnx"] = time.perf_counter() - t0
 

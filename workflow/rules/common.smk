@@ -1,4 +1,5 @@
 import json
+import re
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
@@ -114,3 +115,15 @@ def train_launcher(wildcards, resources):
 def train_threads(wildcards, threads, resources):
     """CPU threads of each training process."""
     return max(1, threads // max(1, train_gpus(resources)))
+
+
+def datasets_from(source):
+    """A wildcard pattern matching the datasets of one source kind (none: matches nothing)."""
+    names = [n for n, d in config["datasets"].items() if d["source"] == source]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def sha256_option(wildcards):
+    """`--sha256 HEX` when the dataset names a checksum, else nothing."""
+    digest = config["datasets"][wildcards.dataset].get("sha256")
+    return f"--sha256 {digest}" if digest else ""

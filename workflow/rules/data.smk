@@ -32,6 +32,8 @@ rule download:
         "results/{dataset}/logs/download.log",
     benchmark:
         "results/{dataset}/benchmarks/download.tsv"
+    wildcard_constraints:
+        dataset=datasets_from("url"),
     conda:
         "../envs/tracklstm.yaml"
     threads: 1
@@ -40,9 +42,9 @@ rule download:
         runtime=60,
     params:
         url=lambda w: config["datasets"][w.dataset]["url"],
-        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
+        sha256=sha256_option,
     shell:
-        "python -m tracklstm.download --url {params.url:q} --sha256 {params.sha256:q}"
+        "python -m tracklstm.download --url {params.url:q} {params.sha256}"
         " --out {output} 2> {log}"
 
 
@@ -55,6 +57,8 @@ rule use_local:
         "results/{dataset}/raw/tracks.csv",
     log:
         "results/{dataset}/logs/use_local.log",
+    wildcard_constraints:
+        dataset=datasets_from("path"),
     conda:
         "../envs/tracklstm.yaml"
     threads: 1
@@ -63,10 +67,10 @@ rule use_local:
         runtime=30,
     params:
         mode=lambda w: config["datasets"][w.dataset].get("mode", "copy"),
-        sha256=lambda w: config["datasets"][w.dataset].get("sha256") or "",
+        sha256=sha256_option,
     shell:
         "python -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
-        " --sha256 {params.sha256:q} --out {output} 2> {log}"
+        " {params.sha256} --out {output} 2> {log}"
 
 
 ruleorder: use_local > download
