@@ -1,7 +1,7 @@
 """Benchmark of prediction with the exported reference-size model: rows per second.
 
-Usage: ``python benchmarks/bench_predict.py [--threads 1,2] [--rows 100000] [--model model.ts]
-[--no-onnx] [--cpp cpp/build/tracklstm_predict] [--results PATH]``
+Usage: ``python benchmarks/bench_predict.py [--threads 1,2] [--batches 64,256,...] [--rows N]
+[--model model.ts] [--no-onnx] [--cpp cpp/build/tracklstm_predict] [--results PATH]``
 
 Without ``--model`` it exports a reference-size model (LSTM 128 -> 64 -> 32, 132,038 parameters,
 random weights: the speed does not depend on the values) to a temporary folder. Measured for
@@ -172,10 +172,14 @@ def quietest(measure: Any) -> Any:
 
 
 def bench_model(
-    model: Any, windows: np.ndarray, repeats: int, workers: int | None = None
+    model: Any,
+    windows: np.ndarray,
+    repeats: int,
+    batches: tuple[int, ...] = BATCHES,
+    workers: int | None = None,
 ) -> dict[str, dict[str, float]]:
     out = {}
-    for batch in BATCHES:
+    for batch in batches:
         n = min(len(windows), max(2 * batch, 16384))
         x = windows[:n]
 
@@ -187,7 +191,9 @@ def bench_model(
     return out
 
 
-def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
+def bench_onnx(
+    path: Path, windows: np.ndarray, threads: int, repeats: int, batches: tuple[int, ...] = BATCHES
+) -> dict[str, Any]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -195,7 +201,7 @@ def bench_onnx(path: Path, windows: np.ndarray, threads: int, repeats: int) -> d
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     out = {}
-    for batch in BATCHES:
+    for batch in batches:
         n = min(len(windows), max(2 * batch, 16384))
 
         def run(n: int = n, batch: int = batch) -> None:
@@ -218,8 +224,11 @@ def timed_predict_file(model: Path, inputs: Path, out: Path) -> dict[str, Any]:
     return stats
 
 
-def bench_cpp(exe: Path, model: Path, threads: int) -> list[dict[str, Any]] | str:
+def bench_cpp(
+    exe: Path, model: Path, threads: int, batches: tuple[int, ...]
+) -> list[dict[str, Any]] | str:
     cmd = [str(exe), "--model", str(model), "--bench", "--threads", str(threads)]
+    cmd += ["--bench-batches", ",".join(map(str, batches))]
     busy0, wall0 = machine_busy_seconds(), time.perf_counter()
     child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -243,6 +252,7 @@ def bench_cpp(exe: Path, model: Path, threads: int) -> list[dict[str, Any]] | st
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = [int(t) for t in str(args.threads).split(",")]
+    batches = tuple(int(b) for b in str(args.batches).split(","))
     load_before = os.getloadavg()
     from tracklstm.simulate import simulate_tracks
 
@@ -259,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         window = int(meta["window_length"])
         # Windows from the simulated tracks (every offset), as the model meets them.
         starts = np.arange(0, tracks.shape[1] - window)
-        windows = np.concatenate([tracks[:, s : s + window] for s in starts])[: 4 * max(BATCHES)]
+        windows = np.concatenate([tracks[:, s : s + window] for s in starts])[: 4 * max(batches)]
         windows = np.ascontiguousarray(windows, dtype=np.float32)
 
         record: dict[str, Any] = {
@@ -280,15 +290,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.set_num_threads(n_threads)
             log.info("%d CPU threads", n_threads)
             record["torchscript_rows_per_s"][str(n_threads)] = bench_model(
-                model, windows, args.repeats
+                model, windows, args.repeats, batches
             )
             if n_threads > 1:  # for comparison: each batch split over the threads (OpenMP)
                 record["torchscript_split_batch_rows_per_s"][str(n_threads)] = bench_model(
-                    model, windows, args.repeats, workers=1
+                    model, windows, args.repeats, batches, workers=1
                 )
             if onnx_path is not None:
                 record["onnxruntime_rows_per_s"][str(n_threads)] = bench_onnx(
-                    onnx_path, windows, n_threads, args.repeats
+                    onnx_path, windows, n_threads, args.repeats, batches
                 )
 
         inputs = tmp / "test_inputs.csv"
@@ -302,7 +312,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         exe = Path(args.cpp)
         if exe.is_file():
-            record["cpp_bench"] = quietest(lambda: bench_cpp(exe, model_path, max(threads)))
+            record["cpp_bench"] = quietest(
+                lambda: bench_cpp(exe, model_path, max(threads), batches)
+            )
         else:
             record["cpp_bench"] = f"not built ({exe} missing; see cpp/README.md)"
 
@@ -319,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)"
+    )
+    parser.add_argument(
+        "--batches",
+        default=",".join(map(str, BATCHES)),
+        help="comma-separated batch sizes (default %(default)s)",
     )
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the predict_file test")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")

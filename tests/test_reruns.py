@@ -272,7 +272,8 @@ def test_training_setting_reruns_train_and_what_follows(full: Built) -> None:
     )
     try:
         deadline = time.monotonic() + 600
-        while not (run_dir / "checkpoint.pt").exists():
+        # metrics.csv is rewritten just after the checkpoint: wait for both.
+        while not all((run_dir / f).exists() for f in ("checkpoint.pt", "metrics.csv")):
             assert proc.poll() is None, "the run ended before training saved a checkpoint"
             assert time.monotonic() < deadline, "no checkpoint after 600 s"
             time.sleep(0.02)

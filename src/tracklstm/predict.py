@@ -260,9 +260,9 @@ def predict_windows(
     """(N, window, 6) physical windows -> (N, 6) predicted states, in batches.
 
     A torch model runs on ``workers`` threads (default: torch's CPU thread count), each calling
-    it on whole batches with one intra-op thread: on 2 cores about 25 % more rows per second
-    than splitting each batch over both cores (benchmarks/README.md). onnxruntime models use
-    their session's threads.
+    it on whole batches with one intra-op thread. On 2 cores this beats splitting each batch
+    over both cores for batches up to about 512 rows, and equals it at 1024
+    (benchmarks/README.md). onnxruntime models use their session's threads.
     """
     out = np.empty((len(windows), N_FEATURES), dtype=np.float32)
 
