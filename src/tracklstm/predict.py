@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
 ANSWER_INDEX: tuple[int, ...] = tuple(FEATURES.index(f) for f in ANSWER_FEATURES)
 #: Rows per model call: small enough for the LSTM's working set to stay in the CPU caches.
-DEFAULT_BATCH = 512
+DEFAULT_BATCH = 256
 #: How many bad rows an error message lists.
 MAX_REPORTED = 5
 #: Rows parsed at a time (bounds the memory of the padded value table).
