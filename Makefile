@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine:
 #   make run    creates .venv and runs the whole pipeline on the default (simulated) dataset
-#   make test   creates .venv and runs the test suite
+#   make test   creates .venv and runs the whole test suite (what CI runs)
+# and the inner loop while developing:
+#   make check  ruff and the fast tests (no pipeline runs), in about a minute
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ TORCH ?= torch==2.13.0
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format report dag clean
+.PHONY: run test check lint format report dag clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,12 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# The fast tier: every test not marked workflow, slow or slurm.
+check: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not workflow and not slow and not slurm"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

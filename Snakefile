@@ -8,7 +8,7 @@ snakemake --config build='{datasets: [mlchallenge2]}' --cores 8
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -30,17 +30,10 @@ shell.prefix(
 report: "workflow/report/workflow.rst"
 
 
-SCHEMA = "workflow/schemas/config.schema.yaml"
 try:
-    # A short message naming the key first; then the schema's defaults are filled in, and every
-    # dataset's and model variant's merged settings are checked.
-    tl_settings.check_config(
-        config, tl_settings.load_schema(Path(workflow.basedir) / SCHEMA)
-    )
-    validate(config, SCHEMA, set_default=True)
-    tl_settings.check_config(
-        config, tl_settings.load_schema(Path(workflow.basedir) / SCHEMA)
-    )
+    # The schema (its defaults filled in), finite numbers, every dataset's and model variant's
+    # merged settings, names and the rules between keys: an error names the key, before any job.
+    tl_settings.prepare(config)
 except tl_settings.ConfigError as err:
     raise WorkflowError(str(err)) from None
 

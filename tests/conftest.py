@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+# The helpers that copy the project and run its own Snakefile (tests/slurm/farmtest.py).
+sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 # Subprocesses (python -m tracklstm..., snakemake) use this checkout's package too.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -73,3 +76,23 @@ def windows_h5(tmp_path: Path, tracks_csv: Path) -> Path:
     out = tmp_path / "windows.h5"
     build(parquet, out, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project (Snakefile, workflow/, src/, profiles/) with the tiny test config,
+    the whole pipeline built once by the real Snakemake and shared by the workflow, export and
+    rerun tests. Read-only: a test that changes anything works on ``copy_project`` of it."""
+    from farmtest import copy_workflow, snakemake
+
+    work = copy_workflow(
+        tmp_path_factory.mktemp("tiny_project"), ROOT / "tests" / "data" / "tiny_config.yaml"
+    )
+    snakemake(work, "--cores", "2")
+    return work
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    """``cp -a src dst``: a finished project moved elsewhere, modification times kept."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst

@@ -407,7 +407,7 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
 
 def test_evaluation_plan_targets_and_checks() -> None:
     from tracklstm import evaluation_plan as plan
-    from tracklstm.settings import ConfigError
+    from tracklstm.settings import ConfigError, check_names
 
     config = {
         "build": {"datasets": ["a"], "models": ["m"]},
@@ -425,7 +425,7 @@ def test_evaluation_plan_targets_and_checks() -> None:
             "c": [{"dataset": "a", "model": "m", "data": "b"}, {"external": "x", "data": "a"}]
         },
     }
-    plan.check(config)
+    check_names(config)
     targets = plan.targets(config)
     assert "results/a/m/evaluation/a/loss_curves.png" in targets
     assert "results/a/m/evaluation/b/walk.png" in targets
@@ -446,10 +446,10 @@ def test_evaluation_plan_targets_and_checks() -> None:
     assert re.fullmatch(plan.name_pattern([]), "anything") is None
     config["compare"]["c"][1]["external"] = "y"
     with pytest.raises(ConfigError, match=r"compare\.c\[1\]\.external: 'y'"):
-        plan.check(config)
+        check_names(config)
     config["datasets"]["a"]["evaluation"]["also_on"] = ["nope"]
     with pytest.raises(ConfigError, match=r"also_on .* 'nope' is not a dataset"):
-        plan.check(config)
+        check_names(config)
     config["datasets"]["compare"] = {"source": "url"}
     with pytest.raises(ConfigError, match="'compare' is a reserved name"):
-        plan.check(config)
+        check_names(config)

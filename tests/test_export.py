@@ -301,11 +301,12 @@ def test_tensor_file_round_trip_and_errors(tmp_path: Path) -> None:
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_export_and_predict_rules(tmp_path: Path) -> None:
+def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     """The rules' outputs from a tiny trained run; a failed parity check leaves no export file."""
-    from workflow_helpers import snakemake, tiny_workdir
+    from conftest import copy_project
+    from farmtest import snakemake
 
-    work = tiny_workdir(tmp_path / "work")
+    work = copy_project(tiny_project, tmp_path / "work")
     run = work / "results" / "tiny" / "small"
     outputs = ["model.ts", "model.onnx", "model.pt2", "export_checks.json"]
     answers = "results/tiny/small/evaluation/tiny/challenge_predictions.csv"

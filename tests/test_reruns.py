@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import toy_tracks, write_tracks_csv
+from conftest import copy_project, toy_tracks, write_tracks_csv
 
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
 from farmtest import (
@@ -170,9 +170,11 @@ def build(workdir: Path, *targets: str) -> Built:
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """The whole pipeline on the tiny simulated dataset, built."""
-    return build(copy_workflow(tmp_path_factory.mktemp("full"), copy.deepcopy(TINY)))
+def full(tmp_path_factory: pytest.TempPathFactory, tiny_project: Path) -> Built:
+    """The whole pipeline on the tiny simulated dataset, built: a copy of the shared one."""
+    workdir = copy_project(tiny_project, tmp_path_factory.mktemp("full") / "project")
+    assert_nothing_to_do(workdir)
+    return Built(workdir, (), full_dag(workdir))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

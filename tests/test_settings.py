@@ -81,3 +81,66 @@ def test_merge_does_not_mutate() -> None:
     base = {"a": {"b": 1, "c": 2}}
     out = settings.merge(base, {"a": {"b": 5}})
     assert out == {"a": {"b": 5, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda c: c["windows"]["split"].update(train=float("nan")), "windows.split.train"),
+        (lambda c: c["windows"]["split"].update(test=float("inf")), "windows.split.test"),
+        (
+            lambda c: c["datasets"]["demo"]["training"].update(learning_rate=float("nan")),
+            "datasets.demo.training.learning_rate",
+        ),
+        (lambda c: c["challenge"].update(n_min=20, n_max=10), "challenge.n_min"),
+        (lambda c: c["challenge"].update(n_min=5), "challenge.n_min"),
+        (lambda c: c["windows"].update(length=12, last_target_plane=10), "windows.length"),
+        (lambda c: c["runtime"].update(precision="fp16", cuda_graphs=True), "runtime.cuda_graphs"),
+        (lambda c: c["models"]["gru"].update(runtime={"device": 3}), "runtime.device"),
+    ],
+)
+def test_non_finite_numbers_and_cross_key_rules_are_refused(config: dict, edit, named) -> None:
+    """What the schema's bounds let by (NaN compares false) and rules between keys."""
+    bad = copy.deepcopy(config)
+    edit(bad)
+    with pytest.raises(settings.ConfigError, match=named.replace(".", r"\.")):
+        settings.check_config(bad, SCHEMA)
+
+
+def test_prepare_fills_the_schema_defaults(config: dict) -> None:
+    del config["runtime"], config["windows"]["seed"], config["export"]
+    settings.prepare(config)
+    assert config["runtime"]["device"] == "auto"
+    assert config["windows"]["seed"] == 12345
+    assert config["export"] == {"weights": "best", "tolerance": 1.0e-6, "onnx_opset": 18}
+
+
+def test_defaults_come_from_the_schema_alone() -> None:
+    training = settings.defaults("training")
+    assert (
+        training["batch_size"]
+        == SCHEMA["properties"]["training"]["properties"]["batch_size"]["default"]
+    )
+    assert set(settings.defaults("runtime")) == set(SCHEMA["properties"]["runtime"]["properties"])
+    assert "device" not in training  # runtime choices are not hyperparameters
+
+
+def test_stage_settings_hold_only_what_the_stage_reads(config: dict) -> None:
+    settings.prepare(config)
+    train = settings.stage_settings(config, "train", "demo", "gru")
+    assert set(train) == {"model", "training", "runtime", "window_length"}
+    assert train["model"]["cell"] == "gru" and train["training"]["epochs"] == 20
+    assert settings.stage_settings(config, "windows", "demo") == {"windows": config["windows"]}
+    evaluation = settings.stage_settings(config, "evaluate", "demo", "lstm")["evaluation"]
+    assert evaluation["helix_field"] == [[65.0, 2.0]]
+
+
+def test_stage_run_by_hand_gets_defaults_and_checks() -> None:
+    got = settings.stage_defaults("windows", {"windows": {"length": 5}})
+    assert got["windows"]["length"] == 5 and got["windows"]["stride"] == 1
+    with pytest.raises(settings.ConfigError, match=r"windows\.lenght: not a setting"):
+        settings.stage_defaults("windows", {"windows": {"lenght": 5}})
+    with pytest.raises(settings.ConfigError, match=r"training: not a setting"):
+        settings.stage_defaults("windows", {"training": {}})
+    with pytest.raises(settings.ConfigError, match=r"windows\.seed: expected an integer >= 0"):
+        settings.stage_defaults("windows", {"windows": {"seed": -1}})

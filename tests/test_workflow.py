@@ -11,6 +11,8 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import copy_project
+from farmtest import snakemake as project_snakemake
 from workflow_helpers import ROOT, snakemake, tiny_workdir
 
 from tracklstm.constants import COLUMNS, PLANE_Z
@@ -19,10 +21,8 @@ pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tiny_workdir(tmp_path_factory.mktemp("tiny"))
-    snakemake(workdir, "--cores", "2")
-    return workdir / "results" / "tiny"
+def tiny_run(tiny_project: Path) -> Path:
+    return tiny_project / "results" / "tiny"
 
 
 def test_raw_csv_has_training_file_format(tiny_run: Path) -> None:
@@ -103,8 +103,20 @@ def test_evaluation_outputs(tiny_run: Path) -> None:
 
 
 def test_second_run_has_nothing_to_do(tiny_run: Path) -> None:
-    result = snakemake(tiny_run.parents[1], "--cores", "1", "-n")
-    assert "Nothing to be done" in result.stdout + result.stderr
+    result = project_snakemake(tiny_run.parents[1], "--cores", "1", "-n")
+    assert "Nothing to be done" in result.stdout
+
+
+def test_finished_project_copied_elsewhere_is_up_to_date(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """`cp -a` of a finished project to another folder plans nothing there (the module files
+    each rule declares are relative paths)."""
+    moved = copy_project(tiny_project, tmp_path / "elsewhere" / "project")
+    result = project_snakemake(moved, "--cores", "1", "-n")
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+    code = project_snakemake(moved, "--cores", "1", "-n", "-F", "results/tiny/small/model.ts")
+    assert "src/tracklstm/train/" in code.stdout and str(tiny_project) not in code.stdout
 
 
 def test_dry_run_of_default_config_lists_every_stage() -> None:

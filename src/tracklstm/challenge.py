@@ -11,7 +11,6 @@ Score (lower is better): sum over v in (x, y, px, py, pz) of RMS(truth_v - predi
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import Counter
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from tracklstm import stage_cli
 from tracklstm.constants import FEATURES, N_FEATURES, N_PLANES
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.io import atomic_path
 from tracklstm.windows import fingerprint, iter_tracks, parquet_parts
 
 log = logging.getLogger(__name__)
@@ -202,36 +202,40 @@ def challenge_score(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tracklstm challenge", description=__doc__.splitlines()[0]
-    )
+    parser = stage_cli.parser("tracklstm challenge", __doc__, stage="challenge")
     parser.add_argument(
         "--parquet", required=True, nargs="+", help="Parquet files or folders of parts"
     )
     parser.add_argument("--windows", required=True, help="windows.h5 (its tracks/test split)")
     parser.add_argument("--inputs-out", required=True, help="test inputs CSV to write")
     parser.add_argument("--answers-out", required=True, help="answers CSV to write")
-    parser.add_argument("--n-min", type=int, default=8, help="fewest states given per track")
-    parser.add_argument("--n-max", type=int, default=24, help="most states given per track")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draw of N per track")
+    parser.add_argument("--n-min", type=int, help="fewest states given per track")
+    parser.add_argument("--n-max", type=int, help="most states given per track")
+    parser.add_argument("--seed", type=int, help="seed of the draw of N per track")
     parser.add_argument("--max-tracks", type=int, help="write at most this many tracks")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
+        options = {
+            "n_min": args.n_min,
+            "n_max": args.n_max,
+            "seed": args.seed,
+            "max_tracks": args.max_tracks,
+        }
+        cfg = stage_cli.settings("challenge", args.settings, {"challenge": options})
+        cfg = cfg["challenge"]
         write_challenge(
             args.parquet,
             args.windows,
             args.inputs_out,
             args.answers_out,
-            n_min=args.n_min,
-            n_max=args.n_max,
-            seed=args.seed,
-            max_tracks=args.max_tracks,
+            n_min=cfg["n_min"],
+            n_max=cfg["n_max"],
+            seed=cfg["seed"],
+            max_tracks=cfg["max_tracks"],
         )
-    except (ValueError, FileNotFoundError, OSError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Which evaluations the workflow runs, where their files go, and the checks of their settings.
+"""Which evaluations the workflow runs and where their files go.
 
 Used by ``workflow/rules/evaluate.smk`` (and rule ``all``); light on imports so that Snakemake
 parses the workflow quickly. A trained model ``<dataset>/<model>`` is evaluated on its own
@@ -16,7 +16,7 @@ import re
 import shlex
 from typing import Any
 
-from tracklstm.settings import ConfigError, raw_parts, resolve_section
+from tracklstm.settings import raw_parts, resolve_section
 
 #: Files of one evaluation folder (besides metrics.json): output name -> (file, caption file in
 #: workflow/report/, label of the figure in the report).
@@ -86,39 +86,6 @@ def compare_runs(config: dict[str, Any], name: str) -> list[tuple[str, str]]:
             label = f"{r['dataset']}/{r['model']} on {data}"
         runs.append((folder, r.get("label") or label))
     return runs
-
-
-def check(config: dict[str, Any]) -> None:
-    """Dataset, model and external names in `also_on` and `compare`; reserved dataset names.
-
-    Raises ConfigError naming the key.
-    """
-    datasets = list(config["datasets"])
-    models = list(config.get("models") or {})
-    for reserved in RESERVED:
-        if reserved in datasets:
-            raise ConfigError(
-                f"datasets: {reserved!r} is a reserved name (results/{reserved}/ holds "
-                "evaluations of external models and comparisons)"
-            )
-    for ds in datasets:
-        for model in models:
-            for data in resolve_section(config, "evaluation", ds, model).get("also_on") or []:
-                if data not in datasets:
-                    raise ConfigError(
-                        f"evaluation.also_on (dataset {ds}, model {model}): {data!r} is not a "
-                        f"dataset (known: {', '.join(datasets)})"
-                    )
-    known = {"dataset": datasets, "data": datasets, "model": models}
-    known["external"] = list(external_models(config))
-    for name, runs in comparisons(config).items():
-        for i, r in enumerate(runs):
-            for key, names in known.items():
-                if key in r and r[key] not in names:
-                    raise ConfigError(
-                        f"compare.{name}[{i}].{key}: {r[key]!r} is not one of: "
-                        f"{', '.join(names) or '(none)'}"
-                    )
 
 
 def evaluation_cli_args(config: dict[str, Any], data: str, model: str | None = None) -> str:

@@ -1,22 +1,53 @@
-"""Resolve and check the workflow configuration (config.yaml) for one dataset and model.
+"""The configuration: its schema and defaults, the layered resolver, and every check of it.
 
-The top-level sections hold the defaults (the reference); a dataset may override any of them,
-and a model variant may override ``model``, ``training``, ``export`` and ``evaluation``. The
-merged result is checked against the top-level section's schema, and errors name the key.
+One owner for settings. ``config.schema.yaml`` beside this file (``workflow/schemas/`` links to
+it) is the only place a default lives; :func:`defaults` reads them from it. The top-level
+sections of config.yaml hold the reference; a dataset may override any section, and a model
+variant (under ``models:``) may override ``model``, ``training``, ``runtime``, ``export`` and
+``evaluation``. :func:`resolve_section` merges those layers, and :func:`stage_settings` gives
+each stage the merged sections it reads (the Snakemake rules pass them to the stage's
+``--settings``; a stage run by hand fills what is missing from the schema's defaults).
+
+:func:`prepare` is what the Snakefile runs once, before any job: the schema (with its defaults
+filled in), finite numbers, every dataset's and variant's merged sections, the names that refer
+to other entries, and the rules between keys. Every error is a ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-#: The sections a dataset or model variant may override.
-SECTIONS: tuple[str, ...] = ("conversion", "windows", "model", "training", "export", "evaluation")
-MODEL_SECTIONS: tuple[str, ...] = ("model", "training", "export", "evaluation")
+#: The config schema (with every default) shipped inside the package.
+SCHEMA_FILE: Path = Path(__file__).with_name("config.schema.yaml")
+#: The sections a dataset may override.
+SECTIONS: tuple[str, ...] = (
+    "conversion",
+    "windows",
+    "challenge",
+    "model",
+    "training",
+    "runtime",
+    "export",
+    "evaluation",
+)
+#: The sections a model variant may override.
+MODEL_SECTIONS: tuple[str, ...] = ("model", "training", "runtime", "export", "evaluation")
+#: The sections each stage reads (its ``--settings``); ``train`` also gets the window length.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "to_parquet": ("conversion",),
+    "windows": ("windows",),
+    "challenge": ("challenge",),
+    "train": ("model", "training", "runtime"),
+    "export": ("export",),
+    "evaluate": ("evaluation",),
+}
 
 
 class ConfigError(ValueError):
@@ -34,54 +65,264 @@ def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-def load_schema(path: str | Path) -> dict[str, Any]:
+def load_schema(path: str | Path = SCHEMA_FILE) -> dict[str, Any]:
     """The config schema (YAML)."""
     return yaml.safe_load(Path(path).read_text())
 
 
-def _key_path(error: jsonschema.ValidationError, prefix: str) -> str:
-    parts = (
-        [prefix, *[str(p) for p in error.absolute_path]]
-        if prefix
-        else list(map(str, error.absolute_path))
-    )
-    return ".".join(p for p in parts if p) or "(top level)"
+@cache
+def _schema() -> dict[str, Any]:
+    return load_schema()
 
 
-def _check(instance: Any, schema: dict[str, Any], root: dict[str, Any], prefix: str) -> None:
-    validator_cls = jsonschema.validators.validator_for(root)
-    resolver_schema = {**schema, "$defs": root.get("$defs", {})}
-    errors = sorted(
-        validator_cls(resolver_schema).iter_errors(instance), key=lambda e: list(e.absolute_path)
-    )
-    if errors:
-        lines = [f"{_key_path(e, prefix)}: {e.message}" for e in errors]
+def schema() -> dict[str, Any]:
+    """The package's config schema (a copy: callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+def _defaults_of(node: dict[str, Any]) -> Any:
+    if "properties" in node:
+        return {
+            key: _defaults_of(sub)
+            for key, sub in node["properties"].items()
+            if "default" in sub or "properties" in sub
+        }
+    return copy.deepcopy(node["default"])
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """A section's defaults, read from the schema (the one place they are written)."""
+    return _defaults_of(_schema()["properties"][section])
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def _key(parts: Any, prefix: str = "") -> str:
+    names = [prefix, *(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)]
+    return ".".join(n for n in names if n).replace(".[", "[") or "(top level)"
+
+
+def _bound(node: dict[str, Any]) -> str:
+    lo = [f">= {node['minimum']}"] if "minimum" in node else []
+    lo += [f"> {node['exclusiveMinimum']}"] if "exclusiveMinimum" in node else []
+    hi = [f"<= {node['maximum']}"] if "maximum" in node else []
+    hi += [f"< {node['exclusiveMaximum']}"] if "exclusiveMaximum" in node else []
+    return " and ".join(lo + hi)
+
+
+def describe(node: dict[str, Any]) -> str:
+    """What a schema node accepts, in words: ``an integer >= 1``, ``plateau, cosine or ...``."""
+    if "enum" in node:
+        names = ["null" if v is None else str(v).lower() for v in node["enum"]]
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    words = {
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "string": "a string",
+        "array": "a list",
+        "object": "a mapping",
+    }
+    parts = []
+    for t in types:
+        if t == "null":
+            continue
+        text = words.get(t, t)
+        bound = _bound(node) if t in ("integer", "number") else ""
+        parts.append(f"{text} {bound}".strip())
+    if "null" in types:
+        parts.append("null")
+    return " or ".join(parts) or "a valid value"
+
+
+def _errors(instance: Any, node: dict[str, Any], prefix: str, where: str = "") -> list[str]:
+    """Every schema error of ``instance`` against ``node``, each naming its key (and
+    ``where``: which dataset and model variant it was merged for)."""
+    root = _schema()
+    validator = jsonschema.validators.validator_for(root)({**node, "$defs": root["$defs"]})
+    lines = []
+    for e in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
+        key = _key(e.absolute_path, prefix) + where
+        if e.validator in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            lines.append(f"{key}: expected {describe(e.schema)}, got {e.instance!r} ({e.message})")
+        elif e.validator == "enum":
+            lines.append(f"{key}: expected {describe(e.schema)}, got {e.instance!r}")
+        elif e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            known = ", ".join(e.schema.get("properties", {})) or "(none)"
+            extra = [k for k in e.instance if k not in e.schema.get("properties", {})]
+            base = _key(e.absolute_path, prefix)
+            lines += [f"{_key([k], base)}{where}: not a setting (known: {known})" for k in extra]
+        else:
+            lines.append(f"{key}: {e.message}")
+    return lines
+
+
+def _non_finite(value: Any, path: list[Any], where: str = "") -> list[str]:
+    """Keys holding NaN or an infinity (YAML's .nan, .inf), which the schema's bounds let by."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{_key(path)}{where}: expected a finite number, got {value!r}"]
+    if isinstance(value, dict):
+        return [m for k, v in value.items() for m in _non_finite(v, [*path, k], where)]
+    if isinstance(value, list):
+        return [m for i, v in enumerate(value) for m in _non_finite(v, [*path, i], where)]
+    return []
+
+
+def _raise(lines: list[str]) -> None:
+    if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
-def check_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
-    """Check the whole config, every dataset's and model's merged sections, and `build`."""
-    _check(config, schema, schema, "")
-    datasets = config.get("datasets", {})
-    models = config.get("models", {}) or {}
-    for name in config.get("build", {}).get("datasets", []):
-        if name not in datasets:
-            raise ConfigError(
-                f"build.datasets: {name!r} is not a dataset (known: {', '.join(datasets)})"
+def check_section(
+    section: str, values: dict[str, Any] | None, prefix: str | None = None
+) -> dict[str, Any]:
+    """``values`` over the section's defaults, checked against the schema; return the merge.
+
+    For a stage run by hand (its ``--settings``). Raises ConfigError naming the key.
+    """
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{prefix or section}: expected a mapping, got {values!r}")
+    merged = merge(defaults(section), values)
+    node = _schema()["properties"][section]
+    _raise(_non_finite(merged, [prefix or section]) or _errors(merged, node, prefix or section))
+    return merged
+
+
+def _fill_defaults(instance: dict[str, Any], node: dict[str, Any]) -> None:
+    """Fill the schema's defaults into ``instance`` in place (nested objects included)."""
+    for key, sub in node.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and "properties" in sub:
+            _fill_defaults(instance[key], sub)
+
+
+def _cross_key_rules(config: dict[str, Any], dataset: str, model: str) -> list[tuple[str, str]]:
+    """Rules between keys that a schema cannot say: ``(key, what is wrong)`` for one dataset
+    and model variant."""
+    win = resolve_section(config, "windows", dataset)
+    ch = resolve_section(config, "challenge", dataset)
+    rt = resolve_section(config, "runtime", dataset, model)
+    out = []
+    if win["length"] > win["last_target_plane"]:
+        out.append(
+            (
+                "windows.length",
+                f"{win['length']} states leave no target plane up to "
+                f"windows.last_target_plane {win['last_target_plane']}",
             )
-    for name in config.get("build", {}).get("models", []):
-        if name not in models:
-            raise ConfigError(f"build.models: {name!r} is not a model (known: {', '.join(models)})")
+        )
+    if ch["n_min"] > ch["n_max"]:
+        out.append(("challenge.n_min", f"{ch['n_min']} is above challenge.n_max {ch['n_max']}"))
+    if ch["n_min"] < win["length"]:
+        out.append(
+            (
+                "challenge.n_min",
+                f"{ch['n_min']} states are fewer than a window (windows.length "
+                f"{win['length']}): such lines could not be predicted",
+            )
+        )
+    if rt["cuda_graphs"] and rt["precision"] == "fp16":
+        out.append(
+            (
+                "runtime.cuda_graphs",
+                "not with precision fp16 (its loss scaler cannot be captured); use bf16",
+            )
+        )
+    return out
+
+
+def _name_rules(config: dict[str, Any]) -> list[str]:
+    """Names that refer to other entries: build, also_on, compare; reserved dataset names."""
+    from tracklstm.evaluation_plan import RESERVED, comparisons, external_models
+
+    datasets = list(config.get("datasets", {}))
+    models = list(config.get("models") or {})
+    out = []
+    for key, names, what in (("datasets", datasets, "dataset"), ("models", models, "model")):
+        for name in config.get("build", {}).get(key, []):
+            if name not in names:
+                out.append(
+                    f"build.{key}: {name!r} is not a {what} (known: {', '.join(names) or '(none)'})"
+                )
+    out += [
+        f"datasets: {r!r} is a reserved name (results/{r}/ holds evaluations of external "
+        "models and comparisons)"
+        for r in RESERVED
+        if r in datasets
+    ]
     for ds in datasets:
         for model in models:
+            for data in resolve_section(config, "evaluation", ds, model).get("also_on") or []:
+                if data not in datasets:
+                    out.append(
+                        f"evaluation.also_on (dataset {ds}, model {model}): {data!r} is not a "
+                        f"dataset (known: {', '.join(datasets)})"
+                    )
+    known = {"dataset": datasets, "data": datasets, "model": models}
+    known["external"] = list(external_models(config))
+    for name, runs in comparisons(config).items():
+        for i, r in enumerate(runs):
+            for key, names in known.items():
+                if key in r and r[key] not in names:
+                    out.append(
+                        f"compare.{name}[{i}].{key}: {r[key]!r} is not one of: "
+                        f"{', '.join(names) or '(none)'}"
+                    )
+    return out
+
+
+def check_names(config: dict[str, Any]) -> None:
+    """The name rules alone (build, also_on, compare, reserved names); ConfigError names the key."""
+    _raise(_name_rules(config))
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> None:
+    """Check the whole config without changing it: see :func:`prepare`."""
+    prepare(copy.deepcopy(config), schema)
+
+
+def prepare(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check ``config`` and fill the schema's defaults into it, in place; return it.
+
+    In order, stopping at the first group with errors: the schema and finite numbers; the names
+    that refer to other entries; every dataset's and model variant's merged sections; the rules
+    between keys. Raises ConfigError naming each wrong key.
+    """
+    node = schema or _schema()
+    _raise(_non_finite(config, []) or _errors(config, node, ""))
+    _fill_defaults(config, node)
+    _raise(_name_rules(config))
+    lines: list[str] = []
+    for ds in config["datasets"]:
+        for model in config["models"] or {}:
             for section in SECTIONS:
                 merged = resolve_section(config, section, ds, model)
-                _check(
-                    merged,
-                    schema["properties"][section],
-                    schema,
-                    f"{section} (as merged for dataset {ds}, model {model})",
+                where = f" (as merged for dataset {ds}, model {model})"
+                lines += _non_finite(merged, [section], where) or _errors(
+                    merged, node["properties"][section], section, where
                 )
+    _raise(lines)
+    broken: dict[tuple[str, str], list[str]] = {}
+    for ds in config["datasets"]:
+        for model in config["models"] or {}:
+            for key, what in _cross_key_rules(config, ds, model):
+                broken.setdefault((key, what), []).append(f"dataset {ds}, model {model}")
+    _raise(
+        [
+            f"{key} ({where[0]}{f'; and {len(where) - 1} more' if len(where) > 1 else ''}): {what}"
+            for (key, what), where in broken.items()
+        ]
+    )
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving
 
 
 def resolve_section(
@@ -93,6 +334,37 @@ def resolve_section(
         variant = (config.get("models") or {}).get(model) or {}
         merged = merge(merged, variant.get(section))
     return merged
+
+
+def stage_settings(
+    config: dict[str, Any], stage: str, dataset: str, model: str | None = None
+) -> dict[str, Any]:
+    """What stage ``stage`` reads, resolved for ``dataset`` (and ``model``): ``{section: ...}``.
+
+    Training also gets ``window_length`` (the windows it expects to be given).
+    """
+    out = {s: resolve_section(config, s, dataset, model) for s in STAGE_SECTIONS[stage]}
+    if stage == "train":
+        out["window_length"] = resolve_section(config, "windows", dataset)["length"]
+    return out
+
+
+def stage_defaults(stage: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A stage's settings run by hand: ``given`` over the schema's defaults, checked.
+
+    ``given`` holds some of the stage's sections (``--settings`` JSON); others are refused.
+    """
+    given = given or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"settings: expected a mapping, got {given!r}")
+    known = STAGE_SECTIONS[stage] + (("window_length",) if stage == "train" else ())
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a setting (known: {', '.join(known)})")
+    out: dict[str, Any] = {s: check_section(s, given.get(s)) for s in STAGE_SECTIONS[stage]}
+    if stage == "train":
+        out["window_length"] = given.get("window_length")
+    return out
 
 
 def raw_parts(config: dict[str, Any], dataset: str) -> list[str]:

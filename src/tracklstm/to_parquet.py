@@ -12,7 +12,6 @@ plane still gives every complete window downstream.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import re
@@ -26,8 +25,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z, Z_TOLERANCE
-from tracklstm.io import atomic_path, setup_logging, write_json
+from tracklstm.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -373,26 +373,24 @@ def summary(csv_path: Path, stats: _Stats, bad_rows: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tracklstm to_parquet", description=__doc__.splitlines()[0]
-    )
+    parser = stage_cli.parser("tracklstm to-parquet", __doc__, stage="to_parquet")
     parser.add_argument("--csv", required=True, help="track CSV in the training-file format")
     parser.add_argument("--out", required=True, help="Parquet file to write")
     parser.add_argument("--quality", help="data-quality JSON to write")
     parser.add_argument(
         "--bad-rows",
         choices=("error", "skip"),
-        default="error",
-        help="malformed rows: stop with an error naming the line, or skip and count them",
+        help="malformed rows: stop with an error naming the line (default), or skip and count them",
     )
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        convert(args.csv, args.out, args.quality, bad_rows=args.bad_rows)
-    except (InputFileError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    def body() -> None:
+        cfg = stage_cli.settings(
+            "to_parquet", args.settings, {"conversion": {"bad_rows": args.bad_rows}}
+        )
+        convert(args.csv, args.out, args.quality, bad_rows=cfg["conversion"]["bad_rows"])
+
+    return stage_cli.run(body, log)
 
 
 if __name__ == "__main__":

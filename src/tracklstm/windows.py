@@ -17,7 +17,6 @@ track with a missing plane still gives every window that does not touch that pla
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -30,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.io import atomic_path
 from tracklstm.to_parquet import float32_values
 
 log = logging.getLogger(__name__)
@@ -276,37 +276,47 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tracklstm windows", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("tracklstm windows", __doc__, stage="windows")
     parser.add_argument(
         "--parquet", required=True, nargs="+", help="Parquet files or folders of parts"
     )
     parser.add_argument("--out", required=True, help="HDF5 file to write")
-    parser.add_argument("--length", type=int, default=7, help="states per window")
-    parser.add_argument("--stride", type=int, default=1)
-    parser.add_argument("--last-target-plane", type=int, default=N_PLANES - 1)
-    parser.add_argument(
-        "--split", default="0.8,0.1,0.1", help="train,validation,test fractions of tracks"
-    )
-    parser.add_argument("--seed", type=int, default=12345, help="seed of the split by track")
+    parser.add_argument("--length", type=int, help="states per window")
+    parser.add_argument("--stride", type=int, help="planes between window starts")
+    parser.add_argument("--last-target-plane", type=int, help="last plane used as a target")
+    parser.add_argument("--split", help="train,validation,test fractions of tracks")
+    parser.add_argument("--seed", type=int, help="seed of the split by track")
     args = parser.parse_args(argv)
-    setup_logging()
-    fr = [float(v) for v in args.split.split(",")]
-    if len(fr) != 3:
-        parser.error("--split takes three fractions: train,validation,test")
-    try:
+    split = None
+    if args.split is not None:
+        fr = args.split.split(",")
+        if len(fr) != 3:
+            parser.error("--split takes three fractions: train,validation,test")
+        try:
+            split = dict(zip(SPLITS, map(float, fr), strict=True))
+        except ValueError:
+            parser.error(f"--split: {args.split!r} is not three numbers")
+
+    def body() -> None:
+        options = {
+            "length": args.length,
+            "stride": args.stride,
+            "last_target_plane": args.last_target_plane,
+            "split": split,
+            "seed": args.seed,
+        }
+        cfg = stage_cli.settings("windows", args.settings, {"windows": options})["windows"]
         build(
             args.parquet,
             args.out,
-            length=args.length,
-            stride=args.stride,
-            last_target_plane=args.last_target_plane,
-            fractions=dict(zip(SPLITS, fr, strict=True)),
-            seed=args.seed,
+            length=cfg["length"],
+            stride=cfg["stride"],
+            last_target_plane=cfg["last_target_plane"],
+            fractions=cfg["split"],
+            seed=cfg["seed"],
         )
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,17 @@
 import json
 import re
 
+from tracklstm import sources as tl_sources
+
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 
 
-# The package modules each stage runs. They are declared as inputs, so that editing a module
-# re-runs the rules that use it and everything downstream.
-STAGE_MODULES = {
-    "simulate": ["simulate", "constants", "io"],
-    "download": ["download", "io"],
-    "to_parquet": ["to_parquet", "constants", "io"],
-    "windows": ["windows", "to_parquet", "constants", "io"],
-    "challenge": ["challenge", "windows", "to_parquet", "constants", "io"],
-    "train": ["train", "model", "io"],
-    "export": ["export", "model", "constants", "io"],
-    "predict": ["predict", "export", "model", "constants", "io"],
-    "evaluate": [
-        "evaluate",
-        "baselines",
-        "challenge",
-        "windows",
-        "to_parquet",
-        "constants",
-        "io",
-    ],
-    "compare": ["compare", "evaluate", "baselines", "constants", "io"],
-}
-
-
-def code(stage):
-    """The source files of a stage's modules (absolute: the workflow's own src/ folder)."""
-    return [str(SRC / "tracklstm" / f"{m}.py") for m in STAGE_MODULES[stage]]
+def code(module):
+    """The source files of ``python -m tracklstm.<module>``, from its real imports, relative to
+    the working directory: editing one re-runs the rules that use it, and a project copied or
+    moved elsewhere stays up to date."""
+    return tl_sources.stage_inputs(f"tracklstm.{module}")
 
 
 def section(name, dataset, model=None):
@@ -39,9 +19,18 @@ def section(name, dataset, model=None):
     return tl_settings.resolve_section(config, name, dataset, model)
 
 
-def as_json(value):
-    """Settings for the command line: compact JSON, quoted with `:q` in shell commands."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def stage_settings(stage):
+    """The params function giving a stage its merged settings as compact JSON; every rule hands
+    them to its command the same way: ``--settings {params.settings:q}``."""
+
+    def settings(wildcards):
+        data = getattr(wildcards, "data", None) if stage == "evaluate" else None
+        dataset = data or wildcards.dataset
+        model = getattr(wildcards, "model", None)
+        value = tl_settings.stage_settings(config, stage, dataset, model)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return settings
 
 
 def raw_csvs(wildcards):
@@ -75,15 +64,6 @@ def all_targets():
     # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
     targets += tl_plan.targets(config)
     return targets
-
-
-def train_settings(wildcards):
-    """The model and training sections of one run, and the window length it expects."""
-    return {
-        "model": section("model", wildcards.dataset, wildcards.model),
-        "training": section("training", wildcards.dataset, wildcards.model),
-        "window_length": section("windows", wildcards.dataset)["length"],
-    }
 
 
 def train_init_inputs(wildcards):

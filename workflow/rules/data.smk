@@ -95,10 +95,10 @@ rule to_parquet:
         mem_mb=2000,
         runtime=60,
     params:
-        bad_rows=lambda w: section("conversion", w.dataset)["bad_rows"],
+        settings=stage_settings("to_parquet"),
     shell:
         "python -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
-        " --quality {output.quality} --bad-rows {params.bad_rows} 2> {log}"
+        " --quality {output.quality} --settings {params.settings:q} 2> {log}"
 
 
 rule windows:
@@ -119,18 +119,10 @@ rule windows:
         mem_mb=2000,
         runtime=60,
     params:
-        length=lambda w: section("windows", w.dataset)["length"],
-        stride=lambda w: section("windows", w.dataset)["stride"],
-        last=lambda w: section("windows", w.dataset)["last_target_plane"],
-        split=lambda w: ",".join(
-            str(section("windows", w.dataset)["split"][s])
-            for s in ("train", "validation", "test")
-        ),
-        seed=lambda w: section("windows", w.dataset)["seed"],
+        settings=stage_settings("windows"),
     shell:
         "python -m tracklstm.windows --parquet {input.parquet} --out {output}"
-        " --length {params.length} --stride {params.stride} --last-target-plane {params.last}"
-        " --split {params.split} --seed {params.seed} 2> {log}"
+        " --settings {params.settings:q} 2> {log}"
 
 
 rule challenge:
@@ -153,16 +145,8 @@ rule challenge:
         mem_mb=2000,
         runtime=30,
     params:
-        n_min=lambda w: section("challenge", w.dataset)["n_min"],
-        n_max=lambda w: section("challenge", w.dataset)["n_max"],
-        seed=lambda w: section("challenge", w.dataset)["seed"],
-        max_tracks=lambda w: (
-            f"--max-tracks {section('challenge', w.dataset)['max_tracks']}"
-            if section("challenge", w.dataset).get("max_tracks")
-            else ""
-        ),
+        settings=stage_settings("challenge"),
     shell:
         "python -m tracklstm.challenge --parquet {input.parquet} --windows {input.windows}"
         " --inputs-out {output.inputs} --answers-out {output.answers}"
-        " --n-min {params.n_min} --n-max {params.n_max} --seed {params.seed}"
-        " {params.max_tracks} 2> {log}"
+        " --settings {params.settings:q} 2> {log}"

@@ -6,12 +6,7 @@ from tracklstm import evaluation_plan as tl_plan
 # `evaluation.also_on`; exported model files (`evaluation.external_models`) without training;
 # the data-quality tables; comparisons (`compare:`). Every output a person looks at is marked
 # for `snakemake --report report.html`, with a caption from workflow/report/. Which evaluations
-# run, and the checks of these settings: src/tracklstm/evaluation_plan.py.
-
-try:
-    tl_plan.check(config)
-except tl_settings.ConfigError as err:
-    raise WorkflowError(str(err)) from None
+# run: src/tracklstm/evaluation_plan.py.
 
 EXTERNAL_MODELS = tl_plan.external_models(config)
 
