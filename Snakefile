@@ -5,9 +5,11 @@ snakemake --profile slurm            # on a Slurm farm
 snakemake --config build='{datasets: [mlchallenge2]}' --cores 8
 """
 
+import shlex
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,9 +23,18 @@ from tracklstm import settings as tl_settings  # noqa: E402
 configfile: "config.yaml"
 
 
-# Every job runs the package from this workflow's src/ folder, whatever else is installed.
+# Every job runs the package from this workflow's src/ folder, whatever else is installed, with
+# the Python that runs Snakemake (its venv's bin first on PATH, activated or not), unless a rule's
+# conda env is in use (--sdm conda), which brings its own.
+USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON_BIN = (
+    ""
+    if USES_CONDA
+    else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+)
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"set -euo pipefail; {PYTHON_BIN}"
+    f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
 

@@ -112,6 +112,23 @@ def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None
         assert (res["slurm_partition"], res["slurm_account"]) == ("short", "proj42"), rule
         assert "gpu_model" not in res
 
+    sited = dry_run(
+        workflow_copy,
+        "slurm",
+        TRACKLSTM_SLURM_QOS="normal",
+        TRACKLSTM_SLURM_GPU_QOS="gpu_long",
+        TRACKLSTM_SLURM_CONSTRAINT="cpu",
+        TRACKLSTM_SLURM_GPU_CONSTRAINT="gpu",
+    )
+    assert (sited["train"].resources["qos"], sited["train"].resources["constraint"]) == (
+        "gpu_long",
+        "gpu",
+    )
+    for rule in CLUSTER_RULES - {"train"}:
+        res = sited[rule].resources
+        assert (res["qos"], res["constraint"]) == ("normal", "cpu"), rule
+    assert not {"qos", "constraint"} & set(jobs["windows"].resources)
+
     cpu_only = dry_run(workflow_copy, "slurm", TRACKLSTM_SLURM_GPUS="0")
     assert cpu_only["train"].resources["gpu"] == "0"  # no --gpus for sbatch
 

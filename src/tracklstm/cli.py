@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+import tracklstm
+
 #: subcommand -> module; each module has ``main(argv) -> int``.
 COMMANDS: dict[str, str] = {
     "simulate": "tracklstm.simulate",
@@ -21,7 +23,7 @@ COMMANDS: dict[str, str] = {
 
 
 def usage() -> str:
-    lines = ["usage: tracklstm <command> [options]", "", "commands:"]
+    lines = ["usage: tracklstm [--version] <command> [options]", "", "commands:"]
     for name, module in COMMANDS.items():
         doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
         lines.append(f"  {name:<12} {doc[0] if doc else ''}")
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(usage() + "\n")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        sys.stdout.write(f"tracklstm {tracklstm.__version__}\n")
         return 0
     name = argv[0].replace("_", "-")
     if name not in COMMANDS:

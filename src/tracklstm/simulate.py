@@ -58,8 +58,9 @@ from typing import TextIO
 
 import numpy as np
 
+from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, N_FEATURES, N_PLANES, PLANE_Z
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.io import atomic_path
 
 log = logging.getLogger("tracklstm.simulate")
 
@@ -599,11 +600,7 @@ def simulate_to_csv(n_tracks: int, path: str | os.PathLike[str], *, seed: int, s
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tracklstm.simulate",
-        description="Simulate GlueX-like charged tracks and write them in the training-file "
-        "format (header + 150 columns).",
-    )
+    p = stage_cli.parser("tracklstm simulate", __doc__)
     p.add_argument("--n-tracks", type=int, required=True, help="number of tracks to write")
     p.add_argument("--seed", type=int, required=True, help="random seed (>= 0)")
     p.add_argument("--shard", type=int, default=0, help="shard index: independent stream (>= 0)")
@@ -612,34 +609,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m tracklstm.simulate --n-tracks N --seed S [--shard K] --out PATH.csv``."""
-    args = _parser().parse_args(argv)
-    setup_logging()
-    if args.n_tracks < 1 or args.seed < 0 or args.shard < 0:
-        log.error(
-            "invalid arguments: need --n-tracks >= 1, --seed >= 0, --shard >= 0 (got %d, %d, %d)",
-            args.n_tracks,
+    """CLI: ``tracklstm simulate --n-tracks N --seed S [--shard K] --out PATH.csv``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        if args.n_tracks < 1 or args.seed < 0 or args.shard < 0:
+            raise SimulationError(
+                "invalid arguments: need --n-tracks >= 1, --seed >= 0, --shard >= 0 "
+                f"(got {args.n_tracks}, {args.seed}, {args.shard})"
+            )
+        start = time.perf_counter()
+        count = simulate_to_csv(args.n_tracks, args.out, seed=args.seed, shard=args.shard)
+        seconds = time.perf_counter() - start
+        log.info(
+            "wrote %d tracks (seed %d, shard %d) to %s in %.2f s (%.0f tracks/s)",
+            count,
             args.seed,
             args.shard,
+            args.out,
+            seconds,
+            count / seconds if seconds > 0 else float("inf"),
         )
-        return 2
-    start = time.perf_counter()
-    try:
-        count = simulate_to_csv(args.n_tracks, args.out, seed=args.seed, shard=args.shard)
-    except OSError as exc:
-        log.error("cannot write %s: %s", args.out, exc)
-        return 1
-    seconds = time.perf_counter() - start
-    log.info(
-        "wrote %d tracks (seed %d, shard %d) to %s in %.2f s (%.0f tracks/s)",
-        count,
-        args.seed,
-        args.shard,
-        args.out,
-        seconds,
-        count / seconds if seconds > 0 else float("inf"),
-    )
-    return 0
+
+    return stage_cli.run(body, log, errors=(OSError, SimulationError))
 
 
 if __name__ == "__main__":
