@@ -13,7 +13,7 @@ STAGE_MODULES = {
     "to_parquet": ["to_parquet", "constants", "io"],
     "windows": ["windows", "to_parquet", "constants", "io"],
     "challenge": ["challenge", "windows", "to_parquet", "constants", "io"],
-    "train": ["train", "model", "io"],
+    "train": ["train", "model", "settings", "constants", "io"],
     "export": ["export", "model", "constants", "io"],
     "predict": ["predict", "export", "model", "constants", "io"],
     "evaluate": [
@@ -30,8 +30,16 @@ STAGE_MODULES = {
 
 
 def code(stage):
-    """The source files of a stage's modules (absolute: the workflow's own src/ folder)."""
-    return [str(SRC / "tracklstm" / f"{m}.py") for m in STAGE_MODULES[stage]]
+    """The source files of a stage's modules (absolute: the workflow's own src/ folder); a
+    module that is a package (a folder) counts with all its files."""
+    files = []
+    for m in STAGE_MODULES[stage]:
+        package = SRC / "tracklstm" / m
+        if package.is_dir():
+            files.extend(sorted(str(p) for p in package.glob("*.py")))
+        else:
+            files.append(str(SRC / "tracklstm" / f"{m}.py"))
+    return files
 
 
 def section(name, dataset, model=None):
