@@ -4,6 +4,7 @@ and ends with the same metrics as a run that was never interrupted (CPU, fixed s
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -97,10 +98,17 @@ def test_killed_after_epoch_k_resumes_at_k_plus_1(
         assert rc == tr.EXIT_INTERRUPTED
         first = log1.read_text()
         assert "SIGTERM: finishing the current step" in first
-        assert "rerun the same command" in first or "run the same command again" in first
+        assert "run the same command again" in first
         assert "Traceback" not in first
-        if ckpt["partial"] is not None:
+        stop = re.search(r"stopped in epoch (\d+) after step (\d+)", first)
+        assert stop is not None, first
+        stopped_at = (int(stop[1]), int(stop[2]))
+        if ckpt["partial"] is not None:  # in the middle of epoch k + 1
             assert ckpt["partial"]["epoch"] == k + 1 and ckpt["partial"]["step"] >= 1
+            assert stopped_at == (k + 1, ckpt["partial"]["step"])
+        else:  # at the end of epoch k, after all its steps
+            n_train = tr.inspect_windows(windows).sizes["train"]
+            assert stopped_at == (k, math.ceil(n_train / SETTINGS["training"]["batch_size"]))
     else:
         assert rc == -signal.SIGKILL
         assert ckpt["partial"] is None

@@ -1,0 +1,95 @@
+"""Stage 4: train the track model on ``windows.h5``.
+
+Faithful by default: the reference model, L1 loss, MSE metric, Adam (1e-4), gradient clipping by
+value (1.0), ReduceLROnPlateau (0.85, 5, 1e-5, 1e-6), batch 1256, 100 epochs and early stopping
+(patience 20). Every departure is a setting (``model:`` and ``training:`` in config.yaml).
+
+Data path: train and validation tensors that fit in the device's memory are normalized once and
+kept there (batches are slices of an on-device ``randperm``); larger data is streamed from the
+HDF5 file in shuffled chunks. Metric sums stay on the device; one sync per epoch reads them.
+
+Resumable: after every epoch a checkpoint is written atomically beside the outputs
+(``checkpoint.pt``); a rerun with the same settings and data continues from it. On SIGTERM
+(Slurm's time limit) or Ctrl-C the current step is finished, the state in the middle of the
+epoch saved, and the command exits with 143. A lock refuses a second process on the same run.
+
+Several GPUs: under ``torchrun`` (WORLD_SIZE > 1) training is data-parallel (DDP; NCCL on GPUs,
+gloo on CPUs); ``batch_size`` stays the global batch.
+
+Outputs in the run folder: ``weights_best.pt`` and ``weights_last.pt`` (state dicts of the
+normalized-units ``TrackRNN``), ``metrics.csv`` (one row per epoch) and ``training.json``
+(resolved settings, normalization, window length, data fingerprint, versions, device).
+
+Modules: ``config`` (settings), ``runtime`` (device, signals, processes, RNG), ``data`` (the
+windows file and batch sources), ``trainer`` (step, epoch, evaluation), ``checkpoints`` (files
+on disk), ``fit`` (the run: ``train``), ``cli`` (the command: ``main``), ``errors``.
+"""
+
+from tracklstm.train.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    METRIC_COLUMNS,
+    load_checkpoint,
+)
+from tracklstm.train.cli import main
+from tracklstm.train.config import (
+    DEFAULT_MODEL,
+    DEFAULT_TRAINING,
+    RUNTIME_KEYS,
+    resolve_settings,
+    settings_hash,
+)
+from tracklstm.train.data import (
+    Batch,
+    DeviceWindows,
+    StreamedWindows,
+    WindowsInfo,
+    WindowSource,
+    check_windows_finite,
+    inspect_windows,
+    load_windows,
+)
+from tracklstm.train.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    TrainingInputError,
+    TrainingInterrupted,
+)
+from tracklstm.train.fit import EarlyStopping, RunState, train
+from tracklstm.train.runtime import Dist, configure_backends, pick_device, request_stop
+from tracklstm.train.trainer import Trainer, make_optimizer, make_scheduler
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "DEFAULT_MODEL",
+    "DEFAULT_TRAINING",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
+    "METRIC_COLUMNS",
+    "RUNTIME_KEYS",
+    "Batch",
+    "DeviceWindows",
+    "Dist",
+    "EarlyStopping",
+    "RunState",
+    "StreamedWindows",
+    "Trainer",
+    "TrainingInputError",
+    "TrainingInterrupted",
+    "WindowSource",
+    "WindowsInfo",
+    "check_windows_finite",
+    "configure_backends",
+    "inspect_windows",
+    "load_checkpoint",
+    "load_windows",
+    "main",
+    "make_optimizer",
+    "make_scheduler",
+    "pick_device",
+    "request_stop",
+    "resolve_settings",
+    "settings_hash",
+    "train",
+]

@@ -1,0 +1,336 @@
+"""The windows file as training reads it: its checks, and the train and validation sources.
+
+``inspect_windows`` checks a file's layout, shapes and normalization without loading it. A
+source (``WindowSource``) yields normalized batches on the device: ``DeviceWindows`` holds a
+split in device memory and slices batches from a ``randperm`` drawn there; ``StreamedWindows``
+reads chunks from the file for data larger than the device's memory. ``load_windows`` picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import numpy as np
+import torch
+
+from tracklstm.constants import N_FEATURES
+from tracklstm.io import sha256_file
+from tracklstm.train.errors import TrainingInputError
+from tracklstm.train.runtime import Dist
+
+log = logging.getLogger("tracklstm.train")
+
+#: Fraction of the free device memory the resident tensors may take (``data_on_device: auto``).
+DEVICE_MEMORY_FRACTION = 0.5
+
+
+@dataclass
+class WindowsInfo:
+    """What ``inspect_windows`` learned about a windows file (nothing loaded yet)."""
+
+    path: Path
+    window_length: int
+    sizes: dict[str, int]
+    norm_min: np.ndarray
+    norm_max: np.ndarray
+    fingerprint: str
+    identity: dict[str, Any]
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def inspect_windows(path: str | Path) -> WindowsInfo:
+    """Check a windows file's layout, shapes and normalization; raise ``TrainingInputError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingInputError(f"{path}: no such file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise TrainingInputError(f"{path}: not a readable HDF5 file ({err})") from None
+    with h5:
+        for split in ("train", "validation"):
+            if split not in h5 or not isinstance(h5[split], h5py.Group):
+                raise TrainingInputError(f"{path}: the split {split!r} is missing")
+            for name in ("inputs", "targets"):
+                if name not in h5[split] or not isinstance(h5[split][name], h5py.Dataset):
+                    raise TrainingInputError(f"{path}: the dataset {split}/{name} is missing")
+        for key in ("norm_min", "norm_max", "window_length"):
+            if key not in h5.attrs:
+                raise TrainingInputError(f"{path}: the attribute {key!r} is missing")
+        attrs = {k: _attr(h5.attrs[k]) for k in h5.attrs}
+        lo = np.asarray(attrs["norm_min"], dtype=np.float32).reshape(-1)
+        hi = np.asarray(attrs["norm_max"], dtype=np.float32).reshape(-1)
+        if lo.shape != (N_FEATURES,) or hi.shape != (N_FEATURES,):
+            raise TrainingInputError(
+                f"{path}: norm_min/norm_max have {lo.size}/{hi.size} values, expected {N_FEATURES}"
+            )
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi > lo).all()):
+            raise TrainingInputError(f"{path}: norm_min/norm_max are not finite with max > min")
+        length = attrs["window_length"]
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise TrainingInputError(f"{path}: window_length attribute {length!r} is not >= 1")
+        sizes = {}
+        for split in ("train", "validation"):
+            xs, ys = h5[split]["inputs"], h5[split]["targets"]
+            if xs.ndim != 3 or xs.shape[1:] != (length, N_FEATURES):
+                raise TrainingInputError(
+                    f"{path}: {split}/inputs has shape {xs.shape}, expected "
+                    f"(N, {length}, {N_FEATURES}) for windows of length {length}"
+                )
+            if ys.shape != (xs.shape[0], N_FEATURES):
+                raise TrainingInputError(
+                    f"{path}: {split}/targets has shape {ys.shape}, expected "
+                    f"({xs.shape[0]}, {N_FEATURES})"
+                )
+            for ds in (xs, ys):
+                if ds.dtype.kind != "f":
+                    raise TrainingInputError(f"{path}: {ds.name} holds {ds.dtype}, not floats")
+            if xs.shape[0] == 0:
+                raise TrainingInputError(f"{path}: the split {split!r} holds no windows")
+            sizes[split] = int(xs.shape[0])
+    fingerprint = str(attrs.get("data_fingerprint", "")) or sha256_file(path)
+    identity = {
+        "data_fingerprint": fingerprint,
+        "sizes": sizes,
+        "norm_min": lo.tolist(),
+        "norm_max": hi.tolist(),
+        **{
+            k: attrs.get(k)
+            for k in (
+                "window_length",
+                "stride",
+                "last_target_plane",
+                "split_seed",
+                "split_fractions",
+            )
+        },
+    }
+    return WindowsInfo(path, int(length), sizes, lo, hi, fingerprint, identity)
+
+
+def _normalize(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return ((a - lo) / (hi - lo)).astype(np.float32, copy=False)
+
+
+def _check_finite(a: np.ndarray, path: Path, name: str, first: int) -> None:
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    if bad.any():
+        row = first + int(np.argmax(bad))
+        raise TrainingInputError(
+            f"{path}: {name} holds NaN or infinite values (first at window {row})"
+        )
+
+
+def _scan_chunks(ds: h5py.Dataset, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, ds.shape[0], chunk):
+        yield start, ds[start : start + chunk]
+
+
+def check_windows_finite(info: WindowsInfo, chunk: int = 262144) -> None:
+    """Read the train and validation windows chunk by chunk; stop at the first NaN or inf."""
+    with h5py.File(info.path, "r") as h5:
+        for split in ("train", "validation"):
+            for name in ("inputs", "targets"):
+                for start, a in _scan_chunks(h5[split][name], chunk):
+                    _check_finite(a, info.path, f"{split}/{name}", start)
+
+
+@dataclass
+class Batch:
+    """One step's share of a batch: ``n_global`` windows in the whole batch over all ranks."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_global: int
+    live: bool = True  # False: a stand-in window for a rank whose share is empty (weight 0)
+
+
+def _rank_share(idx: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, bool]:
+    if dist.world == 1:
+        return idx, True
+    share = idx[dist.rank :: dist.world]
+    if len(share) == 0:
+        return idx[:1], False
+    return share, True
+
+
+class WindowSource(Protocol):
+    """Normalized windows of one split, on the device, in batches."""
+
+    n: int
+
+    def train_batches(
+        self, batch: int, gen: torch.Generator, dist: Dist, skip: int = 0
+    ) -> Iterator[Batch]: ...
+
+    def eval_batches(
+        self, batch: int, dist: Dist
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def close(self) -> None: ...
+
+
+class DeviceWindows:
+    """A split held in device memory; batches are slices of a ``randperm`` drawn on the device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.n = x, y, len(x)
+
+    @classmethod
+    def load(
+        cls, info: WindowsInfo, split: str, device: torch.device, chunk: int = 262144
+    ) -> DeviceWindows:
+        """Read, check and normalize a split chunk by chunk straight into device tensors."""
+        n, length = info.sizes[split], info.window_length
+        x = torch.empty((n, length, N_FEATURES), dtype=torch.float32, device=device)
+        y = torch.empty((n, N_FEATURES), dtype=torch.float32, device=device)
+        with h5py.File(info.path, "r") as h5:
+            for name, dest in (("inputs", x), ("targets", y)):
+                for start, a in _scan_chunks(h5[split][name], chunk):
+                    _check_finite(a, info.path, f"{split}/{name}", start)
+                    a = _normalize(a, info.norm_min, info.norm_max)
+                    dest[start : start + len(a)].copy_(torch.from_numpy(a))
+        return cls(x, y)
+
+    def train_batches(
+        self, batch: int, gen: torch.Generator, dist: Dist, skip: int = 0
+    ) -> Iterator[Batch]:
+        perm = torch.randperm(self.n, generator=gen, device=gen.device)
+        if perm.device != self.x.device:
+            perm = perm.to(self.x.device)
+        for start in range(skip * batch, self.n, batch):
+            idx = perm[start : start + batch]
+            share, live = _rank_share(idx, dist)
+            yield Batch(self.x[share], self.y[share], len(idx), live)
+
+    def eval_batches(self, batch: int, dist: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.x[dist.rank :: dist.world], self.y[dist.rank :: dist.world]
+        for start in range(0, len(x), batch):
+            yield x[start : start + batch].contiguous(), y[start : start + batch].contiguous()
+
+    def close(self) -> None:
+        pass
+
+
+class StreamedWindows:
+    """A split read from the HDF5 file in chunks, for data larger than the device's memory.
+
+    Each epoch visits the chunks in a shuffled order and shuffles the windows within each chunk
+    (the remainder that does not fill a batch is carried over into the next chunk).
+    """
+
+    def __init__(self, info: WindowsInfo, split: str, device: torch.device, chunk: int) -> None:
+        self.info, self.device, self.chunk = info, device, int(chunk)
+        self._file = h5py.File(info.path, "r")
+        self._x, self._y = self._file[split]["inputs"], self._file[split]["targets"]
+        self.n = int(self._x.shape[0])
+
+    def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.info.norm_min, self.info.norm_max
+        x = _normalize(self._x[start:stop], lo, hi)
+        y = _normalize(self._y[start:stop], lo, hi)
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+
+    def train_batches(
+        self, batch: int, gen: torch.Generator, dist: Dist, skip: int = 0
+    ) -> Iterator[Batch]:
+        n_chunks = math.ceil(self.n / self.chunk)
+        order = torch.randperm(n_chunks, generator=gen, device=gen.device).tolist()
+        carry: tuple[torch.Tensor, torch.Tensor] | None = None
+        step = 0
+        for c in order:
+            x, y = self._read(c * self.chunk, min(self.n, (c + 1) * self.chunk))
+            if carry is not None:
+                x, y = torch.cat([carry[0], x]), torch.cat([carry[1], y])
+            perm = torch.randperm(len(x), generator=gen, device=gen.device).to(self.device)
+            full = len(x) // batch * batch
+            for start in range(0, full, batch):
+                if step >= skip:
+                    share, live = _rank_share(perm[start : start + batch], dist)
+                    yield Batch(x[share], y[share], batch, live)
+                step += 1
+            rest = perm[full:]
+            carry = (x[rest], y[rest]) if len(rest) else None
+        if carry is not None and step >= skip:
+            idx = torch.arange(len(carry[0]), device=self.device)
+            share, live = _rank_share(idx, dist)
+            yield Batch(carry[0][share], carry[1][share], len(idx), live)
+
+    def eval_batches(self, batch: int, dist: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, start in enumerate(range(0, self.n, self.chunk)):
+            if i % dist.world != dist.rank:
+                continue
+            x, y = self._read(start, min(self.n, start + self.chunk))
+            for s in range(0, len(x), batch):
+                yield x[s : s + batch], y[s : s + batch]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _available_memory(device: torch.device) -> int:
+    """Free bytes on a CUDA device, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+def data_bytes(info: WindowsInfo) -> int:
+    """Bytes the normalized train and validation tensors take (float32)."""
+    per_window = (info.window_length + 1) * N_FEATURES * 4
+    return per_window * (info.sizes["train"] + info.sizes["validation"])
+
+
+def load_windows(
+    info: WindowsInfo, device: torch.device, on_device: bool | str = "auto", chunk: int = 262144
+) -> tuple[WindowSource, WindowSource, str]:
+    """Train and validation sources: device-resident when they fit (or when told), else streamed.
+
+    Returns ``(train, validation, placement)`` with placement ``device`` or ``stream``.
+    """
+    if on_device == "auto":
+        need, free = data_bytes(info), _available_memory(device)
+        on_device = need <= DEVICE_MEMORY_FRACTION * free
+        log.info(
+            "data: %.2f GB, %.2f GB free on %s -> %s",
+            need / 1e9,
+            free / 1e9,
+            device,
+            "kept on the device" if on_device else "streamed from the file",
+        )
+    if on_device:
+        train = DeviceWindows.load(info, "train", device, chunk)
+        val = DeviceWindows.load(info, "validation", device, chunk)
+        return train, val, "device"
+    check_windows_finite(info, chunk)
+    return (
+        StreamedWindows(info, "train", device, chunk),
+        StreamedWindows(info, "validation", device, chunk),
+        "stream",
+    )
