@@ -5,8 +5,8 @@ DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 
 
-# The package modules each stage runs. They are declared as inputs, so that editing a module
-# re-runs the rules that use it and everything downstream.
+# The package modules each stage runs (a package: all its files). They are declared as inputs,
+# so that editing a module re-runs the rules that use it and everything downstream.
 STAGE_MODULES = {
     "simulate": ["simulate", "constants", "io"],
     "download": ["download", "io"],
@@ -14,10 +14,11 @@ STAGE_MODULES = {
     "windows": ["windows", "to_parquet", "constants", "io"],
     "challenge": ["challenge", "windows", "to_parquet", "constants", "io"],
     "train": ["train", "model", "io"],
-    "export": ["export", "model", "constants", "io"],
-    "predict": ["predict", "export", "model", "constants", "io"],
+    "export": ["export", "artifacts", "model", "constants", "io"],
+    "predict": ["predict", "artifacts", "constants", "io"],
     "evaluate": [
         "evaluate",
+        "artifacts",
         "baselines",
         "challenge",
         "windows",
@@ -31,7 +32,14 @@ STAGE_MODULES = {
 
 def code(stage):
     """The source files of a stage's modules (absolute: the workflow's own src/ folder)."""
-    return [str(SRC / "tracklstm" / f"{m}.py") for m in STAGE_MODULES[stage]]
+    files = []
+    for m in STAGE_MODULES[stage]:
+        package = SRC / "tracklstm" / m
+        if package.is_dir():
+            files += sorted(str(f) for f in package.glob("*.py"))
+        else:
+            files.append(str(SRC / "tracklstm" / f"{m}.py"))
+    return files
 
 
 def section(name, dataset, model=None):
