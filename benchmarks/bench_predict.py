@@ -7,7 +7,7 @@ Without ``--model`` it exports a reference-size model (LSTM 128 -> 64 -> 32, 132
 random weights: the speed does not depend on the values) to a temporary folder. Measured for
 each number of CPU threads in ``--threads`` (torch and onnxruntime limited to it):
 
-- the model alone (``predict.predict_windows`` on the TorchScript file) for batches of 64 to
+- the model alone (``artifacts.predict_windows`` on the TorchScript file) for batches of 64 to
   16,384 windows: the speed target is 30,000 rows per second on 2 CPU cores. With N threads,
   ``predict_windows`` runs N batches at a time, one thread each; ``split_batch`` is the other
   way, every batch split over the N threads by torch (as the C++ program and most hosts do);
@@ -44,11 +44,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export, load_torchscript
+from tracklstm.export import export
 from tracklstm.io import setup_logging, write_json
 from tracklstm.model import build_model
-from tracklstm.predict import predict_file, predict_windows
+from tracklstm.predict import predict_file
 
 log = logging.getLogger("bench_predict")
 

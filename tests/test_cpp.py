@@ -16,11 +16,11 @@ import pytest
 import torch
 from test_export import make_run
 
+from tracklstm.artifacts import load_torchscript
 from tracklstm.export import (
     compare,
     example_inputs,
     export_torchscript,
-    load_torchscript,
     read_tensor,
     write_tensor,
 )

@@ -14,9 +14,9 @@ import torch
 from conftest import toy_tracks
 
 import tracklstm
+from tracklstm.artifacts import METADATA_NAME, load_torchscript, read_metadata
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
 from tracklstm.export import (
-    METADATA_NAME,
     ExportCheckError,
     ExportInputError,
     compare,
@@ -24,9 +24,7 @@ from tracklstm.export import (
     export,
     export_torchscript,
     load_physical_model,
-    load_torchscript,
     main,
-    read_metadata,
     read_tensor,
     write_tensor,
 )

@@ -11,13 +11,13 @@ import torch
 from conftest import toy_tracks
 from test_export import make_run
 
+from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export, export_torchscript, load_torchscript
+from tracklstm.export import export, export_torchscript
 from tracklstm.predict import (
     ChallengeInputError,
     main,
     predict_file,
-    predict_windows,
     read_challenge_rows,
 )
 

@@ -20,16 +20,14 @@ import h5py
 import numpy as np
 
 from tracklstm import stage_cli
-from tracklstm.constants import FEATURES, N_FEATURES, N_PLANES
+from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_FEATURES, N_PLANES
 from tracklstm.io import atomic_path
 from tracklstm.windows import fingerprint, iter_tracks, parquet_parts
 
 log = logging.getLogger(__name__)
 
-#: The predicted variables of an answer line, and their weights in the score.
-ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
+#: The weights of the predicted variables (ANSWER_FEATURES: x, y, px, py, pz) in the score.
 WEIGHTS: tuple[float, ...] = (0.03, 0.03, 0.01, 0.01, 0.011)
-_ANSWER_COLS = [FEATURES.index(f) for f in ANSWER_FEATURES]
 _Z = FEATURES.index("z")
 #: Number format of both files (the Parquet values are float32: about 7 digits).
 FLOAT_FORMAT = "%.7g"
@@ -103,7 +101,7 @@ def write_challenge(
                 track = tracks[row].astype(np.float64)
                 values = (*track[:n].ravel().tolist(), float(track[n, _Z]))
                 f_in.write(formats[n] % values + "\n")
-                f_ans.write(answer_format % tuple(track[n, _ANSWER_COLS].tolist()) + "\n")
+                f_ans.write(answer_format % tuple(track[n, ANSWER_INDEX].tolist()) + "\n")
                 per_n[n] += 1
                 written += 1
     if written == 0:

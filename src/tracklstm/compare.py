@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tracklstm.constants import FEATURES, UNITS
-from tracklstm.evaluate import (
-    SCORE_FEATURES,
-    html_page,
-    html_table,
-    log_axis,
-    plane_axis,
-    save_figure,
-)
+from tracklstm.constants import ANSWER_FEATURES, UNITS
+from tracklstm.evaluate.plots import feature_grid, log_axis, plane_axis, save_figure
+from tracklstm.evaluate.report import MISSING, format_value, html_page, html_table
 from tracklstm.io import atomic_path, setup_logging
 
 log = logging.getLogger(__name__)
@@ -99,8 +92,8 @@ def table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> tuple[list[s
         "helix / network",
         "one-step window score",
         "walk score at last plane",
-        *[f"RMS {f} [{UNITS[f]}]" for f in SCORE_FEATURES],
-        *[f"68% width {f} [{UNITS[f]}]" for f in SCORE_FEATURES],
+        *[f"RMS {f} [{UNITS[f]}]" for f in ANSWER_FEATURES],
+        *[f"68% width {f} [{UNITS[f]}]" for f in ANSWER_FEATURES],
         "epochs",
         "best validation MAE",
     ]
@@ -123,8 +116,8 @@ def table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> tuple[list[s
                 helix / net if net and helix is not None else None,
                 m.get("score_windows"),
                 walk["network"]["score"][-1] if walk.get("n_tracks") else None,
-                *[m["residuals"][f]["rms"] for f in SCORE_FEATURES],
-                *[m["residuals"][f]["width68"] for f in SCORE_FEATURES],
+                *[m["residuals"][f]["rms"] for f in ANSWER_FEATURES],
+                *[m["residuals"][f]["width68"] for f in ANSWER_FEATURES],
                 _get(m, "training", "epochs"),
                 _get(m, "training", "best_val_mae"),
             ]
@@ -132,28 +125,19 @@ def table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> tuple[list[s
     return header, rows
 
 
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def write_csv(header: Sequence[str], rows: Sequence[Sequence[Any]], path: str | Path) -> None:
+    """The table as CSV: numbers with 6 significant digits, empty cells where there is none."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        writer.writerows([[_cell(v) for v in row] for row in rows])
+        writer.writerows([[format_value(v, 6, missing="") for v in row] for row in rows])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table; numbers with 4 significant digits."""
 
     def md(v: Any) -> str:
-        if isinstance(v, float) and math.isfinite(v):
-            return f"{v:.4g}"
-        return _cell(v).replace("|", "\\|") or "–"
+        return format_value(v).replace("|", "\\|") or MISSING
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in rows]
@@ -208,7 +192,6 @@ def plot_width_overlay(
 ) -> None:
     """RMS of the one-step residuals per target plane: every run, and the helix baseline on
     each evaluated dataset (grey triangles)."""
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8.4), layout="constrained", sharex=True)
     planes_all = np.asarray(sorted({p for m in runs for p in m["per_plane"]["planes"]}))
     # The helix baseline once per evaluated dataset, from its first run.
     helix_runs: dict[str, int] = {}
@@ -216,7 +199,8 @@ def plot_width_overlay(
         if "helix" in m["per_plane"]:
             helix_runs.setdefault(m["data"]["name"], i)
     greys = ("0.35", "0.6", "0.2", "0.75")
-    for ax, f in zip(axes.flat, FEATURES, strict=True):
+
+    def panel(ax: plt.Axes, f: str) -> None:
         plane_axis(ax, planes_all)
         for k, (data, i) in enumerate(helix_runs.items()):
             pp = runs[i]["per_plane"]
@@ -243,6 +227,8 @@ def plot_width_overlay(
                 zorder=3,
             )
         log_axis(ax, f, f"RMS of {f} truth − prediction [{UNITS[f]}]")
+
+    fig, axes = feature_grid(panel, (14, 8.4), sharex=True)
     for ax in axes[1]:
         ax.set_xlabel("target plane (grey: planes 7–12 and 19–24)")
     handles, names = axes.flat[0].get_legend_handles_labels()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 #: The six state variables of a track at one plane, in file order.
 FEATURES: tuple[str, ...] = ("x", "y", "z", "px", "py", "pz")
+#: The predicted variables of the challenge (an answers line, and the score): the state at the
+#: next plane without z, which is given. ANSWER_INDEX: their columns in FEATURES.
+ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
+ANSWER_INDEX: tuple[int, ...] = tuple(FEATURES.index(f) for f in ANSWER_FEATURES)
 #: Physical unit of each feature.
 UNITS: dict[str, str] = {
     "x": "cm",

@@ -17,7 +17,9 @@ fingerprint, package version), as JSON:
 
 Each file is reloaded from disk and compared with the eager model on batches of 1, 7 and 300
 windows (ONNX through onnxruntime). All files are written under temporary names and renamed only
-when every check passes: a failed check leaves none of them behind.
+when every check passes: a failed check leaves none of them behind. The files are read back
+(here for the checks, and by ``predict`` and ``evaluate``) with ``tracklstm.artifacts``, which
+also owns the names ``METADATA_NAME``, ``ONNX_INPUT`` and ``ONNX_OUTPUT``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import struct
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,13 @@ import torch
 from torch import nn
 
 import tracklstm
+from tracklstm.artifacts import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, load_model, quiet_jit
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
 from tracklstm.io import setup_logging, write_json
 from tracklstm.model import PhysicalModel, build_model
 
 log = logging.getLogger(__name__)
 
-METADATA_NAME = "metadata.json"
 FORMAT = "tracklstm-export-1"
 #: Batch sizes of the parity checks.
 CHECK_BATCHES: tuple[int, ...] = (1, 7, 300)
@@ -53,8 +55,6 @@ CHECK_BATCHES: tuple[int, ...] = (1, 7, 300)
 #: normalization range): about ten float32 rounding steps.
 DEFAULT_TOLERANCE = 1.0e-6
 DEFAULT_OPSET = 18
-ONNX_INPUT = "states"
-ONNX_OUTPUT = "next_state"
 #: Binary tensor files of the C++ program (see cpp/README.md).
 TENSOR_MAGIC = b"TLSTMF32"
 
@@ -96,19 +96,6 @@ class ExportedTrackModel(nn.Module):
                 f"{self.n_features}) in cm and GeV/c, got {list(x.shape)}"
             )
         return self.model(x)
-
-
-@contextlib.contextmanager
-def quiet_jit() -> Iterator[None]:
-    """Hide torch's deprecation notice for TorchScript: C++ hosts load it with torch::jit::load.
-
-    The same model also goes out as a torch.export program (model.pt2), TorchScript's successor.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
-        )
-        yield
 
 
 def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[PhysicalModel, dict]:
@@ -211,7 +198,7 @@ def _all_or_nothing(finals: Sequence[Path]) -> Iterator[list[Path]]:
 
 def _check(
     name: str,
-    run: Any,
+    run: Callable[[torch.Tensor], Any],
     model: nn.Module,
     inputs: torch.Tensor,
     meta: dict[str, Any],
@@ -312,19 +299,6 @@ def _save_onnx(
     onnx.save_model(proto, str(path))
 
 
-def _onnx_runner(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(x: torch.Tensor) -> np.ndarray:
-        return session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
-
-    return run
-
-
 def export(
     run_dir: str | Path,
     *,
@@ -362,14 +336,10 @@ def export(
         t0 = time.perf_counter()
         ts_tmp = tmp[Path(torchscript)]
         _save_torchscript(module, ts_tmp, meta)
-        extra = {METADATA_NAME: ""}
-        with quiet_jit():
-            reloaded = torch.jit.load(str(ts_tmp), map_location="cpu", _extra_files=extra)
-        if json.loads(extra[METADATA_NAME]) != json.loads(json.dumps(meta)):
+        reloaded, meta_back = load_model(ts_tmp)
+        if meta_back != json.loads(json.dumps(meta)):
             raise ExportCheckError(f"{torchscript}: the metadata read back differs")
-        checks += _check(
-            "torchscript", lambda x: reloaded(x).numpy(), eager, inputs, meta, tolerance
-        )
+        checks += _check("torchscript", reloaded, eager, inputs, meta, tolerance)
         seconds["torchscript"] = time.perf_counter() - t0
 
         if program is not None or onnx is not None:
@@ -384,15 +354,8 @@ def export(
                 torch.export.save(
                     exported, str(pt2_tmp), extra_files={METADATA_NAME: json.dumps(meta)}
                 )
-                loaded = torch.export.load(str(pt2_tmp)).module()
-                checks += _check(
-                    "torch.export",
-                    lambda x: loaded(x).detach().numpy(),
-                    eager,
-                    inputs,
-                    meta,
-                    tolerance,
-                )
+                loaded, _ = load_model(pt2_tmp)
+                checks += _check("torch.export", loaded, eager, inputs, meta, tolerance)
                 seconds["torch_export"] = time.perf_counter() - t0
             if onnx is not None:
                 t0 = time.perf_counter()
@@ -401,7 +364,9 @@ def export(
                     _save_onnx(exported, inputs, onnx_tmp, meta, opset)
                 except Exception as err:
                     raise ExportCheckError(f"ONNX export (opset {opset}) failed: {err}") from err
-                checks += _check("onnx", _onnx_runner(onnx_tmp), eager, inputs, meta, tolerance)
+                # threads=0: onnxruntime's own default, as a host would run the file
+                onnx_model, _ = load_model(onnx_tmp, threads=0)
+                checks += _check("onnx", onnx_model, eager, inputs, meta, tolerance)
                 seconds["onnx"] = time.perf_counter() - t0
 
         result = {
@@ -444,36 +409,6 @@ def export_torchscript(
 ) -> dict[str, Any]:
     """Only the TorchScript file (``atol`` in normalized units); returns its metadata."""
     return export(run_dir, torchscript=out, weights=weights, tolerance=atol)["metadata"]
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata stored inside an exported file (.ts TorchScript, .onnx or .pt2)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        return json.loads(props[METADATA_NAME])
-    extra = {METADATA_NAME: ""}
-    if path.suffix == ".pt2":
-        torch.export.load(str(path), extra_files=extra)
-    else:
-        with quiet_jit():
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return json.loads(extra[METADATA_NAME])
-
-
-def load_torchscript(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """An exported TorchScript model (in eval mode) and its metadata."""
-    extra = {METADATA_NAME: ""}
-    with quiet_jit():
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    if not extra[METADATA_NAME]:
-        raise ValueError(f"{path}: no {METADATA_NAME} inside; not a tracklstm export")
-    return module.eval(), json.loads(extra[METADATA_NAME])
 
 
 def write_tensor(path: str | Path, array: np.ndarray) -> None:

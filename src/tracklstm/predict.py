@@ -9,17 +9,18 @@ row, ``x,y,px,py,pz`` at that plane, 7 significant digits.
 
 Rows are checked all at once (numpy), then predicted in batches; a bad row stops the run with an
 error that names its line. The model is the TorchScript file of the export stage (``model.ts``);
-its ONNX file (``model.onnx``) works too and runs under onnxruntime, with the same CPU threads.
+its ONNX file (``model.onnx``) works too and runs under onnxruntime, with the same CPU threads,
+and so does its torch.export file (``model.pt2``). ``tracklstm.artifacts`` loads and runs the
+model (``load_model``, ``predict_windows``); this module owns the challenge rows: reading and
+checking them, and writing the answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tracklstm.constants import FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
-from tracklstm.export import METADATA_NAME, ONNX_INPUT, load_torchscript
+from tracklstm.artifacts import DEFAULT_BATCH, load_model, predict_windows
+from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
 from tracklstm.io import atomic_path, setup_logging
 
 log = logging.getLogger(__name__)
 
-#: The answer columns: the predicted state without z.
-ANSWER_FEATURES: tuple[str, ...] = ("x", "y", "px", "py", "pz")
-ANSWER_INDEX: tuple[int, ...] = tuple(FEATURES.index(f) for f in ANSWER_FEATURES)
-#: Rows per model call: small enough for the LSTM's working set to stay in the CPU caches.
-DEFAULT_BATCH = 256
+#: What runs each kind of model file (``load_model`` decides by the suffix).
+ENGINES: dict[str, str] = {".onnx": "onnxruntime", ".pt2": "torch.export"}
 #: How many bad rows an error message lists.
 MAX_REPORTED = 5
 #: Rows parsed at a time (bounds the memory of the padded value table).
@@ -223,70 +221,6 @@ def _describe(
     )
 
 
-class OnnxModel:
-    """An exported ONNX file under onnxruntime, called like the TorchScript module."""
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_NAME not in props:
-            raise ValueError(f"{path}: no {METADATA_NAME} inside; not a tracklstm export")
-        self.metadata: dict[str, Any] = json.loads(props[METADATA_NAME])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {ONNX_INPUT: x.numpy()})[0])
-
-
-def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """An exported model (``.onnx``: onnxruntime; otherwise TorchScript) and its metadata."""
-    if Path(path).suffix == ".onnx":
-        model = OnnxModel(path, threads=torch.get_num_threads())
-        return model, model.metadata
-    return load_torchscript(path)
-
-
-def predict_windows(
-    model: torch.nn.Module | torch.jit.ScriptModule | OnnxModel,
-    windows: np.ndarray,
-    batch: int = DEFAULT_BATCH,
-    workers: int | None = None,
-) -> np.ndarray:
-    """(N, window, 6) physical windows -> (N, 6) predicted states, in batches.
-
-    A torch model runs on ``workers`` threads (default: torch's CPU thread count), each calling
-    it on whole batches with one intra-op thread. On 2 cores this beats splitting each batch
-    over both cores for batches up to about 512 rows, and equals it at 1024
-    (benchmarks/README.md). onnxruntime models use their session's threads.
-    """
-    out = np.empty((len(windows), N_FEATURES), dtype=np.float32)
-
-    def run(start: int) -> None:
-        with torch.inference_mode():  # thread-local: entered by every worker
-            x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch]))
-            out[start : start + batch] = model(x).numpy()
-
-    starts = range(0, len(windows), batch)
-    workers = torch.get_num_threads() if workers is None else workers
-    if workers <= 1 or len(starts) <= 1 or isinstance(model, OnnxModel):
-        for start in starts:
-            run(start)
-        return out
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, starts))
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
 def write_answers(path: str | Path, states: np.ndarray) -> None:
     """The answers file: x,y,px,py,pz per line, no header, 7 significant digits."""
     answers = np.asarray(states)[:, list(ANSWER_INDEX)]
@@ -319,7 +253,7 @@ def predict_file(
         "seconds_model": round(t2 - t1, 3),
         "seconds_write": round(t3 - t2, 3),
         "rows_per_s_model": round(n / (t2 - t1), 1) if n and t2 > t1 else None,
-        "engine": "onnxruntime" if isinstance(model, OnnxModel) else "torchscript",
+        "engine": ENGINES.get(Path(model_path).suffix, "torchscript"),
         "threads": torch.get_num_threads(),
         "batch": batch,
     }

@@ -1,0 +1,150 @@
+"""The HTML pages: table cells, tables, the page frame, and an evaluation's ``summary.html``.
+
+``format_value`` is the one rule for writing a number in a table (also for ``tracklstm.compare``'s
+CSV and markdown tables); ``html_table`` and ``html_page`` build every page of the evaluation,
+the data-quality table and the comparison.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tracklstm.constants import ANSWER_FEATURES, FEATURES, UNITS
+from tracklstm.evaluate.metrics import LABELS, METHODS
+
+#: The text of an empty cell (no number, or not a finite one).
+MISSING = "–"
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;margin:1.5em;color:#222}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "th,td{border:1px solid #ccc;padding:0.3em 0.7em;text-align:right}"
+    "th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+    "h2{font-size:1.1em;margin-top:1.2em}p{max-width:60em}"
+)
+
+
+def format_value(value: Any, digits: int = 4, missing: str = MISSING) -> str:
+    """A table cell's text: floats with ``digits`` significant digits, ``missing`` for None and
+    non-finite floats, anything else as ``str``."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return missing
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _fmt(value: Any) -> str:
+    """An HTML cell's text: ``format_value``, escaped."""
+    return html.escape(format_value(value))
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain HTML table; floats with 4 significant digits."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(title: str, parts: Sequence[str]) -> str:
+    """A self-contained HTML page."""
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# summary.html
+
+
+def _intro(result: dict[str, Any]) -> list[str]:
+    """What was evaluated on what, the normalized errors and the verdicts."""
+    parts = [
+        f"<p>Model <b>{html.escape(result['model']['name'])}</b> on the test split of "
+        f"<b>{html.escape(result['data']['name'])}</b>: {result['data']['n_test_tracks']:,} "
+        f"tracks, {result['n_test_windows']:,} windows. Normalized test MAE "
+        f"{result['normalized']['mae']:.4g}, MSE {result['normalized']['mse']:.3g}.</p>"
+    ]
+    parts += [f"<p><b>{html.escape(v)}</b></p>" for v in result.get("verdict", [])]
+    return parts
+
+
+def _score_table(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
+    """The challenge score of each method: challenge file, one step, walked; and / network."""
+    ch = result.get("challenge")
+    walk = result.get("walk")
+    rows = []
+    for m in methods:
+        ws = result["score_windows"] if m == "network" else result["baselines"][m]["score_windows"]
+        row = [LABELS[m], ch[m]["score"] if ch else None, ws]
+        row.append(walk[m]["score"][-1] if walk and walk.get("n_tracks") else None)
+        if m == "network":
+            row.append(1.0)
+        else:
+            ref = ch["network"]["score"] if ch else result["score_windows"]
+            row.append((ch[m]["score"] if ch else ws) / ref if ref > 0 else None)
+        rows.append(row)
+    last = walk["planes"][-1] if walk and walk.get("planes") else "last"
+    header = [
+        "method",
+        "challenge test file",
+        "test windows, one step",
+        f"walked to plane {last}",
+        "score ÷ network's (above 1: the network is better)",
+    ]
+    return ["<h2>Challenge score (lower is better)</h2>", html_table(header, rows)]
+
+
+def _residual_tables(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
+    """RMS and central 68% width of each variable's one-step residuals, per method."""
+    parts = []
+    for key, heading in (
+        ("rms", "Residual RMS on the test windows"),
+        ("width68", "Central 68% width of the residuals on the test windows"),
+    ):
+        rows = []
+        for m in methods:
+            stats = result["residuals"] if m == "network" else result["baselines"][m]["residuals"]
+            rows.append([LABELS[m], *[stats[f][key] for f in FEATURES]])
+        parts.append(f"<h2>{heading}</h2>")
+        parts.append(html_table(["method", *[f"{f} [{UNITS[f]}]" for f in FEATURES]], rows))
+    return parts
+
+
+def _challenge_and_training(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
+    """The RMS on the challenge file and the training summary, where there are any."""
+    parts = []
+    ch = result.get("challenge")
+    if ch:
+        parts.append(f"<h2>Challenge test file ({ch['n_tracks']:,} tracks): RMS</h2>")
+        rows = [[LABELS[m], *[ch[m]["rms"][f] for f in ANSWER_FEATURES]] for m in methods]
+        header = ["method", *[f"{f} [{UNITS[f]}]" for f in ANSWER_FEATURES]]
+        parts.append(html_table(header, rows))
+    tr = result.get("training")
+    if tr:
+        parts.append("<h2>Training</h2>")
+        parts.append(
+            html_table(
+                ["epochs", "best epoch", "best validation MAE", "final validation MAE"],
+                [[tr["epochs"], tr["best_epoch"], tr["best_val_mae"], tr["final_val_mae"]]],
+            )
+        )
+    return parts
+
+
+def summary_html(result: dict[str, Any]) -> str:
+    """The metrics table of one evaluation."""
+    methods = [m for m in METHODS if m == "network" or m in result["baselines"]]
+    parts = [
+        *_intro(result),
+        *_score_table(result, methods),
+        *_residual_tables(result, methods),
+        *_challenge_and_training(result, methods),
+    ]
+    return html_page(f"{result['model']['name']} on {result['data']['name']}: test metrics", parts)
