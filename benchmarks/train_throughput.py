@@ -63,8 +63,9 @@ def sync(device: torch.device) -> None:
 
 
 def settings(device: torch.device, **options: Any) -> dict[str, Any]:
-    cfg = tr.resolve_settings({"training": {"device": str(device), **options}})["training"]
-    return cfg
+    """The reference training settings with the runtime ``options``, as one mapping."""
+    resolved = tr.resolve_settings({"runtime": {"device": str(device), **options}})
+    return {**resolved["training"], **resolved["runtime"]}
 
 
 class Runner:
@@ -96,7 +97,7 @@ def make_trainer(
     device = x.device
     tr.configure_backends(cfg, device)
     model = copy.deepcopy(model0).to(device)
-    trainer = tr.Trainer(model, cfg, device)
+    trainer = tr.Trainer(model, cfg, device, runtime=cfg)
     source = tr.DeviceWindows(x, y)
 
     def epoch(e: int) -> None:
@@ -163,7 +164,7 @@ def validation_seconds(model0: nn.Module, n_val: int, device: torch.device, cfg:
     x = torch.rand(n_val, 7, 6, device=device)
     y = torch.rand(n_val, 6, device=device)
     model = copy.deepcopy(model0).to(device)
-    trainer = tr.Trainer(model, cfg, device)
+    trainer = tr.Trainer(model, cfg, device, runtime=cfg)
     source = tr.DeviceWindows(x, y)
     trainer.evaluate(source)  # warm-up
     times = []

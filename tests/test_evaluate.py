@@ -407,7 +407,7 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
 
 def test_evaluation_plan_targets_and_checks() -> None:
     from tracklstm import evaluation_plan as plan
-    from tracklstm.settings import ConfigError, check_names
+    from tracklstm.settings import ConfigError, check_names, stage_defaults, stage_settings
 
     config = {
         "build": {"datasets": ["a"], "models": ["m"]},
@@ -442,7 +442,8 @@ def test_evaluation_plan_targets_and_checks() -> None:
         "results/a/quality/shard000.json",
         "results/a/quality/shard001.json",
     ]
-    assert "--helix-field '[[65.0,2.0]]'" in plan.evaluation_cli_args(config, "a", "m")
+    given = stage_settings(config, "evaluate", "a", "m")  # what the rule hands the CLI
+    assert stage_defaults("evaluate", given)["evaluation"]["helix_field"] == [[65.0, 2.0]]
     assert re.fullmatch(plan.name_pattern([]), "anything") is None
     config["compare"]["c"][1]["external"] = "y"
     with pytest.raises(ConfigError, match=r"compare\.c\[1\]\.external: 'y'"):

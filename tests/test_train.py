@@ -24,16 +24,22 @@ TINY: dict[str, Any] = {
         "epochs": 3,
         "batch_size": 32,
         "learning_rate": 1.0e-2,
-        "eval_batch_size": 64,
         "scheduler": {"kind": "constant"},
     },
+    "runtime": {"eval_batch_size": 64},
 }
 TIMING = ("seconds", "samples_per_s")
 
 
-def tiny(**training: Any) -> dict[str, Any]:
-    """TINY with some training settings replaced."""
-    return {**TINY, "training": {**TINY["training"], **training}}
+def tiny(**options: Any) -> dict[str, Any]:
+    """TINY with some training (or runtime: device, precision, ...) settings replaced."""
+    runtime = {k: v for k, v in options.items() if k in tr.DEFAULT_RUNTIME}
+    training = {k: v for k, v in options.items() if k not in runtime}
+    return {
+        **TINY,
+        "training": {**TINY["training"], **training},
+        "runtime": {**TINY["runtime"], **runtime},
+    }
 
 
 def make_windows_file(
@@ -113,7 +119,8 @@ def test_defaults_are_the_reference() -> None:
         "min_lr": 1.0e-6,
     }
     assert t["early_stopping"] == {"patience": 20, "min_delta": 0.0, "restore_best": True}
-    assert (t["precision"], t["tf32"], t["cuda_graphs"]) == ("fp32", False, False)
+    r = s["runtime"]
+    assert (r["precision"], r["tf32"], r["cuda_graphs"]) == ("fp32", False, False)
 
 
 @pytest.mark.parametrize(
@@ -128,10 +135,10 @@ def test_defaults_are_the_reference() -> None:
         ({"training": {"scheduler": {"factor": 1.5}}}, "training.scheduler.factor"),
         ({"training": {"scheduler": {"kind": "step"}}}, "training.scheduler.kind"),
         ({"training": {"early_stopping": {"patience": 0}}}, "training.early_stopping.patience"),
-        ({"training": {"precision": "fp8"}}, "training.precision"),
-        ({"training": {"cuda_graphs": True, "precision": "fp16"}}, "training.cuda_graphs"),
-        ({"training": {"data_on_device": "maybe"}}, "training.data_on_device"),
-        ({"training": {"device": "gpu7"}}, "training.device"),
+        ({"runtime": {"precision": "fp8"}}, "runtime.precision"),
+        ({"runtime": {"cuda_graphs": True, "precision": "fp16"}}, "runtime.cuda_graphs"),
+        ({"runtime": {"data_on_device": "maybe"}}, "runtime.data_on_device"),
+        ({"runtime": {"device": "gpu7"}}, "runtime.device"),
         ({"training": {"batchsize": 64}}, "training.batchsize"),
         ({"model": {"hidden_sizes": [0]}}, "model.hidden_sizes"),
         ({"model": {"cell": "transformer"}}, "model.cell"),

@@ -26,9 +26,9 @@ SETTINGS: dict[str, Any] = {
         "epochs": 4,
         "batch_size": 8,
         "learning_rate": 3.0e-3,
-        "eval_batch_size": 256,
         "scheduler": {"kind": "plateau", "patience": 0},
     },
+    "runtime": {"eval_batch_size": 256},
 }
 
 

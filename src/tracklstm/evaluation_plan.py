@@ -11,9 +11,7 @@ comparison under ``compare:`` goes to ``results/compare/<name>/``.
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 from typing import Any
 
 from tracklstm.settings import raw_parts, resolve_section
@@ -86,16 +84,6 @@ def compare_runs(config: dict[str, Any], name: str) -> list[tuple[str, str]]:
             label = f"{r['dataset']}/{r['model']} on {data}"
         runs.append((folder, r.get("label") or label))
     return runs
-
-
-def evaluation_cli_args(config: dict[str, Any], data: str, model: str | None = None) -> str:
-    """The evaluated dataset's evaluation settings (with the model variant's) as CLI options."""
-    ev = resolve_section(config, "evaluation", data, model)
-    field = json.dumps(ev.get("helix_field", [[65.0, 2.0]]), separators=(",", ":"))
-    return (
-        f"--bins {ev.get('bins', 100)} --momentum-bins {ev.get('momentum_bins', 8)}"
-        f" --helix-field {shlex.quote(field)}"
-    )
 
 
 def evaluation_files(folder: str, loss_curves: bool = True) -> list[str]:

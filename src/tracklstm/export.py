@@ -24,7 +24,6 @@ also owns the names ``METADATA_NAME``, ``ONNX_INPUT`` and ``ONNX_OUTPUT``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -41,10 +40,12 @@ import torch
 from torch import nn
 
 import tracklstm
+from tracklstm import stage_cli
 from tracklstm.artifacts import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, load_model, quiet_jit
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
-from tracklstm.io import setup_logging, write_json
+from tracklstm.io import write_json
 from tracklstm.model import PhysicalModel, build_model
+from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ FORMAT = "tracklstm-export-1"
 CHECK_BATCHES: tuple[int, ...] = (1, 7, 300)
 #: Largest allowed |exported - eager| in normalized units (a fraction of each feature's
 #: normalization range): about ten float32 rounding steps.
-DEFAULT_TOLERANCE = 1.0e-6
-DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE: float = defaults("export")["tolerance"]
+DEFAULT_OPSET: int = defaults("export")["onnx_opset"]
 #: Binary tensor files of the C++ program (see cpp/README.md).
 TENSOR_MAGIC = b"TLSTMF32"
 
@@ -438,40 +439,39 @@ def read_tensor(path: str | Path) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tracklstm export", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("tracklstm export", __doc__, stage="export")
     parser.add_argument("--run", required=True, help="training run folder")
     parser.add_argument("--out", required=True, help="TorchScript file to write (model.ts)")
     parser.add_argument("--onnx", help="ONNX file to write (model.onnx)")
     parser.add_argument("--program", help="torch.export file to write (model.pt2)")
     parser.add_argument("--report", help="JSON report of the parity checks to write")
-    parser.add_argument("--weights", choices=("best", "last"), default="best")
+    parser.add_argument("--weights", choices=("best", "last"), help="default: best")
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=DEFAULT_TOLERANCE,
-        help="largest allowed |exported - eager| in normalized units (default %(default)g)",
+        help="largest allowed |exported - eager| in normalized units (default 1e-6)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--opset", type=int, help="ONNX opset version (default 18)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's)")
     args = parser.parse_args(argv)
-    setup_logging()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+
+    def body() -> None:
+        options = {"weights": args.weights, "tolerance": args.tolerance, "onnx_opset": args.opset}
+        cfg = stage_cli.settings("export", args.settings, {"export": options})["export"]
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         export(
             args.run,
             torchscript=args.out,
             onnx=args.onnx,
             program=args.program,
             report=args.report,
-            weights=args.weights,
-            tolerance=args.tolerance,
-            opset=args.opset,
+            weights=cfg["weights"],
+            tolerance=cfg["tolerance"],
+            opset=cfg["onnx_opset"],
         )
-    except (ExportCheckError, ExportInputError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log, errors=(ExportCheckError, ExportInputError, OSError))
 
 
 if __name__ == "__main__":

@@ -149,6 +149,9 @@ def _errors(instance: Any, node: dict[str, Any], prefix: str, where: str = "") -
         key = _key(e.absolute_path, prefix) + where
         if e.validator in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             lines.append(f"{key}: expected {describe(e.schema)}, got {e.instance!r} ({e.message})")
+        elif e.validator == "pattern":
+            what = e.schema.get("description") or f"a string matching {e.schema['pattern']}"
+            lines.append(f"{key}: expected {what}, got {e.instance!r}")
         elif e.validator == "enum":
             lines.append(f"{key}: expected {describe(e.schema)}, got {e.instance!r}")
         elif e.validator == "additionalProperties" and isinstance(e.instance, dict):
@@ -226,14 +229,18 @@ def _cross_key_rules(config: dict[str, Any], dataset: str, model: str) -> list[t
                 f"{win['length']}): such lines could not be predicted",
             )
         )
+    return out + _runtime_rules(rt)
+
+
+def _runtime_rules(rt: dict[str, Any]) -> list[tuple[str, str]]:
     if rt["cuda_graphs"] and rt["precision"] == "fp16":
-        out.append(
+        return [
             (
                 "runtime.cuda_graphs",
                 "not with precision fp16 (its loss scaler cannot be captured); use bf16",
             )
-        )
-    return out
+        ]
+    return []
 
 
 def _name_rules(config: dict[str, Any]) -> list[str]:
@@ -362,6 +369,8 @@ def stage_defaults(stage: str, given: dict[str, Any] | None = None) -> dict[str,
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a setting (known: {', '.join(known)})")
     out: dict[str, Any] = {s: check_section(s, given.get(s)) for s in STAGE_SECTIONS[stage]}
+    if "runtime" in out:
+        _raise([f"{key}: {what}" for key, what in _runtime_rules(out["runtime"])])
     if stage == "train":
         out["window_length"] = given.get("window_length")
     return out

@@ -69,7 +69,7 @@ rule evaluate:
         runtime=60,
     params:
         out_dir=subpath(output.metrics, parent=True),
-        settings=lambda w: tl_plan.evaluation_cli_args(config, w.data, w.model),
+        settings=stage_settings("evaluate"),
     shell:
         "python -m tracklstm.evaluate --model {input.model} --windows {input.windows}"
         " --out {params.out_dir} --metrics-csv {input.metrics}"
@@ -77,7 +77,7 @@ rule evaluate:
         " --challenge-answers {input.challenge_answers}"
         " --challenge-predictions {input.predictions}"
         " --model-name {wildcards.dataset}/{wildcards.model} --data-name {wildcards.data}"
-        " {params.settings} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
 rule predict_external:
@@ -126,7 +126,7 @@ rule evaluate_external:
         runtime=60,
     params:
         out_dir=subpath(output.metrics, parent=True),
-        settings=lambda w: tl_plan.evaluation_cli_args(config, w.data),
+        settings=stage_settings("evaluate"),
     shell:
         "python -m tracklstm.evaluate --model {input.model:q} --windows {input.windows}"
         " --out {params.out_dir}"
@@ -134,7 +134,7 @@ rule evaluate_external:
         " --challenge-answers {input.challenge_answers}"
         " --challenge-predictions {input.predictions}"
         " --model-name external/{wildcards.ext} --data-name {wildcards.data}"
-        " {params.settings} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
 rule quality_table:

@@ -24,14 +24,11 @@ rule export:
         runtime=30,
     params:
         run_dir=subpath(input.summary, parent=True),
-        weights=lambda w: section("export", w.dataset, w.model)["weights"],
-        tolerance=lambda w: section("export", w.dataset, w.model)["tolerance"],
-        opset=lambda w: section("export", w.dataset, w.model)["onnx_opset"],
+        settings=stage_settings("export"),
     shell:
-        "python -m tracklstm.export --run {params.run_dir} --weights {params.weights}"
-        " --out {output.torchscript} --onnx {output.onnx} --program {output.program}"
-        " --report {output.report} --tolerance {params.tolerance} --opset {params.opset}"
-        " --threads {threads} 2> {log}"
+        "python -m tracklstm.export --run {params.run_dir} --out {output.torchscript}"
+        " --onnx {output.onnx} --program {output.program} --report {output.report}"
+        " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
 rule predict:

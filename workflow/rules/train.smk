@@ -28,7 +28,7 @@ rule train:
         run_dir=subpath(output.summary, parent=True),
         # Not an output: Snakemake leaves it when the job fails, and the rerun resumes it.
         checkpoint=lambda w: f"results/{w.dataset}/{w.model}/checkpoint.pt",
-        settings=lambda w: as_json(train_settings(w)),
+        settings=stage_settings("train"),
         launcher=train_launcher,
         threads=train_threads,
     shell:

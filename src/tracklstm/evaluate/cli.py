@@ -12,10 +12,10 @@ import sys
 
 import torch
 
+from tracklstm import stage_cli
 from tracklstm.baselines import NOMINAL_FIELD, check_field
 from tracklstm.evaluate.quality import quality_main
 from tracklstm.evaluate.run import evaluate
-from tracklstm.io import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +23,15 @@ log = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     from tracklstm import evaluate as package  # its docstring describes the command
 
-    parser = argparse.ArgumentParser(
-        prog="tracklstm evaluate",
-        description=(package.__doc__ or "").splitlines()[0],
-        epilog="'tracklstm evaluate quality --help': the data-quality table instead.",
-    )
+    parser = stage_cli.parser("tracklstm evaluate", package.__doc__, stage="evaluate")
+    parser.epilog = "'tracklstm evaluate quality --help': the data-quality table instead."
     parser.add_argument("--model", required=True, help="exported TorchScript model (model.ts)")
     parser.add_argument("--windows", required=True, help="windows.h5 whose test split is used")
     parser.add_argument("--out", required=True, help="folder for metrics.json and the plots")
     parser.add_argument("--metrics-csv", help="metrics.csv of the training run (loss curves)")
-    parser.add_argument("--bins", type=int, default=100, help="histogram bins")
+    parser.add_argument("--bins", type=int, help="histogram bins (default 100)")
     parser.add_argument(
-        "--momentum-bins", type=int, default=8, help="bins of |p| and pt (equal populations)"
+        "--momentum-bins", type=int, help="bins of |p| and pt, equal populations (default 8)"
     )
     parser.add_argument(
         "--helix-field",
@@ -58,28 +55,33 @@ def main(argv: list[str] | None = None) -> int:
         return quality_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    setup_logging()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     challenge = [args.challenge_inputs, args.challenge_answers, args.challenge_predictions]
     if any(challenge) and not all(challenge):
         parser.error(
             "--challenge-inputs, --challenge-answers and --challenge-predictions go together"
         )
-    try:
-        field = json.loads(args.helix_field) if args.helix_field else NOMINAL_FIELD
-        field = check_field(field)
-    except (ValueError, TypeError) as err:
-        log.error("--helix-field: %s", err)
-        return 1
-    try:
+
+    def body() -> None:
+        try:
+            field = json.loads(args.helix_field) if args.helix_field else None
+        except ValueError as err:
+            raise ValueError(f"--helix-field: {err}") from None
+        options = {"bins": args.bins, "momentum_bins": args.momentum_bins, "helix_field": field}
+        cfg = stage_cli.settings("evaluate", args.settings, {"evaluation": options})
+        cfg = cfg["evaluation"]
+        try:
+            field = check_field(cfg["helix_field"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--helix-field: {err}") from None
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         evaluate(
             args.model,
             args.windows,
             args.out,
             metrics_csv=args.metrics_csv,
-            bins=args.bins,
-            n_momentum_bins=args.momentum_bins,
+            bins=cfg["bins"],
+            n_momentum_bins=cfg["momentum_bins"],
             helix_field=field,
             challenge_inputs=args.challenge_inputs,
             challenge_answers=args.challenge_answers,
@@ -88,7 +90,5 @@ def main(argv: list[str] | None = None) -> int:
             data_name=args.data_name,
             plots=not args.no_plots,
         )
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log)

@@ -34,6 +34,7 @@ from tracklstm.train.checkpoints import (
 from tracklstm.train.cli import main
 from tracklstm.train.config import (
     DEFAULT_MODEL,
+    DEFAULT_RUNTIME,
     DEFAULT_TRAINING,
     RUNTIME_KEYS,
     resolve_settings,
@@ -63,6 +64,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "DEFAULT_MODEL",
+    "DEFAULT_RUNTIME",
     "DEFAULT_TRAINING",
     "EXIT_BAD_INPUT",
     "EXIT_INTERRUPTED",

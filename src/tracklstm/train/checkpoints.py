@@ -147,11 +147,11 @@ def load_init_weights(
 def run_hash(settings: dict[str, Any], info: WindowsInfo, init_sha: str | None) -> str:
     """The identity of a run: a checkpoint is resumed only by a run with the same hash.
 
-    It covers the settings (except ``RUNTIME_KEYS``), the data, the initial weights and the
-    normalization.
+    It covers the settings (except the ``RUNTIME_KEYS`` of ``runtime``: a retry on another
+    machine resumes), the data, the initial weights and the normalization.
     """
-    cfg = settings["training"]
-    hashed = {**settings, "training": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}}
+    rt = settings["runtime"]
+    hashed = {**settings, "runtime": {k: v for k, v in rt.items() if k not in RUNTIME_KEYS}}
     return settings_hash(
         {
             "format": CHECKPOINT_FORMAT,

@@ -192,7 +192,7 @@ def train(
                 f"states but {windows} holds windows of {info.window_length}"
             )
         init = find_init_weights(cfg["init_from"]) if cfg["init_from"] else None
-        dist, device = init_distributed(cfg["device"])
+        dist, device = init_distributed(settings["runtime"]["device"])
         try:
             with stop_on_signals():
                 setup = RunSetup(settings, info, out_dir, ckpt_path, init, dist, device)
@@ -207,13 +207,13 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
     """Prepare the model and the data, then, holding the run's lock, fit and write the outputs."""
     model, init_sha = prepare_model(setup)
     identity = run_hash(setup.settings, setup.info, init_sha)
-    cfg = setup.cfg
+    rt = setup.settings["runtime"]
     train_src, val_src, placement = load_windows(
-        setup.info, setup.device, cfg["data_on_device"], int(cfg["stream_chunk"])
+        setup.info, setup.device, rt["data_on_device"], int(rt["stream_chunk"])
     )
     try:
         with run_lock(setup.checkpoint, setup.dist.main):
-            trainer = Trainer(model, cfg, setup.device, setup.dist)
+            trainer = Trainer(model, setup.cfg, setup.device, setup.dist, rt)
             run = start_or_resume(setup, trainer, identity)
             started = time.perf_counter()
             fit(setup, trainer, run, train_src, val_src, placement, identity)
@@ -232,7 +232,7 @@ def prepare_model(setup: RunSetup) -> tuple[TrackRNN, str | None]:
     """
     cfg, dist = setup.cfg, setup.dist
     seed = int(cfg["seed"])
-    configure_backends(cfg, setup.device)
+    configure_backends(setup.settings["runtime"], setup.device)
     torch.manual_seed(seed)
     model = build_model(setup.settings["model"]).to(setup.device)
     init_sha = None

@@ -35,15 +35,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def configure_backends(cfg: dict[str, Any], device: torch.device) -> None:
-    """Process-wide CUDA math settings of a run: TF32 only when ``cfg["tf32"]`` asks for it."""
+def configure_backends(runtime: dict[str, Any], device: torch.device) -> None:
+    """Process-wide CUDA math settings of a run: TF32 only when ``runtime["tf32"]`` asks."""
     if device.type != "cuda":
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # Off unless asked: cuDNN would otherwise run the fp32 LSTM in TF32 on Ampere and later.
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg["tf32"])
-        torch.backends.cudnn.allow_tf32 = bool(cfg["tf32"])
+        torch.backends.cuda.matmul.allow_tf32 = bool(runtime["tf32"])
+        torch.backends.cudnn.allow_tf32 = bool(runtime["tf32"])
 
 
 # --------------------------------------------------------------------------------------------

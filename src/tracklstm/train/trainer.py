@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tracklstm.model import TrackRNN
+from tracklstm.settings import defaults
 from tracklstm.train.data import Batch, WindowSource
 from tracklstm.train.runtime import Dist, all_reduce, epoch_seed, stop_requested
 
@@ -73,21 +74,25 @@ class Trainer:
         cfg: dict[str, Any],
         device: torch.device,
         dist: Dist | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> None:
+        """``cfg``: the ``training`` settings; ``runtime``: the ``runtime`` ones (missing keys:
+        the schema's defaults)."""
         self.model, self.cfg, self.device = model, cfg, device
+        self.runtime = rt = {**defaults("runtime"), **(runtime or {})}
         self.dist = dist or Dist()
         cuda = device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt["precision"])
         if self.amp_dtype is not None and not cuda:
-            log.warning("training.precision %s is for CUDA GPUs; using fp32", cfg["precision"])
+            log.warning("runtime.precision %s is for CUDA GPUs; using fp32", rt["precision"])
             self.amp_dtype = None
-        self.graphs = bool(cfg["cuda_graphs"]) and cuda
-        if cfg["cuda_graphs"] and not cuda:
-            log.warning("training.cuda_graphs is for CUDA GPUs; running without")
+        self.graphs = bool(rt["cuda_graphs"]) and cuda
+        if rt["cuda_graphs"] and not cuda:
+            log.warning("runtime.cuda_graphs is for CUDA GPUs; running without")
         if self.graphs and self.dist.world > 1:
-            log.warning("training.cuda_graphs is not used with several processes (DDP)")
+            log.warning("runtime.cuda_graphs is not used with several processes (DDP)")
             self.graphs = False
-        self.precision = cfg["precision"] if self.amp_dtype is not None else "fp32"
+        self.precision = rt["precision"] if self.amp_dtype is not None else "fp32"
         self.net: nn.Module = model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -250,7 +255,7 @@ class Trainer:
         """Mean absolute and squared error on ``source``, normalized units, fp32, all ranks."""
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for x, y in source.eval_batches(int(self.cfg["eval_batch_size"]), self.dist):
+        for x, y in source.eval_batches(int(self.runtime["eval_batch_size"]), self.dist):
             err = self.model(x) - y
             sums[0] += err.abs().sum()
             sums[1] += err.square().sum()
