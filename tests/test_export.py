@@ -247,11 +247,20 @@ def test_failed_check_leaves_no_file(tmp_path: Path) -> None:
 def test_cli_failure_exit_code_and_no_files(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     run = make_run(tmp_path / "run")
     out = tmp_path / "out"
-    rc = main(["--run", str(run), "--out", str(out / "model.ts"), "--tolerance", "-1"])
+    # Tolerance 0: onnxruntime's LSTM is not bit-exact, so its parity check fails.
+    files = ["--out", str(out / "model.ts"), "--onnx", str(out / "model.onnx")]
+    rc = main(["--run", str(run), *files, "--tolerance", "0"])
     assert rc == 1
     assert not (out / "model.ts").exists()
     assert list(out.glob("*")) == []
     assert "parity check(s) failed" in capfd.readouterr().err
+
+
+def test_cli_refuses_a_negative_tolerance(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    run = make_run(tmp_path / "run")
+    rc = main(["--run", str(run), "--out", str(tmp_path / "model.ts"), "--tolerance", "-1"])
+    assert rc == 1 and not (tmp_path / "model.ts").exists()
+    assert "export.tolerance: expected a number >= 0, got -1.0" in capfd.readouterr().err
 
 
 def test_cli_writes_torchscript(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from test_train import make_windows_file, read_metrics, tiny
 from tracklstm import train as tr
 
 
+@pytest.mark.slow
 def test_two_processes_learn_like_one(tmp_path: Path) -> None:
     windows = make_windows_file(tmp_path / "windows.h5", n_tracks=55)
     # 44 training tracks -> 792 windows = 7 batches of 113 and one of 1 window, so rank 1 has

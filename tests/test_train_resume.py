@@ -77,6 +77,7 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_after_epoch_k_resumes_at_k_plus_1(
     reference: tuple[Path, Path], tmp_path: Path, sig: signal.Signals
