@@ -202,3 +202,60 @@ def test_no_training_window_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot fit the normalization: 0 training windows"):
         build(tmp_path / "t.parquet", tmp_path / "w.h5")
     assert not (tmp_path / "w.h5").exists()
+
+
+def _windows_error(capsys: pytest.CaptureFixture[str], parquet: Path, out: Path) -> str:
+    """Run the CLI, expect exit 1 and one error line; return that line."""
+    assert main(["--parquet", str(parquet), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert not out.exists() and not list(out.parent.glob(".*.tmp"))
+    return errors[0]
+
+
+def test_not_a_parquet_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    line = _windows_error(capsys, junk, tmp_path / "w.h5")
+    assert f"{junk}: not a readable Parquet file" in line
+
+
+def test_missing_and_wrong_columns_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = pq.read_table(write_parquet(toy_tracks(20).astype(np.float32), tmp_path / "t.parquet"))
+    part = tmp_path / "few.parquet"
+    pq.write_table(table.drop_columns(["x3", "pz24"]), part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: 2 of the 150 track columns are missing (x3, pz24)" in line
+
+    pq.write_table(table.select(["x", "y"]), part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: 148 of the 150 track columns are missing (z, px, py, pz, x1, y1, ...)" in line
+
+    strings = table.set_column(7, "y1", pa.array(["a"] * 20))
+    pq.write_table(strings, part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: column y1 is string, expected floats" in line
+
+
+def test_corrupt_data_pages_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = write_parquet(toy_tracks(300).astype(np.float32), tmp_path / "t.parquet")
+    data = bytearray(part.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 20000] = np.random.default_rng(1).bytes(20000)  # footer kept
+    part.write_bytes(bytes(data))
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: cannot read this Parquet file (" in line
+
+
+def test_output_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = write_parquet(toy_tracks(20).astype(np.float32), tmp_path / "t.parquet")
+    folder = tmp_path / "w.h5"
+    folder.mkdir()
+    assert main(["--parquet", str(part), "--out", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder}: is a directory; the windows HDF5 output must be a file path" in err
+    assert "Traceback" not in err and list(folder.iterdir()) == []

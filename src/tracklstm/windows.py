@@ -31,10 +31,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
+from tracklstm.dataio import float32_values, output_file
 from tracklstm.io import atomic_path
-from tracklstm.to_parquet import float32_values
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tracklstm.windows")
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -54,21 +54,60 @@ def parquet_parts(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return [path]
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def open_part(part: Path, **options: object) -> pq.ParquetFile:
+    """A Parquet part of track data; a ValueError naming the file when it is not one (not
+    Parquet, unreadable, or without the 150 numeric track columns)."""
+    try:
+        pf = pq.ParquetFile(part, **options)  # type: ignore[arg-type]
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{part}: not a readable Parquet file ({_one_line(err)})") from None
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        raise ValueError(
+            f"{part}: {len(missing)} of the {len(COLUMNS)} track columns are missing ({shown}); "
+            "expected a file written by to_parquet"
+        )
+    wrong = [c for c in COLUMNS if not pa.types.is_floating(schema.field(c).type)]
+    if wrong:
+        raise ValueError(
+            f"{part}: column {wrong[0]} is {schema.field(wrong[0]).type}, expected floats"
+        )
+    return pf
+
+
 def count_tracks(parts: Sequence[Path]) -> int:
-    """Number of tracks (rows) in the Parquet parts, from their metadata."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    """Number of tracks (rows) in the Parquet parts, from their metadata (each part checked)."""
+    return sum(open_part(p).metadata.num_rows for p in parts)
 
 
 def iter_tracks(parts: Sequence[Path], batch_rows: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls."""
+    """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls.
+
+    A part that is not track data, or fails to read, is a ValueError naming it.
+    """
     row = 0
     for part in parts:
         # pre_buffer=False: pyarrow would otherwise buffer every row group of the file at once.
-        pf = pq.ParquetFile(part, pre_buffer=False)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+        pf = open_part(part, pre_buffer=False)
+        batches = pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS))
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as err:
+                raise ValueError(
+                    f"{part}: cannot read this Parquet file ({_one_line(err)})"
+                ) from None
+            if batch is None:
+                break
             tracks = np.empty((batch.num_rows, len(COLUMNS)), np.float32)
-            for i in range(len(COLUMNS)):
-                tracks[:, i] = float32_values(batch.column(i).cast(pa.float32()))
+            for i, name in enumerate(COLUMNS):
+                tracks[:, i] = float32_values(batch.column(name).cast(pa.float32()))
             tracks = tracks.reshape(-1, N_PLANES, N_FEATURES)
             yield row, tracks
             row += len(tracks)
@@ -180,6 +219,7 @@ def build(
     """
     fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
     offsets = window_offsets(length, stride, last_target_plane)  # checks the settings
+    out = output_file(out, "windows HDF5 output")
     parts = parquet_parts(parquet)
     n_tracks = count_tracks(parts)
     if n_tracks == 0:
