@@ -72,15 +72,32 @@ def test_values_schema_and_quality(tmp_path: Path) -> None:
     assert quality["column_ranges"]["z7"] == {"min": PLANE_Z[7], "max": PLANE_Z[7]}
 
 
-def test_small_blocks_give_the_same_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("threads", "block_size"), [(1, 30000), (3, 30000), (3, 700)])
+def test_small_blocks_give_the_same_file(
+    tmp_path: Path, monkeypatch, threads: int, block_size: int
+) -> None:
     csv = write(tmp_path, csv_lines(tmp_path, n=200))
-    q1 = convert(csv, tmp_path / "a.parquet")
-    q2 = convert(csv, tmp_path / "b.parquet", block_size=30000)  # about 20 lines per block
+    q1 = convert(csv, tmp_path / "a.parquet", threads=1)
+    monkeypatch.setattr(to_parquet, "ROW_GROUP_ROWS", 50)
+    # About 20 lines per block (or less than one), parsed by several threads, taken in order.
+    q2 = convert(csv, tmp_path / "b.parquet", block_size=block_size, threads=threads)
     np.testing.assert_array_equal(
         read_array(tmp_path / "a.parquet"), read_array(tmp_path / "b.parquet")
     )
     assert q1 == q2
-    assert pq.ParquetFile(tmp_path / "b.parquet").metadata.num_row_groups > 5
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 1
+    row_groups = pq.ParquetFile(tmp_path / "b.parquet").metadata
+    assert [row_groups.row_group(i).num_rows >= 50 for i in range(2)] == [True, True]
+    assert row_groups.num_row_groups in (3, 4)  # blocks taken until 50 rows or more
+
+    # The same file gzipped, read in blocks smaller than a line.
+    packed = tmp_path / "t.csv.gz"
+    packed.write_bytes(gzip.compress(csv.read_bytes()))
+    q3 = convert(packed, tmp_path / "c.parquet", block_size=700, threads=threads)
+    np.testing.assert_array_equal(
+        read_array(tmp_path / "a.parquet"), read_array(tmp_path / "c.parquet")
+    )
+    assert {**q3, "file": None, "compression": None} == {**q1, "file": None}
 
 
 def test_empty_cells_are_nulls(tmp_path: Path) -> None:

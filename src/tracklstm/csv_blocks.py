@@ -15,7 +15,7 @@ Missing values become nulls: empty cells, ``NA``, ``null`` and every NaN spellin
 from __future__ import annotations
 
 import gzip
-import io
+import queue
 import re
 import zlib
 from collections.abc import Iterator
@@ -73,12 +73,44 @@ class BadLine:
 
 @dataclass
 class Block:
-    """Whole data lines of the file, from line ``first_line``; ``unterminated`` for a last line
-    with no line break."""
+    """Whole data lines of the file, from line ``first_line``: ``lines`` line breaks, and
+    ``unterminated`` for a last line with no line break. ``data`` may be a view into a buffer
+    of a :class:`BufferPool`, valid until :meth:`release`."""
 
     first_line: int
-    data: bytes
+    data: bytes | memoryview
     unterminated: bool = False
+    lines: int = -1
+    _pool: BufferPool | None = field(default=None, repr=False)
+    _buffer: bytearray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lines < 0:  # not counted by the reader
+            self.lines = bytes(self.data).count(b"\n")
+
+    def release(self) -> None:
+        """Hand the buffer back to its pool (the data are not to be used after this)."""
+        if self._pool is not None and self._buffer is not None:
+            self._pool.put(self._buffer)
+            self._buffer = None
+            self.data = b""
+
+
+class BufferPool:
+    """``count`` reusable buffers of ``size`` bytes: blocks are read into them, so the file's
+    bytes do not land in fresh memory block after block (first-touched pages cost more than the
+    copies); a reader waits for a buffer that a parsed block hands back."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(bytearray(size))
+
+    def get(self) -> bytearray:
+        return self._free.get()
+
+    def put(self, buffer: bytearray) -> None:
+        self._free.put(buffer)
 
 
 @dataclass
@@ -111,19 +143,20 @@ def open_source(path: str | Path) -> tuple[BinaryIO, str | None]:
     return open(p, "rb"), None
 
 
-def _read(fh: BinaryIO, path: Path, size: int, line: bool = False) -> bytes:
-    """``fh.read`` (or readline) with a broken gzip stream as one error naming the file."""
-    try:
-        return fh.readline(size) if line else fh.read(size)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise InputFileError(
-            f"{path}: cannot decompress: gzip data corrupt or cut short ({err})"
-        ) from None
+def _gzip_error(path: Path, err: BaseException) -> InputFileError:
+    return InputFileError(f"{path}: cannot decompress: gzip data corrupt or cut short ({err})")
+
+
+#: What reading a broken gzip stream raises.
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
 def read_header(fh: BinaryIO, path: Path) -> None:
     """Read the first line; raise InputFileError unless it holds the 150 column names in order."""
-    first = _read(fh, path, MAX_LINE_BYTES, line=True)
+    try:
+        first = fh.readline(MAX_LINE_BYTES)
+    except _GZIP_ERRORS as err:
+        raise _gzip_error(path, err) from None
     if not first:
         raise InputFileError(f"{path}:1: the file is empty (expected a header line)")
     header = [h.strip() for h in first.decode("utf-8-sig", errors="replace").strip().split(",")]
@@ -147,39 +180,69 @@ def check_header(path: str | Path) -> None:
         read_header(fh, Path(path))
 
 
-def iter_blocks(fh: BinaryIO, path: Path, block_size: int) -> Iterator[Block]:
+def _fill(fh: BinaryIO, path: Path, view: memoryview) -> int:
+    """Read into ``view`` until it is full or the file ends; the number of bytes read."""
+    got = 0
+    while got < len(view):
+        try:
+            n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+        except _GZIP_ERRORS as err:
+            raise _gzip_error(path, err) from None
+        if not n:
+            break
+        got += n
+    return got
+
+
+def iter_blocks(
+    fh: BinaryIO, path: Path, block_size: int, pool: BufferPool | None = None
+) -> Iterator[Block]:
     """Blocks of whole lines of ``fh`` (positioned after the header), about ``block_size``
-    bytes each. Only the file's last line, when it has no line break, is ``unterminated``."""
+    bytes each. Only the file's last line, when it has no line break, is ``unterminated``.
+
+    With ``pool`` (buffers of at least ``block_size + MAX_LINE_BYTES`` bytes) each block is a
+    view into a pooled buffer, to :meth:`Block.release` once parsed; the next block waits for
+    a free buffer. Without, each block has a buffer of its own.
+    """
     line = 2
     rest = b""
     while True:
-        chunk = _read(fh, path, block_size)
-        if not chunk:
+        buf = pool.get() if pool is not None else bytearray(block_size + MAX_LINE_BYTES)
+        if len(buf) < len(rest) + block_size:
+            raise ValueError("the pool's buffers are smaller than a block and a line")
+        view = memoryview(buf)
+        view[: len(rest)] = rest
+        end = len(rest) + _fill(fh, path, view[len(rest) : len(rest) + block_size])
+        if end == len(rest):  # the end of the file
+            if pool is not None:
+                pool.put(buf)
             if rest.strip():
-                yield Block(line, rest, True)
+                yield Block(line, rest, True, rest.count(b"\n"))
             return
-        buf = rest + chunk if rest else chunk
-        cut = buf.rfind(b"\n")
+        cut = buf.rfind(b"\n", 0, end)
         if cut < 0:
-            if len(buf) > MAX_LINE_BYTES:
+            if end > MAX_LINE_BYTES:
                 raise InputFileError(
                     f"{path}:{line}: line is longer than {MAX_LINE_BYTES} bytes (not a track row)"
                 )
-            rest = buf
+            rest = bytes(view[:end])
+            if pool is not None:
+                pool.put(buf)
             continue
-        block, rest = buf[: cut + 1], buf[cut + 1 :]
-        yield Block(line, block)
-        line += block.count(b"\n")
+        rest = bytes(view[cut + 1 : end])  # a part of a line: copied, the buffer moves on
+        lines = buf.count(b"\n", 0, cut + 1)
+        yield Block(line, view[: cut + 1], False, lines, pool, buf)
+        line += lines
 
 
 # --------------------------------------------------------------------------------------------
 # The fast path: pyarrow, then checks over whole columns
 
 
-def _parse(data: bytes) -> pa.Table:
+def _parse(data: bytes | memoryview) -> pa.Table:
     """pyarrow's parse of whole data lines, one chunk per column (raises ArrowInvalid)."""
     return pacsv.read_csv(
-        io.BytesIO(data),
+        pa.BufferReader(pa.py_buffer(data)),
         read_options=pacsv.ReadOptions(
             column_names=list(COLUMNS), use_threads=False, block_size=len(data) + 1
         ),
@@ -196,7 +259,7 @@ def _column(table: pa.Table, j: int) -> pa.Array:
     return pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], pa.float32())
 
 
-def read_fast(data: bytes, bounds: Bounds) -> Parsed | None:
+def read_fast(data: bytes | memoryview, bounds: Bounds) -> Parsed | None:
     """Parse and check whole data lines; None when any line fails (then read them slowly)."""
     try:
         table = _parse(data)
@@ -349,14 +412,15 @@ def _read_lines(
 
 
 def _pieces(block: Block, size: int) -> Iterator[Block]:
-    """``block`` cut into blocks of whole lines of about ``size`` bytes."""
-    data, start, line = block.data, 0, block.first_line
+    """``block`` (its data as bytes) cut into blocks of whole lines of about ``size`` bytes."""
+    data, start, line = bytes(block.data), 0, block.first_line
     while start < len(data):
         cut = data.find(b"\n", min(start + size, len(data)) - 1)
         end = len(data) if cut < 0 else cut + 1
         piece = data[start:end]
-        yield Block(line, piece, block.unterminated and end == len(data))
-        line += piece.count(b"\n")
+        lines = piece.count(b"\n")
+        yield Block(line, piece, block.unterminated and end == len(data), lines)
+        line += lines
         start = end
 
 
@@ -375,10 +439,10 @@ def _merge(parts: list[Parsed], bad: list[BadLine]) -> Parsed:
 
 def _read_slowly(piece: Block, bounds: Bounds, path: Path) -> Parsed:
     """A piece that fails the fast path, line by line: its good lines and its bad lines."""
-    kept, bad = _read_lines(piece.data, piece.first_line, piece.unterminated, bounds)
+    kept, bad = _read_lines(bytes(piece.data), piece.first_line, piece.unterminated, bounds)
     parsed = read_fast(kept, bounds) if kept else _merge([], [])
     if parsed is None:  # cannot happen: the line by line check is the stricter
-        last = piece.first_line + piece.data.count(b"\n")
+        last = piece.first_line + piece.lines
         raise InputFileError(
             f"{path}:{piece.first_line}-{last}: these lines pass the line by line check but "
             "not the block check (a bug; please report it)"
@@ -391,15 +455,18 @@ def read_block(block: Block, bounds: Bounds, path: Path) -> Parsed:
     """The accepted rows of a block and its bad lines (named by file line), in file order.
 
     The fast path first; when it fails, the block again in pieces of PIECE_BYTES, and a piece
-    that fails too line by line.
+    that fails too line by line. The block's buffer is released when this returns.
     """
-    parsed = read_fast(block.data, bounds)
-    if parsed is not None:
-        return parsed
-    if len(block.data) <= PIECE_BYTES:
-        return _read_slowly(block, bounds, path)
-    parts = [
-        read_fast(piece.data, bounds) or _read_slowly(piece, bounds, path)
-        for piece in _pieces(block, PIECE_BYTES)
-    ]
-    return _merge(parts, [b for p in parts for b in p.bad])
+    try:
+        parsed = read_fast(block.data, bounds)
+        if parsed is not None:
+            return parsed
+        if len(block.data) <= PIECE_BYTES:
+            return _read_slowly(block, bounds, path)
+        parts = [
+            read_fast(piece.data, bounds) or _read_slowly(piece, bounds, path)
+            for piece in _pieces(block, PIECE_BYTES)
+        ]
+        return _merge(parts, [b for p in parts for b in p.bad])
+    finally:
+        block.release()

@@ -18,21 +18,27 @@ logged. When the CSV has a download record beside it (``<csv>.download.json``, w
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import os
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracklstm import stage_cli
 from tracklstm.bounds import Bounds
 from tracklstm.constants import COLUMNS, FEATURES, N_PLANES
 from tracklstm.csv_blocks import (
+    MAX_LINE_BYTES,
     REASONS,
     SCHEMA,
     BadLine,
+    Block,
+    BufferPool,
     InputFileError,
     Parsed,
     check_header,
@@ -48,17 +54,20 @@ __all__ = ["REASONS", "SCHEMA", "InputFileError", "check_header", "convert", "fl
 
 log = logging.getLogger("tracklstm.to_parquet")
 
-#: Float columns: byte-stream-split + zstd is 3x faster to write than dictionary attempts and
-#: a third smaller (about 0.43 of the CSV's size).
+#: Float columns: byte-stream-split (no dictionary attempts) with lz4: 0.36 of the CSV's size,
+#: 4 % more than zstd, but a third less CPU to write and half to read (measured on the
+#: 194,601-track file: write 0.19 s against 0.27 s, read 0.09 s against 0.16 s).
 PARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
+    "compression": "lz4",
     "use_dictionary": False,
     "use_byte_stream_split": True,
 }
 #: How many skipped lines the quality summary lists.
 MAX_EXAMPLES = 20
-#: Bytes of CSV per block (whole lines) read at a time.
-BLOCK_BYTES = 16 << 20
+#: Bytes of CSV per block (whole lines): the unit parsed by one thread.
+BLOCK_BYTES = 4 << 20
+#: Rows per Parquet row group (about what ``windows`` reads at a time).
+ROW_GROUP_ROWS = 16384
 
 
 @dataclass
@@ -104,14 +113,16 @@ def convert(
     bad_rows: str = "error",
     bounds: Bounds | None = None,
     block_size: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Stream ``csv_path`` into ``parquet_path`` (float32, nulls kept) and return the quality.
 
     ``bad_rows="error"`` stops at the first bad line with an InputFileError naming the file,
     line and column; ``"skip"`` leaves such lines out and counts them by reason. ``bounds``:
     the physical limits (default: the schema's ``conversion.bounds``); ``block_size``: bytes
-    of CSV read at a time (default BLOCK_BYTES). Nothing is left under
-    ``parquet_path`` or ``quality_path`` unless the conversion succeeds.
+    of CSV read at a time (default BLOCK_BYTES); ``threads``: blocks parsed at once (default
+    :func:`default_threads`). Nothing is left under ``parquet_path`` or ``quality_path``
+    unless the conversion succeeds.
     """
     if bad_rows not in ("error", "skip"):
         raise ValueError(f"bad_rows must be 'error' or 'skip', not {bad_rows!r}")
@@ -120,32 +131,80 @@ def convert(
     parquet_path = output_file(parquet_path, "Parquet output")
     if quality_path is not None:
         quality_path = output_file(quality_path, "quality JSON")
+    threads = max(1, threads or default_threads())
+    size = block_size or BLOCK_BYTES
     stats = _Stats()
     fh, compression = open_source(csv_path)
-    with fh:
+    with fh, ThreadPoolExecutor(threads, thread_name_prefix="to_parquet") as executor:
         read_header(fh, csv_path)
         with (
             atomic_path(parquet_path) as tmp,
             pq.ParquetWriter(tmp, SCHEMA, **PARQUET_OPTIONS) as writer,
         ):
-            for block in iter_blocks(fh, csv_path, block_size or BLOCK_BYTES):
-                parsed = read_block(block, bounds, csv_path)
-                if parsed.bad and bad_rows == "error":
-                    first = parsed.bad[0]
-                    raise InputFileError(f"{csv_path}:{first.line}: {first.message}")
-                stats.add(parsed)
-                stats.data_lines = block.first_line - 2 + block.data.count(b"\n")
-                if block.unterminated:
-                    stats.data_lines += 1
-                    stats.final_newline = False
-                if parsed.rows:
-                    writer.write_table(parsed.table)
+            out = _Output(csv_path, writer, stats, bad_rows)
+            # Blocks parsed by the threads, taken (checked, counted, written) in file order.
+            pending: deque[tuple[Block, Future[Parsed]]] = deque()
+            pool = BufferPool(threads + 2, size + MAX_LINE_BYTES)
+            try:
+                for block in iter_blocks(fh, csv_path, size, pool):
+                    pending.append((block, executor.submit(read_block, block, bounds, csv_path)))
+                    while pending and (len(pending) > threads or pending[0][1].done()):
+                        out.take(*pending.popleft())
+                while pending:
+                    out.take(*pending.popleft())
+            finally:
+                for _, future in pending:
+                    future.cancel()
+            out.flush()
             _check_rows(csv_path, stats)
     quality = summary(csv_path, stats, bad_rows, bounds, compression)
     if quality_path is not None:
         write_json(quality_path, quality)
     _log_result(csv_path, parquet_path, stats, quality)
     return quality
+
+
+def default_threads() -> int:
+    """Threads that parse blocks: the cores this process may use (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+class _Output:
+    """Takes the parsed blocks in file order: the bad lines, the statistics, the row groups."""
+
+    def __init__(self, csv_path: Path, writer: pq.ParquetWriter, stats: _Stats, bad_rows: str):
+        self.csv_path = csv_path
+        self.writer = writer
+        self.stats = stats
+        self.bad_rows = bad_rows
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def take(self, block: Block, future: Future[Parsed]) -> None:
+        parsed = future.result()
+        if parsed.bad and self.bad_rows == "error":
+            first = parsed.bad[0]
+            raise InputFileError(f"{self.csv_path}:{first.line}: {first.message}")
+        self.stats.add(parsed)
+        self.stats.data_lines = block.first_line - 2 + block.lines
+        if block.unterminated:
+            self.stats.data_lines += 1
+            self.stats.final_newline = False
+        if parsed.rows:
+            self.tables.append(parsed.table)
+            self.rows += parsed.rows
+            if self.rows >= ROW_GROUP_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the rows taken so far as one row group."""
+        if self.tables:
+            self.writer.write_table(pa.concat_tables(self.tables))
+        self.tables, self.rows = [], 0
 
 
 def _check_rows(csv_path: Path, stats: _Stats) -> None:
@@ -245,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("error", "skip"),
         help="bad rows: stop with an error naming the line (default), or skip and count them",
     )
+    parser.add_argument(
+        "--threads", type=int, help="blocks parsed at once (default: the cores available)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
 
     def body() -> None:
         cfg = stage_cli.settings(
@@ -257,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             args.quality,
             bad_rows=cfg["bad_rows"],
             bounds=Bounds.from_settings(cfg),
+            threads=args.threads,
         )
 
     return stage_cli.run(body, log)
