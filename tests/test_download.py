@@ -9,6 +9,7 @@ import os
 import random
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tracklstm import download as dl
+from tracklstm.dataio import download_record_path
 from tracklstm.download import ChecksumError, DownloadError, download, main, part_path, use_local
 
 PAYLOAD = random.Random(20240611).randbytes(300_000)  # > one read chunk (256 KiB)
@@ -37,6 +39,11 @@ class _Server(ThreadingHTTPServer):
         self.statuses: list[int] = []  # error statuses answered before serving the file
         self.etag: str | None = None
         self.requests: list[dict[str, str]] = []  # headers of every request, in order
+        self.framing = "length"  # "length", "chunked" or "close" (no Content-Length)
+        self.die: list[str] = []  # for the next responses: "close" or "reset" after half
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a handler that dies on purpose: no traceback on stderr
 
     def url(self, name: str = "data.bin") -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -80,15 +87,35 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))  # always the full length
+        if srv.framing == "length":
+            self.send_header("Content-Length", str(len(body)))  # always the full length
+        elif srv.framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
         if srv.etag:
             self.send_header("ETag", srv.etag)
         self.end_headers()
-        if srv.truncate > 0:
-            srv.truncate -= 1
+        die = srv.die.pop(0) if srv.die else None
+        if srv.truncate > 0 or die:
+            srv.truncate = max(0, srv.truncate - 1)
             body = body[: len(body) // 2]
-        self.wfile.write(body)
+        if srv.framing == "chunked":
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+            if not die:
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.wfile.write(body)
         self.wfile.flush()
+        if die == "reset":  # the connection is reset (RST), as by a crashed host
+            linger = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        if die:
+            self.close_connection = True
+            raise ConnectionAbortedError("the server dies midway")  # closes the socket
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.server.framing == "chunked":
+            self.protocol_version = "HTTP/1.1"  # chunked transfer needs HTTP/1.1
+        super().send_response(code, message)
 
 
 @pytest.fixture
@@ -124,7 +151,97 @@ def test_plain_download(server: _Server, tmp_path: Path) -> None:
     assert out == dest
     assert dest.read_bytes() == PAYLOAD
     assert server.ranges() == [None]
-    assert _leftovers(dest.parent) == ["data.bin"]  # no .part / metadata left
+    # No .part / metadata left; the download record beside the file.
+    assert _leftovers(dest.parent) == ["data.bin", "data.bin.download.json"]
+    record = json.loads(download_record_path(dest).read_text())
+    assert record == {
+        "url": server.url(),
+        "bytes": len(PAYLOAD),
+        "sha256": SHA,
+        "verified": True,
+        "verified_by": "sha256",
+    }
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_record_without_checksum_is_verified_by_the_framing(
+    server: _Server, tmp_path: Path, framing: str
+) -> None:
+    server.framing = framing
+    dest = tmp_path / "data.bin"
+    download(server.url(), dest, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    record = json.loads(download_record_path(dest).read_text())
+    assert record["sha256"] == SHA and record["bytes"] == len(PAYLOAD)
+    assert record["verified"] is True
+    assert record["verified_by"] == ("content-length" if framing == "length" else "chunked")
+    assert server.ranges() == [None]
+
+
+@pytest.mark.parametrize("die", ["close", "reset"])
+def test_no_length_and_a_server_dying_midway_is_not_accepted(
+    server: _Server, tmp_path: Path, die: str
+) -> None:
+    """No Content-Length: a clean close midway looks like the end, a reset is an error; both
+    are caught (the Range probe after the end, the error retried) and the file completed."""
+    server.framing = "close"
+    server.die = [die]
+    dest = tmp_path / "data.bin"
+    download(server.url(), dest, retries=2, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    half = len(PAYLOAD) // 2
+    if die == "close":  # the probe's 206 carries the rest and the size
+        assert server.ranges() == [None, f"bytes={half}-"]
+    else:  # the reset is an error, retried from the bytes that arrived (a reset may lose all),
+        # and a retry from byte 0 ends unframed again: then the probe confirms its size
+        assert len(server.requests) in (2, 3)
+    record = json.loads(download_record_path(dest).read_text())
+    assert record["verified"] is True and record["verified_by"] in ("content-range", "range-probe")
+
+
+def test_probe_answered_416_confirms_the_size(server: _Server, tmp_path: Path) -> None:
+    server.framing = "close"
+    dest = tmp_path / "data.bin"
+    download(server.url(), dest, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.ranges() == [None, f"bytes={len(PAYLOAD)}-"]
+    assert json.loads(download_record_path(dest).read_text())["verified_by"] == "range-probe"
+
+
+@pytest.mark.parametrize("framing", ["close", "chunked"])
+def test_death_midway_without_retries_leaves_no_file(
+    server: _Server, tmp_path: Path, framing: str
+) -> None:
+    """With no attempt left, a body cut short is an error (the chunked one before its
+    terminating chunk; the unframed one when the probe finds the server gone)."""
+    server.framing = framing
+    server.die = ["close"] if framing == "chunked" else ["close", "reset"]
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError, match="failed after 1 attempt"):
+        download(server.url(), dest, retries=0, **FAST)
+    assert not dest.exists() and not download_record_path(dest).exists()
+    assert part_path(dest).exists()  # kept for the next call
+
+
+def test_no_length_and_no_range_support_is_accepted_unverified(
+    server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.framing = "close"
+    server.support_range = False
+    dest = tmp_path / "data.bin"
+    assert main(["--url", server.url(), "--out", str(dest), "--backoff", "0.01"]) == 0
+    assert dest.read_bytes() == PAYLOAD
+    assert server.ranges() == [None, f"bytes={len(PAYLOAD)}-"]  # the probe got a 200
+    record = json.loads(download_record_path(dest).read_text())
+    assert record["verified"] is False and record["verified_by"] is None
+    assert record["sha256"] == SHA
+    warnings = [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]
+    assert any("unverified download" in w and str(dest) in w for w in warnings)
+
+    # With a sha256 the same download is verified by it.
+    download(server.url(), tmp_path / "again.bin", sha256=SHA, **FAST)
+    record = json.loads(download_record_path(tmp_path / "again.bin").read_text())
+    assert record["verified"] is True and record["verified_by"] == "sha256"
 
 
 def test_existing_dest_with_right_digest_is_not_fetched(server: _Server, tmp_path: Path) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import toy_tracks, write_tracks_csv
 
+from tracklstm import to_parquet
 from tracklstm.constants import COLUMNS, FEATURES, PLANE_Z
 from tracklstm.to_parquet import InputFileError, convert, main
 
@@ -29,6 +32,15 @@ def set_cell(line: str, col: int, value: str) -> str:
     cells = line.split(",")
     cells[col] = value
     return ",".join(cells)
+
+
+def assert_no_output(err: str, folder: Path, *outputs: Path) -> None:
+    """One error line, no traceback, and nothing that looks like a finished output."""
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if " ERROR " in line]) == 1
+    for out in outputs:
+        assert not out.exists()
+    assert not list(folder.glob(".*.tmp"))
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -60,15 +72,32 @@ def test_values_schema_and_quality(tmp_path: Path) -> None:
     assert quality["column_ranges"]["z7"] == {"min": PLANE_Z[7], "max": PLANE_Z[7]}
 
 
-def test_small_blocks_give_the_same_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("threads", "block_size"), [(1, 30000), (3, 30000), (3, 700)])
+def test_small_blocks_give_the_same_file(
+    tmp_path: Path, monkeypatch, threads: int, block_size: int
+) -> None:
     csv = write(tmp_path, csv_lines(tmp_path, n=200))
-    q1 = convert(csv, tmp_path / "a.parquet")
-    q2 = convert(csv, tmp_path / "b.parquet", block_size=30000)  # about 20 lines per block
+    q1 = convert(csv, tmp_path / "a.parquet", threads=1)
+    monkeypatch.setattr(to_parquet, "ROW_GROUP_ROWS", 50)
+    # About 20 lines per block (or less than one), parsed by several threads, taken in order.
+    q2 = convert(csv, tmp_path / "b.parquet", block_size=block_size, threads=threads)
     np.testing.assert_array_equal(
         read_array(tmp_path / "a.parquet"), read_array(tmp_path / "b.parquet")
     )
     assert q1 == q2
-    assert pq.ParquetFile(tmp_path / "b.parquet").metadata.num_row_groups > 5
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 1
+    row_groups = pq.ParquetFile(tmp_path / "b.parquet").metadata
+    assert [row_groups.row_group(i).num_rows >= 50 for i in range(2)] == [True, True]
+    assert row_groups.num_row_groups in (3, 4)  # blocks taken until 50 rows or more
+
+    # The same file gzipped, read in blocks smaller than a line.
+    packed = tmp_path / "t.csv.gz"
+    packed.write_bytes(gzip.compress(csv.read_bytes()))
+    q3 = convert(packed, tmp_path / "c.parquet", block_size=700, threads=threads)
+    np.testing.assert_array_equal(
+        read_array(tmp_path / "a.parquet"), read_array(tmp_path / "c.parquet")
+    )
+    assert {**q3, "file": None, "compression": None} == {**q1, "file": None}
 
 
 def test_empty_cells_are_nulls(tmp_path: Path) -> None:
@@ -184,14 +213,20 @@ def test_skip_counts_every_reason_and_keeps_line_numbers(tmp_path: Path) -> None
     lines[100] = lines[100] + ","
     lines[101] = ""  # an empty line is not a row, and not an error
     lines[250] = set_cell(lines[250], 2, "66")
+    lines[270] = set_cell(lines[270], COLUMNS.index("px9"), "1e30")
     csv = write(tmp_path, lines)
     csv.write_bytes(csv.read_bytes().replace(b"\n", b"\r\n"))  # Windows line breaks
     with pytest.raises(InputFileError, match=rf"{csv}:6: column 4"):
         convert(csv, tmp_path / "t.parquet", block_size=30000)
     quality = convert(csv, tmp_path / "t.parquet", bad_rows="skip", block_size=30000)
-    assert quality["skipped_rows"] == {"non_numeric": 2, "wrong_column_count": 1, "z_mismatch": 1}
-    assert [e["line"] for e in quality["skipped_examples"]] == [6, 7, 101, 251]
-    assert quality["rows"] == 300 - 5
+    assert quality["skipped_rows"] == {
+        "non_numeric": 2,
+        "wrong_column_count": 1,
+        "z_mismatch": 1,
+        "out_of_bounds": 1,
+    }
+    assert [e["line"] for e in quality["skipped_examples"]] == [6, 7, 101, 251, 271]
+    assert quality["rows"] == 300 - 6
 
 
 @pytest.mark.parametrize(
@@ -212,11 +247,17 @@ def test_header_is_checked(tmp_path: Path, header: str, message: str) -> None:
         convert(csv, tmp_path / "t.parquet")
 
 
-def test_header_with_bom_and_no_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after_header", ["", "\r\n", "\n\n"])
+def test_header_only_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], after_header: str
+) -> None:
     csv = tmp_path / "t.csv"
-    csv.write_text("\ufeff" + ",".join(COLUMNS) + "\r\n", encoding="utf-8")
-    quality = convert(csv, tmp_path / "t.parquet")
-    assert quality["rows"] == 0 and pq.read_table(tmp_path / "t.parquet").num_rows == 0
+    csv.write_text("\ufeff" + ",".join(COLUMNS) + "\r\n" + after_header, encoding="utf-8")
+    out, q = tmp_path / "t.parquet", tmp_path / "q.json"
+    assert main(["--csv", str(csv), "--out", str(out), "--quality", str(q)]) == 1
+    err = capsys.readouterr().err
+    assert f"ERROR tracklstm.to_parquet: {csv}: no data rows: the file holds only the header" in err
+    assert_no_output(err, tmp_path, out, q)
 
 
 def test_every_line_rejected_is_an_error(tmp_path: Path) -> None:
@@ -241,3 +282,228 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     quality = json.loads(q.read_text())
     assert quality["rows"] == 29 and quality["skipped_rows"] == {"non_numeric": 1}
     assert quality["bad_rows"] == "skip"
+
+
+# --------------------------------------------------------------------------------------------
+# Through the command line: what passed but should not, and errors that name the file
+
+
+def run_cli(
+    capsys: pytest.CaptureFixture[str], csv: Path, out: Path, *extra: str
+) -> tuple[int, str, Path]:
+    """``main`` as the workflow runs it; (exit code, stderr, quality JSON path)."""
+    q = out.with_suffix(".json")
+    code = main(["--csv", str(csv), "--out", str(out), "--quality", str(q), *extra])
+    return code, capsys.readouterr().err, q
+
+
+NAN_CELLS = {
+    "x": "NAN",
+    "py3": "-nan",
+    "pz7": "+nan",
+    "x10": "nan(1)",
+    "z12": " NaN ",
+    "y24": '"nan"',
+}
+
+
+@pytest.mark.parametrize("block_size", [1 << 20, 3000])
+def test_nan_spellings_are_nulls_on_both_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], block_size: int, monkeypatch
+) -> None:
+    """Every NaN spelling is a null, as an empty cell, whether its block is read by pyarrow
+    (fast path) or line by line (another line of the block is bad); and the error blames the
+    bad line, not a NaN line."""
+    monkeypatch.setattr(to_parquet, "BLOCK_BYTES", block_size)
+    lines = csv_lines(tmp_path, n=40)
+    for k, (col, text) in enumerate(NAN_CELLS.items()):
+        lines[3 + k] = set_cell(lines[3 + k], COLUMNS.index(col), text)  # lines 4..9
+    good = write(tmp_path, lines, "good.csv")
+    lines[10] = set_cell(lines[10], 40, "abc")  # line 11, in the same block as the NaN lines
+    bad = write(tmp_path, lines, "bad.csv")
+
+    code, err, q = run_cli(capsys, good, tmp_path / "good.parquet")
+    assert code == 0, err
+    quality = json.loads(q.read_text())
+    assert quality["null_cells"] == dict.fromkeys(NAN_CELLS, 1)
+    assert quality["rows_with_nulls"] == len(NAN_CELLS) and quality["rows"] == 40
+    table = pq.read_table(tmp_path / "good.parquet")
+    for k, col in enumerate(NAN_CELLS):
+        assert table.column(col).null_count == 1 and table.column(col)[2 + k].as_py() is None
+        assert not pc.any(pc.is_nan(table.column(col))).as_py()  # nulls, not NaN values
+
+    code, err, _ = run_cli(capsys, bad, tmp_path / "bad.parquet")
+    assert code == 1
+    assert f"{bad}:11: column 41 ({COLUMNS[40]}) holds 'abc', not a number" in err
+    assert_no_output(err, tmp_path, tmp_path / "bad.parquet", tmp_path / "bad.json")
+
+    code, err, q = run_cli(capsys, bad, tmp_path / "bad.parquet", "--bad-rows", "skip")
+    assert code == 0, err
+    skipped = json.loads(q.read_text())
+    assert skipped["skipped_rows"] == {"non_numeric": 1}
+    assert skipped["skipped_examples"][0]["line"] == 11
+    assert skipped["null_cells"] == quality["null_cells"]
+    table = pq.read_table(tmp_path / "bad.parquet")
+    assert table.column("pz7").null_count == 1
+    assert not pc.any(pc.is_nan(table.column("pz7"))).as_py()
+
+
+@pytest.mark.parametrize("block_size", [1 << 20, 20000])
+@pytest.mark.parametrize(
+    ("cells", "blamed", "message"),
+    [
+        ({"px5": "1e30"}, "px5", "momentum |p| = 1e+30 GeV/c"),
+        ({"x3": "-120", "y3": "120"}, "x3", "radius sqrt(x^2 + y^2) = 169.706 cm"),
+        ({"y": "151"}, "y", "is beyond conversion.bounds.max_radius_cm = 150"),
+        ({"pz7": "-1.5"}, "pz7", "pz = -1.5 GeV/c is not above conversion.bounds.min_pz = 0"),
+        ({"pz": "0"}, "pz", "pz = 0 GeV/c is not above"),
+        ({"py24": "25"}, "py24", "is beyond conversion.bounds.max_momentum = 20"),
+    ],
+)
+def test_out_of_bounds_is_refused_or_skipped(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch,
+    cells: dict[str, str],
+    blamed: str,
+    message: str,
+    block_size: int,
+) -> None:
+    monkeypatch.setattr(to_parquet, "BLOCK_BYTES", block_size)
+    lines = csv_lines(tmp_path, n=120)
+    for col, value in cells.items():
+        lines[70] = set_cell(lines[70], COLUMNS.index(col), value)  # line 71
+    csv = write(tmp_path, lines)
+    out = tmp_path / "t.parquet"
+    code, err, q = run_cli(capsys, csv, out)
+    assert code == 1
+    assert f"{csv}:71: column {COLUMNS.index(blamed) + 1} ({blamed}): " in err
+    assert message in err
+    assert_no_output(err, tmp_path, out, q)
+
+    code, err, q = run_cli(capsys, csv, out, "--bad-rows", "skip")
+    assert code == 0, err
+    quality = json.loads(q.read_text())
+    assert quality["skipped_rows"] == {"out_of_bounds": 1} and quality["rows"] == 119
+    assert quality["skipped_examples"][0]["line"] == 71
+    assert quality["bounds"] == {"max_radius_cm": 150.0, "max_momentum": 20.0, "min_pz": 0.0}
+    assert quality["ranges"]["px"]["max"] < 1 and quality["ranges"]["pz"]["min"] > 0.5
+
+
+def test_bounds_come_from_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = csv_lines(tmp_path, n=20)
+    lines[5] = set_cell(lines[5], COLUMNS.index("pz3"), "-0.5")
+    csv = write(tmp_path, lines)
+    out = tmp_path / "t.parquet"
+    settings = {"conversion": {"bounds": {"min_pz": -1.0, "max_radius_cm": 10}}}
+    code, err, q = run_cli(capsys, csv, out, "--settings", json.dumps(settings))
+    assert code == 1 and f"{csv}:2: column " in err and "max_radius_cm = 10" in err
+    settings["conversion"]["bounds"]["max_radius_cm"] = 150
+    code, err, q = run_cli(capsys, csv, out, "--settings", json.dumps(settings))
+    assert code == 0, err
+    assert json.loads(q.read_text())["ranges"]["pz"]["min"] == -0.5
+    out.unlink()
+    code, err, q = run_cli(capsys, csv, out, "--settings", '{"conversion": {"bounds": {"r": 1}}}')
+    assert code == 1 and "conversion.bounds" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_last_line_without_line_break_is_flagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A last line cut inside its final cell still parses: flagged, and a warning."""
+    lines = csv_lines(tmp_path, n=30)
+    last = lines[-1].rsplit(",", 1)
+    lines[-1] = last[0] + "," + last[1][: max(1, len(last[1]) // 2)].rstrip(".e-+")
+    csv = write(tmp_path, lines, end="")
+    code, err, q = run_cli(capsys, csv, tmp_path / "t.parquet")
+    assert code == 0, err
+    quality = json.loads(q.read_text())
+    assert quality["final_newline"] is False and quality["rows"] == 30
+    warning = [line for line in err.splitlines() if " WARNING " in line]
+    assert len(warning) == 1
+    assert f"{csv}: the last line (line 31) has no line break" in warning[0]
+
+    code, err, q = run_cli(capsys, write(tmp_path, lines), tmp_path / "t.parquet")
+    assert code == 0 and json.loads(q.read_text())["final_newline"] is True
+    assert " WARNING " not in err
+
+
+@pytest.mark.parametrize("which", ["--csv", "--out", "--quality"])
+def test_a_directory_instead_of_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    csv = write(tmp_path, csv_lines(tmp_path, n=5))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    args = {
+        "--csv": str(csv),
+        "--out": str(tmp_path / "t.parquet"),
+        "--quality": str(tmp_path / "q.json"),
+    }
+    args[which] = str(folder)
+    assert main([a for pair in args.items() for a in pair]) == 1
+    err = capsys.readouterr().err
+    assert f"ERROR tracklstm.to_parquet: {folder}: is a directory" in err
+    assert_no_output(err, tmp_path, tmp_path / "t.parquet", tmp_path / "q.json")
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.csv"])
+def test_gzip_is_read_transparently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    lines = csv_lines(tmp_path, n=150)
+    plain = write(tmp_path, lines, "plain.csv")
+    packed = tmp_path / name
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert packed.read_bytes()[:2] == b"\x1f\x8b"
+    code, err, q = run_cli(capsys, packed, tmp_path / "gz.parquet")
+    assert code == 0, err
+    assert run_cli(capsys, plain, tmp_path / "plain.parquet")[0] == 0
+    np.testing.assert_array_equal(
+        read_array(tmp_path / "gz.parquet"), read_array(tmp_path / "plain.parquet")
+    )
+    quality = json.loads(q.read_text())
+    assert quality["compression"] == "gzip" and quality["rows"] == 150
+    plain_quality = json.loads((tmp_path / "plain.json").read_text())
+    assert plain_quality["compression"] is None
+    assert quality["column_ranges"] == plain_quality["column_ranges"]
+
+    # Line numbers count the decompressed lines.
+    lines[99] = set_cell(lines[99], 16, "abc")
+    packed.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    code, err, _ = run_cli(capsys, packed, tmp_path / "gz.parquet")
+    assert code == 1 and f"{packed}:100: column 17 (py2) holds 'abc', not a number" in err
+
+    # A gzip stream cut short is an error naming the file.
+    packed.write_bytes(gzip.compress(plain.read_bytes())[:-2000])
+    out = tmp_path / "cut.parquet"
+    code, err, q = run_cli(capsys, packed, out)
+    assert code == 1 and f"{packed}: cannot decompress: gzip data corrupt or cut short" in err
+    assert_no_output(err, tmp_path, out, q)
+
+
+def test_download_record_is_copied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = write(tmp_path, csv_lines(tmp_path, n=10))
+    code, err, q = run_cli(capsys, csv, tmp_path / "t.parquet")
+    quality = json.loads(q.read_text())
+    assert quality["download"] is None and quality["verified"] is None  # not downloaded
+
+    record = {"url": "http://x/t.csv", "bytes": csv.stat().st_size, "sha256": "0" * 64}
+    record_path = tmp_path / "t.csv.download.json"
+    record_path.write_text(json.dumps({**record, "verified": False, "verified_by": None}))
+    code, err, q = run_cli(capsys, csv, tmp_path / "t.parquet")
+    assert code == 0
+    quality = json.loads(q.read_text())
+    assert quality["verified"] is False and quality["download"]["url"] == "http://x/t.csv"
+    assert f"{csv}: the download was not verified" in err
+
+    record_path.write_text(json.dumps({**record, "verified": True, "verified_by": "sha256"}))
+    run_cli(capsys, csv, tmp_path / "t.parquet")
+    assert json.loads(q.read_text())["verified"] is True
+
+    # A record of another file (another size) is not this file's.
+    record_path.write_text(json.dumps({**record, "bytes": 1, "verified": True}))
+    run_cli(capsys, csv, tmp_path / "t.parquet")
+    assert json.loads(q.read_text())["verified"] is None

@@ -202,3 +202,130 @@ def test_no_training_window_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot fit the normalization: 0 training windows"):
         build(tmp_path / "t.parquet", tmp_path / "w.h5")
     assert not (tmp_path / "w.h5").exists()
+
+
+def _windows_error(capsys: pytest.CaptureFixture[str], parquet: Path, out: Path) -> str:
+    """Run the CLI, expect exit 1 and one error line; return that line."""
+    assert main(["--parquet", str(parquet), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert not out.exists() and not list(out.parent.glob(".*.tmp"))
+    return errors[0]
+
+
+def test_not_a_parquet_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    line = _windows_error(capsys, junk, tmp_path / "w.h5")
+    assert f"{junk}: not a readable Parquet file" in line
+
+
+def test_missing_and_wrong_columns_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = pq.read_table(write_parquet(toy_tracks(20).astype(np.float32), tmp_path / "t.parquet"))
+    part = tmp_path / "few.parquet"
+    pq.write_table(table.drop_columns(["x3", "pz24"]), part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: 2 of the 150 track columns are missing (x3, pz24)" in line
+
+    pq.write_table(table.select(["x", "y"]), part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: 148 of the 150 track columns are missing (z, px, py, pz, x1, y1, ...)" in line
+
+    strings = table.set_column(7, "y1", pa.array(["a"] * 20))
+    pq.write_table(strings, part)
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: column y1 is string, expected floats" in line
+
+
+def test_corrupt_data_pages_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = write_parquet(toy_tracks(300).astype(np.float32), tmp_path / "t.parquet")
+    data = bytearray(part.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 20000] = np.random.default_rng(1).bytes(20000)  # footer kept
+    part.write_bytes(bytes(data))
+    line = _windows_error(capsys, part, tmp_path / "w.h5")
+    assert f"{part}: cannot read this Parquet file (" in line
+
+
+def test_output_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = write_parquet(toy_tracks(20).astype(np.float32), tmp_path / "t.parquet")
+    folder = tmp_path / "w.h5"
+    folder.mkdir()
+    assert main(["--parquet", str(part), "--out", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder}: is a directory; the windows HDF5 output must be a file path" in err
+    assert "Traceback" not in err and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("chunk", "n", "batch_rows", "stride", "last", "holes"),
+    [
+        (4096, 1500, 4096, 1, 24, False),  # complete tracks: strided copies, several chunks
+        (4096, 1500, 333, 1, 24, True),  # with holes: index arrays
+        (64, 400, 50, 2, 23, False),  # many small chunks, batches across chunk boundaries
+        (64, 400, 37, 3, 20, True),
+    ],
+)
+def test_windows_across_chunks_match_make_windows(
+    tmp_path: Path,
+    monkeypatch,
+    chunk: int,
+    n: int,
+    batch_rows: int,
+    stride: int,
+    last: int,
+    holes: bool,
+) -> None:
+    """The file holds, per split, exactly make_windows' windows of that split's tracks, in
+    order, whatever the chunk size and batch size; the normalization is their min and max."""
+    from tracklstm import windows
+
+    monkeypatch.setattr(windows, "CHUNK", chunk)
+    tracks = with_holes(n, seed=5) if holes else toy_tracks(n, seed=5).astype(np.float32)
+    write_parquet(tracks, tmp_path / "t.parquet")
+    out = tmp_path / "w.h5"
+    fractions = {"train": 0.7, "validation": 0.2, "test": 0.1}
+    kwargs = {"length": 7, "stride": stride, "last_target_plane": last}
+    build(tmp_path / "t.parquet", out, fractions=fractions, seed=9, batch_rows=batch_rows, **kwargs)
+    labels = split_tracks(n, fractions, 9)
+    inputs, targets, track, plane = make_windows(tracks, 7, stride, last)
+    with h5py.File(out) as h5:
+        for i, s in enumerate(SPLITS):
+            keep = labels[track] == i
+            np.testing.assert_array_equal(h5[s]["inputs"][...], inputs[keep])
+            np.testing.assert_array_equal(h5[s]["targets"][...], targets[keep])
+            np.testing.assert_array_equal(h5[s]["track"][...], track[keep])
+            np.testing.assert_array_equal(h5[s]["target_plane"][...], plane[keep])
+            assert h5[s]["inputs"].chunks == (chunk, 7, 6)
+        train = labels[track] == 0
+        values = np.concatenate([inputs[train].reshape(-1, 6), targets[train]])
+        np.testing.assert_array_equal(h5.attrs["norm_min"], values.min(axis=0))
+        np.testing.assert_array_equal(h5.attrs["norm_max"], values.max(axis=0))
+        assert json.loads(h5.attrs["n_windows"])["train"] == int(train.sum())
+
+
+def test_reading_ahead_stops_with_the_consumer() -> None:
+    """The reader thread ends when the consumer stops early or fails, and hands on errors."""
+    from tracklstm.windows import _in_background
+
+    def items(fail_at: int | None = None):
+        for i in range(100):
+            if i == fail_at:
+                raise ValueError(f"part {i}: cannot read")
+            yield i
+
+    assert list(_in_background(items())) == list(range(100))
+    gen = _in_background(items(), depth=1)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()  # the consumer stops early: the thread is joined, nothing hangs
+    with pytest.raises(ValueError, match="part 5: cannot read"):
+        list(_in_background(items(fail_at=5)))
+    gen = _in_background(items(fail_at=50), depth=1)
+    with pytest.raises(RuntimeError):
+        for i in gen:
+            if i == 10:
+                raise RuntimeError("the consumer fails")

@@ -10,6 +10,19 @@ Two kinds of dataset source:
   makes the download start again from byte 0.
 * ``path``: :func:`use_local` copies (atomically) or symlinks a local file, never modifying it.
 
+How a download knows it is complete: the response's ``Content-Length``, the ``Content-Range``
+total of a 206, or the terminating chunk of a chunked response (a connection closed before it
+is an error, retried). A response with none of these ends when the server closes the
+connection, which a server dying midway does too; so the download then asks for the bytes after
+the end (``Range: bytes=<size>-``): a 416 naming that size confirms it, a 206 continues the
+file, and a server that ignores ``Range`` leaves the size unconfirmed. A download whose size
+and checksum are both unknown is accepted but logged as ``unverified`` (a warning).
+
+Beside the downloaded file, :func:`download` writes ``<dest>.download.json``: the URL, the byte
+count, the sha256 of the bytes, ``verified`` (true when the sha256 was given and matched, or the
+size was known and matched) and ``verified_by``. ``to_parquet`` copies it into the quality
+summary.
+
 Errors raise :class:`DownloadError` with one line naming the URL or path and the cause; the
 CLI logs that line and exits 1::
 
@@ -37,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from tracklstm import __version__
-from tracklstm.io import atomic_path, setup_logging, sha256_file, show_progress
+from tracklstm.dataio import download_record_path
+from tracklstm.io import atomic_path, setup_logging, sha256_file, show_progress, write_json
 
 log = logging.getLogger("tracklstm.download")
 
@@ -74,6 +88,17 @@ class _Fatal(Exception):
 
 class _Restart(Exception):
     """The partial file cannot be continued; it was discarded, start again from byte 0."""
+
+
+class _Outcome:
+    """How one attempt ended: ``resumed`` (the file grew from more than one response) and
+    ``end``: what confirmed the end of the file (``content-length``, ``chunked``,
+    ``content-range``, ``range-probe``), None when nothing did (the connection just closed),
+    or ``range-ignored`` for a probe the server answered with the whole file."""
+
+    def __init__(self, resumed: bool, end: str | None) -> None:
+        self.resumed = resumed
+        self.end = end
 
 
 def part_path(dest: str | os.PathLike[str]) -> Path:
@@ -186,11 +211,11 @@ def _discard(*paths: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _fetch_once(url: str, dest: Path, timeout: float) -> bool:
+def _fetch_once(url: str, dest: Path, timeout: float, probe: bool = False) -> _Outcome:
     """One attempt: continue (or start) ``<dest>.part`` until the body ends.
 
-    Returns ``True`` when the finished partial file was assembled from more than one response
-    (a resume happened), ``False`` when a single response wrote all of it.
+    With ``probe`` (the partial file ended without a known size), a server that answers the
+    Range request with the whole file (200) leaves the partial file alone.
     """
     part, meta = part_path(dest), _meta_path(dest)
     offset = part.stat().st_size if part.exists() else 0
@@ -217,7 +242,7 @@ def _fetch_once(url: str, dest: Path, timeout: float) -> bool:
                 match = _UNSATISFIED_RANGE_RE.match(exc.headers.get("Content-Range", ""))
                 if match and int(match.group(1)) == offset:
                     log.info("%s: partial file is already complete (%d bytes)", url, offset)
-                    return True
+                    return _Outcome(True, "range-probe")
                 _discard(part, meta)
                 raise _Restart("server cannot continue the partial file (HTTP 416)") from None
             cause = _describe(exc, timeout)
@@ -250,6 +275,15 @@ def _fetch_once(url: str, dest: Path, timeout: float) -> bool:
             mode = "ab"
             resumed = True
             log.info("%s: resuming at byte %d", url, offset)
+        elif 200 <= status < 300 and probe and offset:
+            log.warning(
+                "%s: the server ignores Range requests (HTTP %d): cannot confirm that the %d "
+                "bytes received are the whole file",
+                url,
+                status,
+                offset,
+            )
+            return _Outcome(False, "range-ignored")
         elif 200 <= status < 300:
             if offset:
                 log.warning(
@@ -273,6 +307,7 @@ def _fetch_once(url: str, dest: Path, timeout: float) -> bool:
         else:
             raise _Fatal(f"unexpected HTTP status {status}")
 
+        chunked = bool(getattr(response, "chunked", False))
         progress = _Progress(dest.name, total, offset)
         written = offset
         try:
@@ -304,7 +339,11 @@ def _fetch_once(url: str, dest: Path, timeout: float) -> bool:
     if total is not None and written != total:
         # A 206 covering less than the rest of the file: continue with the next attempt.
         raise _Retryable(f"got bytes up to {written} of {total}")
-    return resumed
+    if total is not None:
+        end = "content-range" if status == 206 else "content-length"
+    else:
+        end = "chunked" if chunked else None
+    return _Outcome(resumed, end)
 
 
 def download(
@@ -322,7 +361,10 @@ def download(
     ``backoff * 2**(k-1)`` seconds (at most :data:`MAX_BACKOFF`) before starting. The
     partial bytes live in ``<dest>.part`` and are continued with ``Range`` by the next attempt
     or the next call. With ``sha256`` the bytes must match it before ``dest`` appears; if
-    ``dest`` already exists with that digest nothing is fetched. Raises :class:`DownloadError`
+    ``dest`` already exists with that digest nothing is fetched. A body whose end nothing
+    confirmed is probed with a Range request after its end (module docstring); when neither
+    its size nor its checksum is known, the download is accepted as unverified (a warning).
+    ``<dest>.download.json`` records the outcome. Raises :class:`DownloadError`
     (:class:`ChecksumError` for a digest mismatch).
     """
     parsed = urllib.parse.urlsplit(url)
@@ -337,6 +379,7 @@ def download(
 
     if expected and dest.is_file() and sha256_file(dest) == expected:
         log.info("%s already present with sha256 %s; not downloading", dest, expected)
+        _write_record(dest, url, expected, "sha256")
         return dest
 
     info = _read_meta(meta)
@@ -347,10 +390,12 @@ def download(
     attempts = retries + 1
     failures = 0
     fresh_after_mismatch = False
+    probes = 0  # Range requests after an end that nothing confirmed
+    resumed = False
     started = time.monotonic()
     while True:
         try:
-            resumed = _fetch_once(url, dest, timeout)
+            outcome = _fetch_once(url, dest, timeout, probe=probes > 0)
         except _Fatal as exc:
             raise DownloadError(f"download of {url} failed: {exc}") from None
         except (_Retryable, _Restart) as exc:
@@ -371,6 +416,13 @@ def download(
             )
             time.sleep(delay)
             continue
+        resumed = resumed or outcome.resumed
+        if outcome.end is None and probes < attempts:
+            # The connection closed with no size known: complete, or a server that died?
+            probes += 1
+            log.info("%s: no size announced; asking for the bytes after byte %d", url, _size(part))
+            continue
+        end = outcome.end if outcome.end not in (None, "range-ignored") else None
 
         if expected:
             actual = sha256_file(part)
@@ -387,8 +439,12 @@ def download(
                     f"sha256 mismatch for {url}: expected {expected}, got {actual}"
                     " (partial file deleted)"
                 )
+        else:
+            actual = sha256_file(part)
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
+        verified_by = "sha256" if expected else end
+        _write_record(dest, url, actual, verified_by, part)
         os.replace(part, dest)
         _discard(meta)
         size = dest.stat().st_size
@@ -399,9 +455,36 @@ def download(
             dest,
             _human(size),
             elapsed,
-            ", sha256 ok" if expected else "",
+            f", verified by {verified_by}" if verified_by else "",
         )
+        if verified_by is None:
+            log.warning(
+                "%s: unverified download: the server announced no size and no sha256 was given;"
+                " %s may be incomplete (set the dataset's sha256 to check it)",
+                url,
+                dest,
+            )
         return dest
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _write_record(
+    dest: Path, url: str, sha256: str, verified_by: str | None, data: Path | None = None
+) -> None:
+    """``<dest>.download.json``: what was fetched and whether its completeness was verified."""
+    write_json(
+        download_record_path(dest),
+        {
+            "url": url,
+            "bytes": (data or dest).stat().st_size,
+            "sha256": sha256,
+            "verified": verified_by is not None,
+            "verified_by": verified_by,
+        },
+    )
 
 
 def use_local(
@@ -420,6 +503,7 @@ def use_local(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    download_record_path(dest).unlink(missing_ok=True)  # a record of an earlier download
     expected = normalize_sha256(sha256)
     src = Path(path).expanduser()
     dest = Path(dest)

@@ -20,23 +20,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
+from tracklstm.dataio import float32_values, output_file
 from tracklstm.io import atomic_path
-from tracklstm.to_parquet import float32_values
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tracklstm.windows")
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+#: Windows per HDF5 chunk of every dataset.
+CHUNK = 4096
+_T = TypeVar("_T")
 
 
 def parquet_parts(paths: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -54,21 +61,63 @@ def parquet_parts(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return [path]
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def open_part(part: Path, **options: object) -> pq.ParquetFile:
+    """A Parquet part of track data; a ValueError naming the file when it is not one (not
+    Parquet, unreadable, or without the 150 numeric track columns)."""
+    try:
+        pf = pq.ParquetFile(part, **options)  # type: ignore[arg-type]
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{part}: not a readable Parquet file ({_one_line(err)})") from None
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        raise ValueError(
+            f"{part}: {len(missing)} of the {len(COLUMNS)} track columns are missing ({shown}); "
+            "expected a file written by to_parquet"
+        )
+    wrong = [c for c in COLUMNS if not pa.types.is_floating(schema.field(c).type)]
+    if wrong:
+        raise ValueError(
+            f"{part}: column {wrong[0]} is {schema.field(wrong[0]).type}, expected floats"
+        )
+    return pf
+
+
 def count_tracks(parts: Sequence[Path]) -> int:
-    """Number of tracks (rows) in the Parquet parts, from their metadata."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    """Number of tracks (rows) in the Parquet parts, from their metadata (each part checked)."""
+    return sum(open_part(p).metadata.num_rows for p in parts)
 
 
 def iter_tracks(parts: Sequence[Path], batch_rows: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls."""
+    """Yield ``(first_row, tracks)`` with tracks of shape (n, 25, 6), float32, NaN for nulls.
+
+    A part that is not track data, or fails to read, is a ValueError naming it.
+    """
     row = 0
     for part in parts:
         # pre_buffer=False: pyarrow would otherwise buffer every row group of the file at once.
-        pf = pq.ParquetFile(part, pre_buffer=False)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+        pf = open_part(part, pre_buffer=False)
+        batches = pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS), use_threads=False)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as err:
+                raise ValueError(
+                    f"{part}: cannot read this Parquet file ({_one_line(err)})"
+                ) from None
+            if batch is None:
+                break
             tracks = np.empty((batch.num_rows, len(COLUMNS)), np.float32)
-            for i in range(len(COLUMNS)):
-                tracks[:, i] = float32_values(batch.column(i).cast(pa.float32()))
+            for i, name in enumerate(COLUMNS):
+                column = batch.column(name)
+                if column.type != pa.float32():  # a cast imports pyarrow.compute: only if needed
+                    column = column.cast(pa.float32())
+                tracks[:, i] = float32_values(column)
             tracks = tracks.reshape(-1, N_PLANES, N_FEATURES)
             yield row, tracks
             row += len(tracks)
@@ -117,6 +166,8 @@ def window_offsets(
 
 def window_mask(tracks: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
     """(n, len(offsets)) True where the window's ``length`` inputs and its target are present."""
+    if np.isfinite(tracks.sum(dtype=np.float64)):  # no NaN or inf at all: one pass, no copy
+        return np.ones((len(tracks), len(offsets)), bool)
     missing = ~np.isfinite(tracks).all(axis=2)  # (n, planes): a plane with any empty value
     before = np.zeros((len(tracks), missing.shape[1] + 1), np.int32)
     np.cumsum(missing, axis=1, out=before[:, 1:])  # missing planes before each plane
@@ -161,6 +212,143 @@ def covered_planes(mask: np.ndarray, offsets: np.ndarray, length: int) -> np.nda
     return covered
 
 
+class _SplitWriter:
+    """Appends one split's windows to its four HDF5 datasets, a chunk at a time.
+
+    Windows are gathered into staging buffers allocated once (fresh memory for every batch
+    costs more than the copies), and every full chunk goes to the file as it is, with HDF5's
+    direct chunk write (no chunk cache, no conversion); the last, partial chunk is written
+    normally at :meth:`close`.
+    """
+
+    def __init__(self, group: h5py.Group, length: int, capacity: int) -> None:
+        specs = {
+            "inputs": ((length, N_FEATURES), np.float32),
+            "targets": ((N_FEATURES,), np.float32),
+            "track": ((), np.int64),
+            "target_plane": ((), np.int8),
+        }
+        self.dsets = {
+            name: group.create_dataset(
+                name, (0, *shape), dtype, maxshape=(None, *shape), chunks=(CHUNK, *shape)
+            )
+            for name, (shape, dtype) in specs.items()
+        }
+        capacity = -(-capacity // CHUNK) * CHUNK + CHUNK  # whole chunks, and a remainder
+        self.inputs = np.empty((capacity, length * N_FEATURES), np.float32)
+        self.targets = np.empty((capacity, N_FEATURES), np.float32)
+        self.track = np.empty(capacity, np.int64)
+        self.plane = np.empty(capacity, np.int8)
+        self.length = length
+        self.fill = 0  # windows staged
+        self.written = 0  # windows in the file
+
+    @property
+    def count(self) -> int:
+        return self.written + self.fill
+
+    def add(
+        self, tracks: np.ndarray, mask: np.ndarray, rows: np.ndarray, offsets: np.ndarray
+    ) -> None:
+        """Stage the windows ``mask`` (n, len(offsets)) selects of ``tracks`` (n, 25, 6),
+        ordered by track then offset; ``rows``: the tracks' rows in the data."""
+        n, n_off = mask.shape
+        width = (self.length + 1) * N_FEATURES
+        flat = np.ascontiguousarray(tracks).reshape(n, N_PLANES * N_FEATURES)
+        step = (offsets[1] - offsets[0]) if n_off > 1 else 1
+        runs = as_strided(  # runs[t, j]: window j of track t, inputs then target
+            flat, (n, n_off, width), (flat.strides[0], step * N_FEATURES * 4, 4), writeable=False
+        )
+        inputs, targets = runs[..., : width - N_FEATURES], runs[..., width - N_FEATURES :]
+        a = self.fill
+        if mask.all():  # every window: strided copies, no index arrays
+            k = n * n_off
+            np.copyto(self.inputs[a : a + k].reshape(n, n_off, -1), inputs)
+            np.copyto(self.targets[a : a + k].reshape(n, n_off, -1), targets)
+            self.track[a : a + k].reshape(n, n_off)[:] = rows[:, None]
+            self.plane[a : a + k].reshape(n, n_off)[:] = offsets + self.length
+        else:
+            t, j = np.nonzero(mask)
+            k = len(t)
+            self.inputs[a : a + k] = inputs[t, j]
+            self.targets[a : a + k] = targets[t, j]
+            self.track[a : a + k] = rows[t]
+            self.plane[a : a + k] = offsets[j] + self.length
+        self.fill += k
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the staged whole chunks; keep the remainder staged."""
+        whole = self.fill // CHUNK * CHUNK
+        if not whole:
+            return
+        buffers = {
+            "inputs": self.inputs,
+            "targets": self.targets,
+            "track": self.track,
+            "target_plane": self.plane,
+        }
+        for name, dset in self.dsets.items():
+            dset.resize(self.written + whole, axis=0)
+            buf = buffers[name]
+            zeros = (0,) * (dset.ndim - 1)
+            for c in range(0, whole, CHUNK):
+                dset.id.write_direct_chunk((self.written + c, *zeros), buf[c : c + CHUNK])
+            rest = self.fill - whole
+            buf[:rest] = buf[whole : self.fill]
+        self.written += whole
+        self.fill -= whole
+
+    def close(self) -> None:
+        """Write the last, partial chunk."""
+        total = self.written + self.fill
+        buffers = (self.inputs, self.targets, self.track, self.plane)
+        for dset, buf in zip(self.dsets.values(), buffers, strict=True):
+            dset.resize(total, axis=0)
+            if self.fill:
+                dset[self.written :] = buf[: self.fill].reshape(self.fill, *dset.shape[1:])
+        self.written, self.fill = total, 0
+
+
+def _in_background(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """``items``, produced by a thread ``depth`` ahead (reading Parquet releases the GIL)."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        """Queue ``entry`` unless the consumer has stopped (then False)."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as err:  # handed to the consumer
+            put((False, err))
+
+    thread = threading.Thread(target=produce, name="windows-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def build(
     parquet: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -170,16 +358,18 @@ def build(
     last_target_plane: int = N_PLANES - 1,
     fractions: dict[str, float] | None = None,
     seed: int = 12345,
-    batch_rows: int = 16384,
+    batch_rows: int = 4096,
 ) -> dict[str, int]:
     """Write ``out`` (HDF5) from the Parquet data; return the number of windows per split.
 
-    One streamed pass over the tracks, ``batch_rows`` at a time: memory stays bounded whatever
+    One streamed pass over the tracks, ``batch_rows`` at a time (read by a thread ahead of
+    the windowing; the data fingerprint is hashed by another): memory stays bounded whatever
     the number of tracks. The normalization (min-max per feature) is fitted on the values of
     the training windows only (inputs and targets), and stored as attributes.
     """
     fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
     offsets = window_offsets(length, stride, last_target_plane)  # checks the settings
+    out = output_file(out, "windows HDF5 output")
     parts = parquet_parts(parquet)
     n_tracks = count_tracks(parts)
     if n_tracks == 0:
@@ -188,65 +378,30 @@ def build(
 
     lo = np.full(N_FEATURES, np.inf, np.float32)
     hi = np.full(N_FEATURES, -np.inf, np.float32)
-    counts = dict.fromkeys(SPLITS, 0)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        dsets = {}
-        for split in SPLITS:
-            g = h5.create_group(split)
-            dsets[split] = {
-                "inputs": g.create_dataset(
-                    "inputs",
-                    (0, length, N_FEATURES),
-                    np.float32,
-                    maxshape=(None, length, N_FEATURES),
-                    chunks=(4096, length, N_FEATURES),
-                ),
-                "targets": g.create_dataset(
-                    "targets",
-                    (0, N_FEATURES),
-                    np.float32,
-                    maxshape=(None, N_FEATURES),
-                    chunks=(4096, N_FEATURES),
-                ),
-                "track": g.create_dataset(
-                    "track", (0,), np.int64, maxshape=(None,), chunks=(4096,)
-                ),
-                "target_plane": g.create_dataset(
-                    "target_plane", (0,), np.int8, maxshape=(None,), chunks=(4096,)
-                ),
-            }
-        # Windows appended batch by batch, so memory stays bounded.
-        for first, tracks in iter_tracks(parts, batch_rows):
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="windows-hash") as hasher,
+        atomic_path(out) as tmp,
+        h5py.File(tmp, "w") as h5,
+    ):
+        digest = hasher.submit(fingerprint, parts)
+        writers = {
+            split: _SplitWriter(h5.create_group(split), length, batch_rows * len(offsets))
+            for split in SPLITS
+        }
+        for first, tracks in _in_background(iter_tracks(parts, batch_rows)):
             mask = window_mask(tracks, offsets, length)
-            inputs, targets, track, plane = make_windows(
-                tracks, length, stride, last_target_plane, mask=mask
-            )
-            # The normalization: the values of the training windows (inputs and targets) are
-            # those of the training tracks' planes that some window covers.
-            train = labels[first : first + len(tracks)] == 0
-            covered = covered_planes(mask[train], offsets, length)
-            if covered.any():
-                seen = np.ascontiguousarray(tracks[train][covered].T)  # (6, k): fast reduce
-                lo = np.fmin(lo, seen.min(axis=1))
-                hi = np.fmax(hi, seen.max(axis=1))
-            split_of = labels[first + track]
+            batch_labels = labels[first : first + len(tracks)]
             for i, split in enumerate(SPLITS):
-                m = split_of == i
-                k = int(m.sum())
-                if not k:
+                rows = np.nonzero(batch_labels == i)[0]
+                if not len(rows):
                     continue
-                values = {
-                    "inputs": inputs[m],
-                    "targets": targets[m],
-                    "track": track[m] + first,
-                    "target_plane": plane[m],
-                }
-                d = dsets[split]
-                start = counts[split]
-                for name, v in values.items():
-                    d[name].resize(start + k, axis=0)
-                    d[name][start:] = v
-                counts[split] += k
+                sub, sub_mask = tracks[rows], mask[rows]
+                if i == 0:  # the normalization: the training windows' values
+                    lo, hi = _fit(sub, sub_mask, offsets, length, lo, hi)
+                writers[split].add(sub, sub_mask, rows + first, offsets)
+        for w in writers.values():
+            w.close()
+        counts = {split: writers[split].count for split in SPLITS}
         if counts["train"] == 0 or (hi <= lo).any():
             raise ValueError(
                 f"{parquet}: cannot fit the normalization: {counts['train']} training windows"
@@ -266,13 +421,39 @@ def build(
                 "last_target_plane": last_target_plane,
                 "split_seed": seed,
                 "split_fractions": json.dumps(fractions),
-                "data_fingerprint": fingerprint(parts),
+                "data_fingerprint": digest.result(),
                 "n_tracks": n_tracks,
                 "n_windows": json.dumps(counts),
             }
         )
     log.info("%s: windows per split %s from %d tracks", out, counts, n_tracks)
     return counts
+
+
+def _fit(
+    tracks: np.ndarray,
+    mask: np.ndarray,
+    offsets: np.ndarray,
+    length: int,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``lo``, ``hi`` widened by the values of the planes some window of ``mask`` covers
+    (inputs or targets): those of the training windows."""
+    if mask.all() and offsets[-1] + length == N_PLANES - 1:
+        covered = None  # every plane of every track: whole rows, fast
+    else:
+        covered = covered_planes(mask, offsets, length)
+        if not covered.any():
+            return lo, hi
+    if covered is None or covered.all():
+        flat = tracks.reshape(len(tracks), -1)
+        seen_lo = flat.min(axis=0).reshape(N_PLANES, N_FEATURES).min(axis=0)
+        seen_hi = flat.max(axis=0).reshape(N_PLANES, N_FEATURES).max(axis=0)
+    else:
+        seen = np.ascontiguousarray(tracks[covered].T)  # (6, k): fast reduce
+        seen_lo, seen_hi = seen.min(axis=1), seen.max(axis=1)
+    return np.fmin(lo, seen_lo), np.fmax(hi, seen_hi)
 
 
 def main(argv: list[str] | None = None) -> int:
