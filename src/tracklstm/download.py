@@ -49,9 +49,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tracklstm import __version__
+from tracklstm import __version__, stage_cli
 from tracklstm.dataio import download_record_path
-from tracklstm.io import atomic_path, setup_logging, sha256_file, show_progress, write_json
+from tracklstm.io import atomic_path, sha256_file, show_progress, write_json
 
 log = logging.getLogger("tracklstm.download")
 
@@ -554,9 +554,9 @@ def _sha256_arg(value: str) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tracklstm.download",
-        description="Fetch a dataset file from an http(s) URL (resumable) or a local path.",
+    parser = stage_cli.parser(
+        "tracklstm download",
+        "Fetch a dataset file from an http(s) URL (resumable) or a local path.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="http(s) URL to download")
@@ -577,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mode applies to --path only")
     if args.retries < 0:
         parser.error("--retries must be >= 0")
-    setup_logging()
-    try:
+
+    def body() -> None:
         if args.url is not None:
             download(
                 args.url,
@@ -590,10 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             use_local(args.path, args.out, mode=args.mode or "copy", sha256=args.sha256)
-    except DownloadError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log, errors=(DownloadError,))
 
 
 if __name__ == "__main__":

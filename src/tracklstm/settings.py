@@ -21,7 +21,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 #: The config schema (with every default) shipped inside the package.
@@ -66,8 +65,9 @@ def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, An
 
 
 def load_schema(path: str | Path = SCHEMA_FILE) -> dict[str, Any]:
-    """The config schema (YAML)."""
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema (YAML; libyaml's loader where there is one: every stage starts here)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(), Loader=loader)
 
 
 @cache
@@ -142,6 +142,8 @@ def describe(node: dict[str, Any]) -> str:
 def _errors(instance: Any, node: dict[str, Any], prefix: str, where: str = "") -> list[str]:
     """Every schema error of ``instance`` against ``node``, each naming its key (and
     ``where``: which dataset and model variant it was merged for)."""
+    import jsonschema  # only when something is checked: stages import this module at start-up
+
     root = _schema()
     validator = jsonschema.validators.validator_for(root)({**node, "$defs": root["$defs"]})
     lines = []

@@ -90,7 +90,7 @@ rule to_parquet:
         "results/{dataset}/benchmarks/to_parquet/{part}.tsv"
     conda:
         "../envs/tracklstm.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
@@ -98,7 +98,8 @@ rule to_parquet:
         settings=stage_settings("to_parquet"),
     shell:
         "python -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
-        " --quality {output.quality} --settings {params.settings:q} 2> {log}"
+        " --quality {output.quality} --settings {params.settings:q} --threads {threads}"
+        " 2> {log}"
 
 
 rule windows:
