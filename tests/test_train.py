@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -421,11 +424,14 @@ def test_stop_mid_epoch_and_resume_exactly(wfile: Path, tmp_path: Path, on_devic
     assert (err.value.epoch, err.value.step) == (2, 5)
     ckpt = torch.load(run / tr.CHECKPOINT_NAME, weights_only=True)
     assert ckpt["state"]["epoch"] == 1 and ckpt["partial"]["step"] == 5
-    assert len(read_metrics(run / "metrics.csv")) == 1
+    # the epochs so far, under a name that does not look finished
+    assert len(read_metrics(run / "metrics.partial.csv")) == 1
+    assert not (run / "metrics.csv").exists()
     assert not (run / "weights_best.pt").exists()
 
     summary = tr.train(wfile, run, settings)
     assert summary["resumes"] == 1
+    assert not (run / "metrics.partial.csv").exists()
     same_learning(read_metrics(run / "metrics.csv"), read_metrics(tmp_path / "ref/metrics.csv"))
     for name in ("weights_best.pt", "weights_last.pt"):
         assert state_equal(
@@ -524,3 +530,20 @@ def test_every_configured_run_has_valid_settings() -> None:
             assert resolved["model"] == settings["model"]
     assert config["training"] == tr.DEFAULT_TRAINING  # config.yaml spells out the defaults
     assert config["model"] == tr.DEFAULT_MODEL
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_granted_gpu_without_cuda_torch_fails_at_once(wfile: Path, tmp_path: Path) -> None:
+    """A job Slurm gave a GPU never trains quietly on the CPU with `device: auto`."""
+    env = {**os.environ, "SLURM_JOB_GPUS": "0", "SLURM_GPUS_ON_NODE": "1"}
+    cmd = [sys.executable, "-m", "tracklstm.train", "--windows", str(wfile)]
+    cmd += ["--out", str(tmp_path / "run"), "--settings", json.dumps(TINY)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "granted a GPU (SLURM_JOB_GPUS=0)" in done.stderr
+    assert "CUDA build of torch" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+    # with the CPU chosen explicitly, it trains
+    cpu = {**TINY, "runtime": {**TINY["runtime"], "device": "cpu"}, "training": {"epochs": 1}}
+    cmd[-1] = json.dumps(cpu)
+    assert subprocess.run(cmd, capture_output=True, env=env, timeout=120).returncode == 0

@@ -93,7 +93,8 @@ def test_killed_after_epoch_k_resumes_at_k_plus_1(
     ckpt = torch.load(run / tr.CHECKPOINT_NAME, weights_only=True)
     k = ckpt["state"]["epoch"]
     assert k >= 2
-    assert len(read_metrics(run / "metrics.csv")) == k
+    assert len(read_metrics(run / "metrics.partial.csv")) == k
+    assert not (run / "metrics.csv").exists()  # nothing that looks like a finished run
     if sig == signal.SIGTERM:
         # The current step was finished and saved: in the middle of epoch k + 1, or at its start.
         assert rc == tr.EXIT_INTERRUPTED

@@ -17,8 +17,9 @@ Several GPUs: under ``torchrun`` (WORLD_SIZE > 1) training is data-parallel (DDP
 gloo on CPUs); ``batch_size`` stays the global batch.
 
 Outputs in the run folder: ``weights_best.pt`` and ``weights_last.pt`` (state dicts of the
-normalized-units ``TrackRNN``), ``metrics.csv`` (one row per epoch) and ``training.json``
-(resolved settings, normalization, window length, data fingerprint, versions, device).
+normalized-units ``TrackRNN``), ``metrics.csv`` (one row per epoch; ``metrics.partial.csv``
+while the run goes on) and ``training.json`` (resolved settings, normalization, window length,
+data fingerprint, versions, device).
 
 Modules: ``config`` (settings), ``runtime`` (device, signals, processes, RNG), ``data`` (the
 windows file and batch sources), ``trainer`` (step, epoch, evaluation), ``checkpoints`` (files

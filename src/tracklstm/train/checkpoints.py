@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracklstm.train")
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The epochs so far while a run is going on; renamed to metrics.csv when it completes, so a
+#: killed run leaves no metrics.csv that looks like a finished run's.
+PARTIAL_METRICS_NAME = "metrics.partial.csv"
 CHECKPOINT_FORMAT = 2
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",

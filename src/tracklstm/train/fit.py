@@ -23,6 +23,7 @@ from tracklstm.io import show_progress, write_json
 from tracklstm.model import TrackRNN, build_model, count_parameters
 from tracklstm.train.checkpoints import (
     CHECKPOINT_NAME,
+    PARTIAL_METRICS_NAME,
     cpu_state,
     device_name,
     find_init_weights,
@@ -305,7 +306,7 @@ def fit(
             run.best_weights = cpu_state(trainer.model.state_dict())
         save_checkpoint(setup.checkpoint, identity, trainer, run.to_checkpoint())
         if dist.main:
-            write_metrics(setup.out_dir / "metrics.csv", run.rows)
+            write_metrics(setup.out_dir / PARTIAL_METRICS_NAME, run.rows)
         log.info(
             "epoch %d/%d: train MAE %.5f MSE %.3e | val MAE %.5f MSE %.3e | lr %.2e | "
             "%.1fs, %.0f samples/s",
@@ -436,5 +437,6 @@ def write_outputs(
         write_metrics(out_dir / "metrics.csv", run.rows)
         write_json(out_dir / "training.json", summary)
         setup.checkpoint.unlink(missing_ok=True)
+        (out_dir / PARTIAL_METRICS_NAME).unlink(missing_ok=True)
     if run.stopped and EarlyStopping.from_settings(setup.cfg).restore_best:
         model.load_state_dict(run.best_weights)  # Keras' restore_best_weights

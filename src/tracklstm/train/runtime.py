@@ -25,13 +25,60 @@ from tracklstm.train.errors import TrainingInputError
 log = logging.getLogger("tracklstm.train")  # one name for the package, also under `python -m`
 
 
+#: Slurm's variables that say a GPU was granted to this job, and their values meaning none.
+GPU_GRANT_VARIABLES: dict[str, tuple[str, ...]] = {
+    "SLURM_JOB_GPUS": ("",),
+    "SLURM_STEP_GPUS": ("",),
+    "SLURM_GPUS_ON_NODE": ("", "0"),
+}
+#: How to get a torch that can use the GPU, for the error messages.
+CUDA_TORCH_HINT = (
+    "install a CUDA build of torch in the environment the jobs run, e.g. "
+    "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128` "
+    "(pick the CUDA version the farm's driver supports; see the README, section 'The farm')"
+)
+
+
+def granted_gpus() -> str | None:
+    """``NAME=value`` of the first Slurm variable saying this job was granted GPUs, or None."""
+    for name, none in GPU_GRANT_VARIABLES.items():
+        value = os.environ.get(name, "").strip()
+        if value not in none:
+            return f"{name}={value}"
+    return None
+
+
+def cuda_unusable_reason() -> str:
+    """Why torch cannot use CUDA here, in words."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    return f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no usable GPU"
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    """``auto``: the first CUDA GPU when there is one, else the CPU.
+
+    A job that was granted a GPU (Slurm's variables, CUDA_VISIBLE_DEVICES) never falls back to
+    the CPU quietly: with ``auto`` as with ``cuda``, a torch that cannot use it is an error that
+    says how to install one that can.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        grant = granted_gpus()
+        if grant:
+            raise TrainingInputError(
+                f"runtime.device is auto and this job was granted a GPU ({grant}), but "
+                f"{cuda_unusable_reason()}: {CUDA_TORCH_HINT}; or set runtime.device: cpu "
+                "(TRACKLSTM_SLURM_GPUS=0 on the farm) to train on CPUs"
+            )
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingInputError(f"training.device is {name!r} but no CUDA GPU is available")
+        raise TrainingInputError(
+            f"runtime.device is {name!r} but no CUDA GPU is available: "
+            f"{cuda_unusable_reason()}; {CUDA_TORCH_HINT}"
+        )
     return device
 
 
