@@ -340,3 +340,27 @@ def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     assert [p.name for p in run.glob(".*tmp*")] == []
     log = (work / "results" / "tiny" / "logs" / "export" / "small.log").read_text()
     assert "no file was written: onnx batch 1" in log
+
+
+def test_same_weights_give_the_same_bytes_and_outputs_carry_no_autograd(tmp_path: Path) -> None:
+    """Two exports of one run are byte for byte the same (no temporary name or process id
+    inside the archives), and the TorchScript output has no grad_fn."""
+    run = make_run(tmp_path / "run")
+    files = {}
+    for name in ("a", "b"):
+        out = tmp_path / name
+        files[name] = export(
+            run,
+            torchscript=out / "model.ts",
+            onnx=out / "model.onnx",
+            program=out / "model.pt2",
+        )
+        assert (out / "model.ts").is_file()
+    for file in ("model.ts", "model.onnx", "model.pt2"):
+        a, b = (tmp_path / "a" / file).read_bytes(), (tmp_path / "b" / file).read_bytes()
+        assert a == b, file
+        assert b".tmp" not in a and str(os.getpid()).encode() not in a, file
+    model = torch.jit.load(tmp_path / "a" / "model.ts")
+    x = example_inputs(json.loads((run / "training.json").read_text()), n=3)
+    y = model(x)
+    assert y.grad_fn is None and not y.requires_grad

@@ -25,6 +25,7 @@ also owns the names ``METADATA_NAME``, ``ONNX_INPUT`` and ``ONNX_OUTPUT``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -96,7 +97,8 @@ class ExportedTrackModel(nn.Module):
                 f"tracklstm model: expected input (batch, {self.window_length}, "
                 f"{self.n_features}) in cm and GeV/c, got {list(x.shape)}"
             )
-        return self.model(x)
+        # No autograd history on what a host gets back (the weights do not require grad).
+        return self.model(x).detach()
 
 
 def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[PhysicalModel, dict]:
@@ -230,9 +232,13 @@ def _check(
 
 
 def _save_torchscript(module: ExportedTrackModel, path: Path, meta: dict[str, Any]) -> None:
+    """Through a buffer: the archive's inner folder is then "archive", not the temporary file's
+    name, so the same weights give the same bytes."""
     with quiet_jit():
         scripted = torch.jit.script(module)
-    scripted.save(str(path), _extra_files={METADATA_NAME: json.dumps(meta, sort_keys=True)})
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer, _extra_files={METADATA_NAME: json.dumps(meta, sort_keys=True)})
+    path.write_bytes(buffer.getvalue())
 
 
 def _export_program(
@@ -320,7 +326,7 @@ def export(
     """
     eager, summary = load_physical_model(run_dir, weights)
     meta = metadata(summary, weights)
-    module = ExportedTrackModel(eager, meta).eval()
+    module = ExportedTrackModel(eager, meta).eval().requires_grad_(False)
     inputs = example_inputs(summary, n=max(CHECK_BATCHES))
     finals = [Path(torchscript)]
     if onnx is not None:
@@ -352,9 +358,11 @@ def export(
             seconds["torch_export"] = time.perf_counter() - t0
             if program is not None:
                 pt2_tmp = tmp[Path(program)]
+                buffer = io.BytesIO()  # not the temporary name inside the archive
                 torch.export.save(
-                    exported, str(pt2_tmp), extra_files={METADATA_NAME: json.dumps(meta)}
+                    exported, buffer, extra_files={METADATA_NAME: json.dumps(meta, sort_keys=True)}
                 )
+                pt2_tmp.write_bytes(buffer.getvalue())
                 loaded, _ = load_model(pt2_tmp)
                 checks += _check("torch.export", loaded, eager, inputs, meta, tolerance)
                 seconds["torch_export"] = time.perf_counter() - t0
