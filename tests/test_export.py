@@ -364,3 +364,18 @@ def test_same_weights_give_the_same_bytes_and_outputs_carry_no_autograd(tmp_path
     x = example_inputs(json.loads((run / "training.json").read_text()), n=3)
     y = model(x)
     assert y.grad_fn is None and not y.requires_grad
+
+
+def test_truncated_or_foreign_weights_are_one_line_naming_the_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    run = make_run(tmp_path / "run")
+    weights = run / "weights_best.pt"
+    whole = weights.read_bytes()
+    for data in (whole[: len(whole) // 2], b"", b"junk" * 100):
+        weights.write_bytes(data)
+        rc = main(["--run", str(run), "--out", str(tmp_path / "out" / "model.ts")])
+        err = capfd.readouterr().err
+        assert rc == 1 and not (tmp_path / "out" / "model.ts").exists()
+        assert f"{weights}: not the weights of this run's model" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1

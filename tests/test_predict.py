@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,62 @@ def test_chunks_give_the_same_windows(tmp_path: Path) -> None:
     assert whole.windows.dtype == np.float32 and whole.windows.shape == (25, 7, 6)
 
 
-def test_empty_file_gives_empty_answers(model_ts: Path, tmp_path: Path) -> None:
-    (tmp_path / "in.csv").write_text("")
-    assert predict_file(model_ts, tmp_path / "in.csv", tmp_path / "out.csv")["rows"] == 0
-    assert (tmp_path / "out.csv").read_text() == ""
+def test_empty_file_is_an_error_and_writes_nothing(model_ts: Path, tmp_path: Path, capfd) -> None:
+    """No row to predict is a mistake (a wrong file, a failed earlier step), not empty answers."""
+    for text in ("", "\n\n"):
+        (tmp_path / "in.csv").write_text(text)
+        rc = main(
+            [
+                "--model",
+                str(model_ts),
+                "--inputs",
+                str(tmp_path / "in.csv"),
+                "--out",
+                str(tmp_path / "out.csv"),
+            ]
+        )
+        assert rc == 1 and not (tmp_path / "out.csv").exists()
+        assert f"{tmp_path / 'in.csv'}: no rows to predict" in capfd.readouterr().err
+
+
+def test_impossible_states_non_utf8_and_bad_models_are_named(
+    model_ts: Path, tmp_path: Path, capfd
+) -> None:
+    """A px of 1e30 or x of 1e5 cm is refused naming its line; so is a non-UTF-8 file; a model
+    file that is not a model is named; one line each, exit 1, no answers file."""
+    good = ",".join(
+        f"{x:g},{y:g},{z},0.1,-0.05,1.5"
+        for x, y, z in zip([1.0] * 7, [2.0] * 7, PLANE_Z[:7], strict=True)
+    )
+    line = f"{good},{PLANE_Z[7]}"
+    out = tmp_path / "out.csv"
+    cases = {
+        "px": (line + "\n" + line.replace("0.1,", "1e30,", 1) + "\n").encode(),
+        "x": (line + "\n" + line + "\n" + line.replace("1,2,", "100000,2,", 1) + "\n").encode(),
+        "utf8": line.encode() + b"\n\xff\xfe,1,2\n",
+    }
+    expected = {
+        "px": ":? ?.*line 2: state 1 of the window",
+        "x": ".*line 3: state 1 of the window",
+        "utf8": ":2: not UTF-8 text",
+    }
+    for name, data in cases.items():
+        inputs = tmp_path / f"{name}.csv"
+        inputs.write_bytes(data)
+        rc = main(["--model", str(model_ts), "--inputs", str(inputs), "--out", str(out)])
+        err = capfd.readouterr().err
+        assert rc == 1 and not out.exists(), err
+        assert re.search(re.escape(str(inputs)) + expected[name], err), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for junk in (b"", b"not a model", bytes(range(256)) * 40):
+        bad_model = tmp_path / "bad.ts"
+        bad_model.write_bytes(junk)
+        inputs = tmp_path / "ok.csv"
+        inputs.write_text(line + "\n")
+        rc = main(["--model", str(bad_model), "--inputs", str(inputs), "--out", str(out)])
+        err = capfd.readouterr().err
+        assert rc == 1 and not out.exists() and str(bad_model) in err, err
+        assert "Traceback" not in err
 
 
 def test_predict_windows_batches_agree(model_ts: Path) -> None:

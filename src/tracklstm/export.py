@@ -114,8 +114,14 @@ def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[Phy
         if key not in summary:
             raise ExportInputError(f"{summary_path}: key {key!r} is missing")
     core = build_model(summary["settings"].get("model", {}))
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    core.load_state_dict(state)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        core.load_state_dict(state)
+    except Exception as err:  # truncated, corrupt or foreign: one line naming the file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportInputError(
+            f"{weights_path}: not the weights of this run's model ({reason})"
+        ) from None
     model = PhysicalModel(
         core, torch.tensor(summary["norm_min"]), torch.tensor(summary["norm_max"])
     )

@@ -17,7 +17,6 @@ checking them, and writing the answers.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import time
@@ -29,9 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tracklstm import stage_cli
 from tracklstm.artifacts import DEFAULT_BATCH, load_model, predict_windows
+from tracklstm.bounds import Bounds
 from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,20 @@ def read_challenge_rows(
     window_length: int = 7,
     z_tolerance: float = Z_TOLERANCE,
     chunk_rows: int = CHUNK_ROWS,
+    bounds: Bounds | None = None,
 ) -> ChallengeRows:
     """Read and check a test-input file; the last ``window_length`` states of each row.
 
-    Raises ChallengeInputError naming the lines of the (first few) rows that cannot be predicted.
+    Raises ChallengeInputError naming the lines of the (first few) rows that cannot be predicted:
+    malformed, off the planes, or with a state beyond the physical limits (``bounds``; default
+    the config schema's ``conversion.bounds``). A file with no row is an error too.
     """
     path = Path(path)
-    all_lines = path.read_text().splitlines()
+    bounds = bounds or Bounds.from_settings()
+    all_lines = _read_lines(path)
     lines = np.fromiter((i + 1 for i, row in enumerate(all_lines) if row.strip()), dtype=np.int64)
+    if not len(lines):
+        raise ChallengeInputError(f"{path}: no rows to predict (the file is empty)")
     rows = [all_lines[i - 1] for i in lines]
     del all_lines
     windows = np.empty((len(rows), window_length, N_FEATURES), dtype=np.float32)
@@ -118,6 +125,7 @@ def read_challenge_rows(
             z_tolerance,
             windows[start:stop],
             target_plane[start:stop],
+            bounds,
         )
         n_bad += len(chunk_bad)
         details += chunk_bad[: MAX_REPORTED - len(details)]
@@ -127,6 +135,21 @@ def read_challenge_rows(
             f"{path}: {n_bad} of {len(rows)} rows cannot be predicted: " + "; ".join(details) + more
         )
     return ChallengeRows(windows, target_plane, lines)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines; ChallengeInputError names the file (and line) when it is not text."""
+    if path.is_dir():
+        raise ChallengeInputError(f"{path}: is a directory, not a test-input file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ChallengeInputError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}): "
+            "not a challenge test-input file?"
+        ) from None
 
 
 def nearest_plane(z: np.ndarray) -> np.ndarray:
@@ -145,6 +168,7 @@ def _read_chunk(
     z_tolerance: float,
     windows_out: np.ndarray,
     target_out: np.ndarray,
+    bounds: Bounds,
 ) -> list[str]:
     """Parse and check some rows into ``windows_out``/``target_out``; messages of bad rows."""
     n = len(rows)
@@ -179,14 +203,30 @@ def _read_chunk(
     flag(~consecutive.all(axis=1), 5)
     next_z = planes[np.minimum(last + 1, len(planes) - 1)]
     flag(~((last + 1 < len(planes)) & (np.abs(target_z - next_z) <= z_tolerance)), 6)
+    flag(bounds.out_of_bounds(windows).any(axis=1), 7)
 
     windows_out[:] = windows
     target_out[:] = last + 1
     return [
         f"line {lines[i]}: "
-        + _describe(int(problem[i]), values[i, : n_values[i]], window_length, z[i], z_tolerance)
+        + (
+            _out_of_bounds(windows[i], bounds)
+            if problem[i] == 7
+            else _describe(
+                int(problem[i]), values[i, : n_values[i]], window_length, z[i], z_tolerance
+            )
+        )
         for i in np.flatnonzero(problem)
     ]
+
+
+def _out_of_bounds(window: np.ndarray, bounds: Bounds) -> str:
+    """Which state of a window is beyond the physical limits, and why."""
+    for j, state in enumerate(window):
+        reason = bounds.explain(state)
+        if reason is not None:
+            return f"state {j + 1} of the window: {reason[1]}"
+    return "a state is beyond the physical limits (conversion.bounds)"
 
 
 def _describe(
@@ -265,26 +305,24 @@ def predict_file(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tracklstm predict", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("tracklstm predict", __doc__)
     parser.add_argument(
-        "--model", required=True, help="model.ts (or model.onnx) from the export stage"
+        "--model", required=True, help="model.ts (or model.onnx, model.pt2) from the export stage"
     )
     parser.add_argument("--inputs", required=True, help="test-input CSV (challenge format)")
     parser.add_argument("--out", required=True, help="answers CSV to write (x,y,px,py,pz)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per model call")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's)")
     args = parser.parse_args(argv)
-    setup_logging()
     if args.batch < 1:
         parser.error("--batch must be at least 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+
+    def body() -> None:
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         predict_file(args.model, args.inputs, args.out, batch=args.batch)
-    except (ValueError, OSError) as err:  # bad rows (ChallengeInputError), missing files
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log)  # bad rows (ChallengeInputError), files, models
 
 
 if __name__ == "__main__":
