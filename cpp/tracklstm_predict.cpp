@@ -1,10 +1,17 @@
-// tracklstm_predict: run an exported tracklstm TorchScript model (model.ts) from C++.
+// tracklstm_predict: run an exported tracklstm model from C++, either engine:
 //
-// Loads the model with torch::jit::load, reads its metadata (window length, features, version),
-// runs it on a tensor file of windows in physical units and writes the predicted states, and
-// times batches of 64 to 16,384 windows. File format and options: cpp/README.md.
+// - TorchScript (model.ts), loaded with torch::jit::load (deprecated with torch.jit in 2.13);
+// - an AOTInductor package (model.aoti.pt2, from tracklstm.aoti), loaded with
+//   torch::inductor::AOTIModelPackageLoader, torch.jit's successor for C++ hosts.
+//
+// The engine is chosen by the file's content (the records of its zip archive), not its name.
+// Reads the model's metadata (window length, features, version), runs it on a tensor file of
+// windows in physical units and writes the predicted states, and times batches of 64 to 16,384
+// windows. File format and options: cpp/README.md.
 
 #include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -16,6 +23,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -32,6 +40,7 @@ struct Options {
   std::string output;
   std::string device = "cpu";
   bool bench = false;
+  bool print_metadata = false;
   std::vector<int64_t> bench_batches = {64, 256, 1024, 4096, 16384};
   double bench_seconds = 1.0;
   int64_t batch = 16384;
@@ -39,11 +48,14 @@ struct Options {
 };
 
 const char* kUsage =
-    "usage: tracklstm_predict --model model.ts [--input windows.bin --output predictions.bin]\n"
+    "usage: tracklstm_predict --model model.ts|model.aoti.pt2\n"
+    "                         [--input windows.bin --output predictions.bin]\n"
     "                         [--bench] [--bench-batches 64,256,...] [--bench-seconds S]\n"
     "                         [--device cpu|cuda|cuda:N] [--threads N] [--batch N]\n"
+    "                         [--print-metadata]\n"
     "\n"
-    "  --model PATH         TorchScript file written by `tracklstm export`\n"
+    "  --model PATH         TorchScript file (`tracklstm export`) or AOTInductor package\n"
+    "                       (tracklstm.aoti); the engine is chosen by the file's content\n"
     "  --input PATH         float32 tensor file (N, window, 6) in cm and GeV/c\n"
     "  --output PATH        float32 tensor file (N, 6) to write (needs --input)\n"
     "  --batch N            windows per forward call when predicting (default 16384)\n"
@@ -51,7 +63,8 @@ const char* kUsage =
     "  --bench-batches L    comma-separated batch sizes (default 64,256,1024,4096,16384)\n"
     "  --bench-seconds S    minimum timed seconds per batch size (default 1)\n"
     "  --device D           cpu (default), cuda or cuda:N\n"
-    "  --threads N          CPU threads for intra-op parallelism (default: libtorch's)\n";
+    "  --threads N          CPU threads for intra-op parallelism (default: libtorch's)\n"
+    "  --print-metadata     print the model's metadata JSON on stdout\n";
 
 class UsageError : public std::runtime_error {
  public:
@@ -104,6 +117,8 @@ Options parse_args(int argc, char** argv) {
       opt.device = value();
     } else if (arg == "--bench") {
       opt.bench = true;
+    } else if (arg == "--print-metadata") {
+      opt.print_metadata = true;
     } else if (arg == "--bench-batches") {
       opt.bench_batches = parse_list(value());
     } else if (arg == "--bench-seconds") {
@@ -123,7 +138,9 @@ Options parse_args(int argc, char** argv) {
   }
   if (opt.model.empty()) throw UsageError("--model is required");
   if (!opt.output.empty() && opt.input.empty()) throw UsageError("--output needs --input");
-  if (opt.input.empty() && !opt.bench) throw UsageError("nothing to do: give --input or --bench");
+  if (opt.input.empty() && !opt.bench && !opt.print_metadata) {
+    throw UsageError("nothing to do: give --input, --bench or --print-metadata");
+  }
   return opt;
 }
 
@@ -175,12 +192,142 @@ void write_tensor(const std::string& path, const torch::Tensor& tensor) {
   }
 }
 
-torch::Tensor run_batches(torch::jit::Module& module, const torch::Tensor& x, int64_t batch,
+// ---------------------------------------------------------------------------------------------
+// Engines: one interface over a TorchScript module and an AOTInductor package.
+
+constexpr char kMetadataFile[] = "metadata.json";      // TorchScript extra file
+constexpr char kMetadataKey[] = "tracklstm_metadata";  // AOTInductor metadata: the JSON
+constexpr char kInputShapeKey[] = "tracklstm_input_shape";  // AOTInductor: "-1,7,6"
+constexpr char kFlatPrefix[] = "tracklstm.";                // AOTInductor: one item as text
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  std::string name;           // "torchscript" or "aotinductor"
+  std::string detail;         // shown in the summary line
+  std::string metadata_json;  // the tracklstm metadata, JSON
+  std::string version;
+  int64_t window = 0;
+  int64_t n_features = 0;
+  std::vector<double> norm_min, norm_max;  // empty when unknown
+};
+
+class TorchScriptEngine : public Engine {
+ public:
+  TorchScriptEngine(const std::string& path, const torch::Device& device) {
+    torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+    module_ = torch::jit::load(path, device, extra);
+    module_.eval();
+    if (!module_.hasattr("window_length") || extra[kMetadataFile].empty()) {
+      throw std::runtime_error(path + ": no tracklstm metadata inside (not written by `tracklstm export`?)");
+    }
+    name = "torchscript";
+    detail = "TorchScript, torch::jit::load";
+    metadata_json = extra[kMetadataFile];
+    version = module_.attr("version").toStringRef();
+    window = module_.attr("window_length").toInt();
+    n_features = module_.attr("n_features").toInt();
+    norm_min = module_.attr("norm_min").toDoubleVector();
+    norm_max = module_.attr("norm_max").toDoubleVector();
+  }
+  torch::Tensor forward(const torch::Tensor& x) override { return module_.forward({x}).toTensor(); }
+
+ private:
+  torch::jit::Module module_;
+};
+
+std::vector<double> parse_doubles(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    if (item.empty() || *end != '\0') return {};
+    out.push_back(v);
+  }
+  return out;
+}
+
+class AotiEngine : public Engine {
+ public:
+  AotiEngine(const std::string& path, const torch::Device& device) {
+    // Read the metadata first (no code loaded): a package only runs on the device it was built for.
+    auto meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
+    auto get = [&](const std::string& key) {
+      auto it = meta.find(key);
+      return it == meta.end() ? std::string() : it->second;
+    };
+    if (get(kMetadataKey).empty() || get(kInputShapeKey).empty()) {
+      throw std::runtime_error(path + ": no tracklstm metadata inside (not written by tracklstm.aoti?)");
+    }
+    const std::string built_for = get("AOTI_DEVICE_KEY").empty() ? "cpu" : get("AOTI_DEVICE_KEY");
+    if (built_for != (device.is_cuda() ? "cuda" : "cpu")) {
+      throw std::runtime_error(path + ": AOTInductor package compiled for " + built_for +
+                               ", cannot run on " + device.str());
+    }
+    std::vector<double> shape = parse_doubles(get(kInputShapeKey));
+    if (shape.size() != 3) throw std::runtime_error(path + ": bad " + std::string(kInputShapeKey));
+    loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+        path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
+        device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
+    name = "aotinductor";
+    detail = "AOTInductor package, " + built_for;
+    if (!get("AOTI_CPU_ISA").empty() && built_for == "cpu") detail += " " + get("AOTI_CPU_ISA");
+    metadata_json = get(kMetadataKey);
+    version = get(std::string(kFlatPrefix) + "tracklstm_version");
+    window = static_cast<int64_t>(shape[1]);
+    n_features = static_cast<int64_t>(shape[2]);
+    norm_min = parse_doubles(get(std::string(kFlatPrefix) + "norm_min"));
+    norm_max = parse_doubles(get(std::string(kFlatPrefix) + "norm_max"));
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    // The compiled code assumes a contiguous float32 input of the traced layout.
+    return loader_->run({x.is_contiguous() ? x : x.contiguous()})[0];
+  }
+
+ private:
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+};
+
+// Which engine a file needs, from its zip records (names without the archive's folder).
+std::unique_ptr<Engine> load_engine(const std::string& path, const torch::Device& device) {
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe) throw std::runtime_error(path + ": cannot open");
+  }
+  std::vector<std::string> records;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    records = reader.getAllRecords();
+  } catch (const c10::Error&) {
+    throw std::runtime_error(path + ": not a TorchScript file or AOTInductor package (not a PyTorch zip archive)");
+  }
+  bool aoti = false, script = false, program = false;
+  for (const auto& r : records) {
+    if (r.rfind("data/aotinductor/", 0) == 0) aoti = true;
+    if (r == "constants.pkl" || r.rfind("code/", 0) == 0) script = true;
+    if (r.rfind("models/", 0) == 0) program = true;
+  }
+  if (aoti) return std::make_unique<AotiEngine>(path, device);
+  if (script) return std::make_unique<TorchScriptEngine>(path, device);
+  if (program) {
+    throw std::runtime_error(path + ": a torch.export program (model.pt2), not compiled code; "
+                             "compile it into an AOTInductor package (python -m tracklstm.aoti)");
+  }
+  throw std::runtime_error(path + ": neither a TorchScript file (code/, constants.pkl) nor an "
+                           "AOTInductor package (data/aotinductor/)");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+torch::Tensor run_batches(Engine& engine, const torch::Tensor& x, int64_t batch,
                           const torch::Device& device) {
   std::vector<torch::Tensor> parts;
   for (int64_t start = 0; start < x.size(0); start += batch) {
     auto chunk = x.slice(0, start, std::min(start + batch, x.size(0))).to(device);
-    parts.push_back(module.forward({chunk}).toTensor().to(torch::kCPU));
+    parts.push_back(engine.forward(chunk).to(torch::kCPU));
   }
   if (parts.empty()) return torch::empty({0, x.size(2)}, torch::kFloat32);
   return torch::cat(parts, 0);
@@ -190,20 +337,20 @@ void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
 }
 
-void bench(torch::jit::Module& module, const Options& opt, const torch::Device& device,
+void bench(Engine& engine, const Options& opt, const torch::Device& device,
            const torch::Tensor& source) {
-  std::cout << "device\tbatch\tms_per_batch\twindows_per_s\trepeats\n";
+  std::cout << "device\tbatch\tms_per_batch\twindows_per_s\trepeats\tengine\n";
   for (int64_t batch : opt.bench_batches) {
     // Cycle through the source windows to fill the batch.
     auto idx = torch::arange(batch, torch::kLong).remainder(source.size(0));
     auto x = source.index_select(0, idx).contiguous().to(device);
-    for (int i = 0; i < 3; ++i) module.forward({x});  // warm-up (the JIT profiles first calls)
+    for (int i = 0; i < 3; ++i) engine.forward(x);  // warm-up (the JIT profiles first calls)
     synchronize(device);
     int64_t repeats = 0;
     const auto t0 = std::chrono::steady_clock::now();
     double elapsed = 0.0;
     do {
-      module.forward({x});
+      engine.forward(x);
       synchronize(device);
       ++repeats;
       elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -211,7 +358,8 @@ void bench(torch::jit::Module& module, const Options& opt, const torch::Device& 
     const double per_batch = elapsed / static_cast<double>(repeats);
     std::cout << device.str() << '\t' << batch << '\t' << std::fixed << std::setprecision(3)
               << per_batch * 1e3 << '\t' << std::setprecision(0)
-              << static_cast<double>(batch) / per_batch << '\t' << repeats << std::endl;
+              << static_cast<double>(batch) / per_batch << '\t' << repeats << '\t' << engine.name
+              << std::endl;
   }
 }
 
@@ -223,17 +371,14 @@ int run(const Options& opt) {
   }
   if (!device.is_cpu() && !device.is_cuda()) throw UsageError("--device must be cpu, cuda or cuda:N");
 
-  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
-  torch::jit::Module module = torch::jit::load(opt.model, device, extra);
-  module.eval();
-  if (!module.hasattr("window_length") || extra["metadata.json"].empty()) {
-    throw std::runtime_error(opt.model + ": no tracklstm metadata inside (not written by `tracklstm export`?)");
-  }
-  const int64_t window = module.attr("window_length").toInt();
-  const int64_t n_features = module.attr("n_features").toInt();
-  std::cerr << "model " << opt.model << ": tracklstm " << module.attr("version").toStringRef()
-            << ", input (batch, " << window << ", " << n_features << ") in cm and GeV/c, device "
-            << device.str() << ", " << at::get_num_threads() << " CPU threads" << std::endl;
+  std::unique_ptr<Engine> engine = load_engine(opt.model, device);
+  const int64_t window = engine->window;
+  const int64_t n_features = engine->n_features;
+  std::cerr << "model " << opt.model << ": engine " << engine->name << " (" << engine->detail
+            << "), tracklstm " << engine->version << ", input (batch, " << window << ", "
+            << n_features << ") in cm and GeV/c, device " << device.str() << ", "
+            << at::get_num_threads() << " CPU threads" << std::endl;
+  if (opt.print_metadata) std::cout << engine->metadata_json << std::endl;
 
   c10::InferenceMode guard;
   torch::Tensor inputs;
@@ -246,7 +391,7 @@ int run(const Options& opt) {
       throw std::runtime_error(msg.str());
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto outputs = run_batches(module, inputs, opt.batch, device);
+    auto outputs = run_batches(*engine, inputs, opt.batch, device);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cerr << "predicted " << inputs.size(0) << " windows in " << std::fixed << std::setprecision(3)
               << seconds << " s" << std::endl;
@@ -259,12 +404,16 @@ int run(const Options& opt) {
     torch::Tensor source = inputs;
     if (!source.defined() || source.size(0) == 0) {
       // Windows spread uniformly over the normalization box of the training data.
-      auto lo = torch::tensor(module.attr("norm_min").toDoubleVector(), torch::kFloat32);
-      auto hi = torch::tensor(module.attr("norm_max").toDoubleVector(), torch::kFloat32);
       torch::manual_seed(0);
-      source = lo + torch::rand({16384, window, n_features}) * (hi - lo);
+      source = torch::rand({16384, window, n_features});
+      if (static_cast<int64_t>(engine->norm_min.size()) == n_features &&
+          static_cast<int64_t>(engine->norm_max.size()) == n_features) {
+        auto lo = torch::tensor(engine->norm_min, torch::kFloat32);
+        auto hi = torch::tensor(engine->norm_max, torch::kFloat32);
+        source = lo + source * (hi - lo);
+      }
     }
-    bench(module, opt, device, source);
+    bench(*engine, opt, device, source);
   }
   return 0;
 }

@@ -1,5 +1,7 @@
 """The C++ program (cpp/): built with CMake against the pip wheel's libtorch; Python's outputs.
 
+Both engines run from the same program: the TorchScript file (model.ts) and the AOTInductor
+package (model.aoti.pt2) of one run, each compared with Python's eager model on the same windows.
 The build is cached in cpp/build (ignored by git): the first run compiles for about a minute on
 2 cores, later runs only relink if the source changed.
 """
@@ -16,11 +18,12 @@ import pytest
 import torch
 from test_export import make_run
 
-from tracklstm.artifacts import load_torchscript
+from tracklstm import aoti
 from tracklstm.export import (
     compare,
     example_inputs,
-    export_torchscript,
+    export,
+    load_physical_model,
     read_tensor,
     write_tensor,
 )
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "cpp"
 BUILD = SOURCE / "build"
 ROUNDING = 1e-6
+ENGINES = ("torchscript", "aotinductor")
 
 pytestmark = pytest.mark.slow
 
@@ -56,45 +60,97 @@ def program() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One run exported as TorchScript, torch.export program and AOTInductor package."""
     base = tmp_path_factory.mktemp("cpp")
     run = make_run(base / "run", hidden_sizes=(16, 8))
-    meta = export_torchscript(run, base / "model.ts")
-    return base / "model.ts", meta
+    meta = export(run, torchscript=base / "model.ts", program=base / "model.pt2")["metadata"]
+    aoti.export_run(run, base / "model.aoti.pt2")
+    return {
+        "run": run,
+        "meta": meta,
+        "torchscript": base / "model.ts",
+        "aotinductor": base / "model.aoti.pt2",
+        "program": base / "model.pt2",
+    }
+
+
+@pytest.fixture(params=ENGINES)
+def model(request: pytest.FixtureRequest, exported: dict) -> tuple[Path, dict, str]:
+    """The file of one engine, the metadata, the engine's name."""
+    return exported[request.param], exported["meta"], request.param
 
 
 def run_program(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_outputs_equal_python(program: Path, model: tuple[Path, dict], tmp_path: Path) -> None:
-    path, meta = model
+def eager_outputs(run: Path, x: np.ndarray) -> np.ndarray:
+    module, _ = load_physical_model(run)
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def test_both_engines_equal_python(program: Path, exported: dict, tmp_path: Path) -> None:
+    """The same windows through each engine in C++: both give Python's eager outputs."""
+    meta = exported["meta"]
     x = example_inputs(meta, n=1000, seed=4).numpy()
     write_tensor(tmp_path / "in.bin", x)
-    # --batch 300: the last of 4 batches is partial.
-    result = run_program(
-        program, "--model", str(path), "--input", str(tmp_path / "in.bin"),
-        "--output", str(tmp_path / "out.bin"), "--batch", "300", "--threads", "1",
-    )  # fmt: skip
+    want = eager_outputs(exported["run"], x)
+    for engine in ENGINES:
+        out = tmp_path / f"{engine}.bin"
+        # --batch 300: the last of 4 batches is partial.
+        result = run_program(
+            program, "--model", str(exported[engine]), "--input", str(tmp_path / "in.bin"),
+            "--output", str(out), "--batch", "300", "--threads", "1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"engine {engine}" in result.stderr
+        assert "input (batch, 7, 6)" in result.stderr
+        got = read_tensor(out)
+        assert got.shape == (1000, 6)
+        diff = compare(got, want, meta["norm_min"], meta["norm_max"])
+        assert diff["max_norm_diff"] <= ROUNDING, (engine, json.dumps(diff))
+
+
+def test_metadata_read_from_either(program: Path, model: tuple[Path, dict, str]) -> None:
+    path, meta, engine = model
+    result = run_program(program, "--model", str(path), "--print-metadata")
     assert result.returncode == 0, result.stderr
-    got = read_tensor(tmp_path / "out.bin")
-    assert got.shape == (1000, 6)
-    module, _ = load_torchscript(path)
-    with torch.inference_mode():
-        want = module(torch.from_numpy(x)).numpy()
-    assert compare(got, want, meta["norm_min"], meta["norm_max"])["max_norm_diff"] <= ROUNDING
-    assert "input (batch, 7, 6)" in result.stderr
+    assert json.loads(result.stdout) == meta
+    assert f"engine {engine}" in result.stderr
 
 
-def test_bench_table(program: Path, model: tuple[Path, dict]) -> None:
+def test_engine_chosen_by_content(program: Path, exported: dict, tmp_path: Path) -> None:
+    """A package named .ts and a TorchScript file named .pt2 still run with the right engine."""
+    renamed = {
+        "aotinductor": tmp_path / "package.ts",
+        "torchscript": tmp_path / "script.aoti.pt2",
+    }
+    for engine, path in renamed.items():
+        shutil.copyfile(exported[engine], path)
+        result = run_program(program, "--model", str(path), "--print-metadata")
+        assert result.returncode == 0, result.stderr
+        assert f"engine {engine}" in result.stderr
+    result = run_program(program, "--model", str(exported["program"]), "--bench")
+    assert result.returncode == 1
+    assert "model.pt2: a torch.export program" in result.stderr
+    assert "compile it into an AOTInductor package" in result.stderr
+    (tmp_path / "junk.pt2").write_bytes(b"PK\x03\x04 not really a zip")
+    result = run_program(program, "--model", str(tmp_path / "junk.pt2"), "--bench")
+    assert result.returncode == 1
+    assert "junk.pt2: not a TorchScript file or AOTInductor package" in result.stderr
+
+
+def test_bench_table(program: Path, model: tuple[Path, dict, str]) -> None:
     result = run_program(
-        program, "--model", str(model[0]), "--bench", "--bench-batches", "64,300",
+        program, "--model", str(model[0]), "--bench", "--bench-batches", "1,64,300",
         "--bench-seconds", "0", "--threads", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     header, *rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    assert header == ["device", "batch", "ms_per_batch", "windows_per_s", "repeats"]
-    assert [(r[0], int(r[1])) for r in rows] == [("cpu", 64), ("cpu", 300)]
+    assert header == ["device", "batch", "ms_per_batch", "windows_per_s", "repeats", "engine"]
+    assert [(r[0], int(r[1]), r[5]) for r in rows] == [("cpu", n, model[2]) for n in (1, 64, 300)]
     for row in rows:
         ms, rate, repeats = float(row[2]), float(row[3]), int(row[4])
         assert ms > 0 and repeats >= 3
@@ -102,7 +158,7 @@ def test_bench_table(program: Path, model: tuple[Path, dict]) -> None:
 
 
 def test_wrong_input_shape_is_a_clear_error(
-    program: Path, model: tuple[Path, dict], tmp_path: Path
+    program: Path, model: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
     write_tensor(tmp_path / "in.bin", np.zeros((5, 8, 6), np.float32))
     result = run_program(program, "--model", str(model[0]), "--input", str(tmp_path / "in.bin"))
@@ -110,7 +166,9 @@ def test_wrong_input_shape_is_a_clear_error(
     assert "shape [5, 8, 6], the model needs (N, 7, 6)" in result.stderr
 
 
-def test_bad_files_and_options(program: Path, model: tuple[Path, dict], tmp_path: Path) -> None:
+def test_bad_files_and_options(
+    program: Path, model: tuple[Path, dict, str], tmp_path: Path
+) -> None:
     (tmp_path / "junk.bin").write_bytes(b"not a tensor file at all")
     result = run_program(program, "--model", str(model[0]), "--input", str(tmp_path / "junk.bin"))
     assert result.returncode == 1 and "bad magic" in result.stderr
@@ -120,14 +178,16 @@ def test_bad_files_and_options(program: Path, model: tuple[Path, dict], tmp_path
 
     result = run_program(program, "--model", str(model[0]))
     assert result.returncode == 2 and "nothing to do" in result.stderr
+    assert "--print-metadata" in result.stderr
 
     result = run_program(program, "--model", str(model[0]), "--bench", "--threads", "0")
     assert result.returncode == 2 and "--threads" in result.stderr
 
 
-def test_cuda_device(program: Path, model: tuple[Path, dict], tmp_path: Path) -> None:
-    """On a machine without CUDA: a clear error; with CUDA: the same outputs as on the CPU."""
-    path, meta = model
+def test_cuda_device(program: Path, model: tuple[Path, dict, str], tmp_path: Path) -> None:
+    """Without CUDA: a clear error; with CUDA: TorchScript's outputs as on the CPU, and a package
+    compiled for the CPU refused (a package runs on the device it was compiled for)."""
+    path, meta, engine = model
     x = example_inputs(meta, n=100, seed=1).numpy()
     write_tensor(tmp_path / "in.bin", x)
     args = ["--model", str(path), "--input", str(tmp_path / "in.bin"), "--device", "cuda"]
@@ -136,9 +196,34 @@ def test_cuda_device(program: Path, model: tuple[Path, dict], tmp_path: Path) ->
         assert result.returncode == 1
         assert "CUDA is not available" in result.stderr
         return
+    if engine == "aotinductor":
+        assert result.returncode == 1
+        assert "compiled for cpu, cannot run on cuda" in result.stderr
+        return
     assert result.returncode == 0, result.stderr
-    module, _ = load_torchscript(path)
-    with torch.inference_mode():
-        want = module(torch.from_numpy(x)).numpy()
+    want = eager_outputs(exported_run(path), x)
     diff = compare(read_tensor(tmp_path / "gpu.bin"), want, meta["norm_min"], meta["norm_max"])
     assert diff["max_norm_diff"] <= 1e-4, json.dumps(diff)
+
+
+def exported_run(path: Path) -> Path:
+    """The run folder beside an exported file (the ``exported`` fixture's layout)."""
+    return path.parent / "run"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_package(program: Path, exported: dict, tmp_path: Path) -> None:
+    """A package compiled for CUDA runs on the GPU from C++ with the eager outputs."""
+    path = aoti.export_run(exported["run"], tmp_path / "model.aoti.pt2", device="cuda").path
+    meta = exported["meta"]
+    x = example_inputs(meta, n=100, seed=1).numpy()
+    write_tensor(tmp_path / "in.bin", x)
+    args = ["--model", str(path), "--input", str(tmp_path / "in.bin"), "--device", "cuda"]
+    result = run_program(program, *args, "--output", str(tmp_path / "gpu.bin"))
+    assert result.returncode == 0, result.stderr
+    assert "engine aotinductor (AOTInductor package, cuda)" in result.stderr
+    want = eager_outputs(exported["run"], x)
+    diff = compare(read_tensor(tmp_path / "gpu.bin"), want, meta["norm_min"], meta["norm_max"])
+    assert diff["max_norm_diff"] <= 1e-4, json.dumps(diff)
+    result = run_program(program, "--model", str(path), "--bench", "--device", "cpu")
+    assert result.returncode == 1 and "compiled for cuda, cannot run on cpu" in result.stderr
