@@ -23,7 +23,6 @@ AOTInductor adds its own keys (``AOTI_DEVICE_KEY``, ``AOTI_CPU_ISA``, ...).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -470,42 +469,39 @@ def export_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tracklstm.io import setup_logging
+    from tracklstm import stage_cli
+    from tracklstm.io import write_json
 
-    parser = argparse.ArgumentParser(
-        prog="python -m tracklstm.aoti", description=__doc__.splitlines()[0]
-    )
+    parser = stage_cli.parser("tracklstm aoti", __doc__, stage="export")
     parser.add_argument("--run", required=True, help="training run folder")
     parser.add_argument("--out", required=True, help=f"package to write (model{PACKAGE_SUFFIX})")
-    parser.add_argument("--weights", choices=("best", "last"), default="best")
+    parser.add_argument("--weights", choices=("best", "last"), help="default: best")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--tolerance", type=float, help="parity, normalized units (default 1e-6)")
     parser.add_argument("--no-freezing", action="store_true", help="compile without freezing")
     parser.add_argument("--rnn-kernels", choices=RNN_KERNELS, default="onednn")
     parser.add_argument("--report", help="JSON file of the compile times and the parity check")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's)")
     args = parser.parse_args(argv)
-    setup_logging()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+
+    def body() -> None:
+        options = {"weights": args.weights, "tolerance": args.tolerance}
+        cfg = stage_cli.settings("export", args.settings, {"export": options})["export"]
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         report = export_run(
             args.run,
             args.out,
-            weights=args.weights,
+            weights=cfg["weights"],
             device=args.device,
-            tolerance=args.tolerance,
+            tolerance=cfg["tolerance"],
             freezing=not args.no_freezing,
             rnn_kernels=args.rnn_kernels,
         )
-    except (PackageError, ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    if args.report:
-        from tracklstm.io import write_json
+        if args.report:
+            write_json(args.report, report.as_dict())
 
-        write_json(args.report, report.as_dict())
-    return 0
+    return stage_cli.run(body, log, errors=(PackageError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,8 +132,9 @@ def load_model(
     path: str | Path, threads: int | None = None, *, require_metadata: bool = True
 ) -> tuple[Model, dict[str, Any]]:
     """Any exported model file and its metadata: ``.onnx`` under onnxruntime (``threads`` intra-op
-    threads, default torch's CPU thread count), ``.pt2`` as a torch.export program, anything else
-    as TorchScript (in eval mode, on the CPU).
+    threads, default torch's CPU thread count), ``.pt2`` as an AOTInductor package
+    (``model.aoti.pt2``) or a torch.export program (``model.pt2``), anything else as TorchScript
+    (in eval mode, on the CPU).
 
     Raises ModelFileError naming the file when it is not such a model, or (with
     ``require_metadata``, the default) when it holds no tracklstm metadata.
@@ -143,8 +145,29 @@ def load_model(
         model = OnnxModel(path, threads, require_metadata=require_metadata)
         return model, model.metadata
     if suffix == ".pt2":
+        if is_aoti_package(path):
+            return _load_aoti(path)
         return _load_program(path, require_metadata)
     return load_torchscript(path, require_metadata=require_metadata)
+
+
+def is_aoti_package(path: str | Path) -> bool:
+    """Whether ``path`` is an AOTInductor package (a zip with ``data/aotinductor/`` inside)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/data/aotinductor/" in f"/{name}" for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _load_aoti(path: str | Path) -> tuple[Model, dict[str, Any]]:
+    """An AOTInductor package (``model.aoti.pt2``), compiled for the CPU, and its metadata."""
+    from tracklstm.aoti import load_package
+
+    try:
+        return load_package(path)
+    except ValueError as err:
+        raise ModelFileError(str(err)) from None
 
 
 def predict_windows(

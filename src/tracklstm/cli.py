@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "challenge": "tracklstm.challenge",
     "train": "tracklstm.train",
     "export": "tracklstm.export",
+    "aoti": "tracklstm.aoti",
     "predict": "tracklstm.predict",
     "evaluate": "tracklstm.evaluate",
     "compare": "tracklstm.compare",

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from tracklstm import stage_cli
-from tracklstm.artifacts import DEFAULT_BATCH, load_model, predict_windows
+from tracklstm.artifacts import DEFAULT_BATCH, is_aoti_package, load_model, predict_windows
 from tracklstm.bounds import Bounds
 from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
 from tracklstm.io import atomic_path
@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 
 #: What runs each kind of model file (``load_model`` decides by the suffix).
 ENGINES: dict[str, str] = {".onnx": "onnxruntime", ".pt2": "torch.export"}
+
+
+def engine_name(path: str | Path) -> str:
+    """The engine that runs a model file: torchscript, onnxruntime, aotinductor, torch.export."""
+    if Path(path).suffix == ".pt2" and is_aoti_package(path):
+        return "aotinductor"
+    return ENGINES.get(Path(path).suffix, "torchscript")
+
+
 #: How many bad rows an error message lists.
 MAX_REPORTED = 5
 #: Rows parsed at a time (bounds the memory of the padded value table).
@@ -293,7 +302,7 @@ def predict_file(
         "seconds_model": round(t2 - t1, 3),
         "seconds_write": round(t3 - t2, 3),
         "rows_per_s_model": round(n / (t2 - t1), 1) if n and t2 > t1 else None,
-        "engine": ENGINES.get(Path(model_path).suffix, "torchscript"),
+        "engine": engine_name(model_path),
         "threads": torch.get_num_threads(),
         "batch": batch,
     }

@@ -61,6 +61,8 @@ def all_targets():
             targets += [
                 f"{run}/model.ts",
             ]
+            if section("export", ds, model)["aoti"]:
+                targets.append(f"{run}/model.aoti.pt2")
     # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
     targets += tl_plan.targets(config)
     return targets

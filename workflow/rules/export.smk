@@ -31,6 +31,36 @@ rule export:
         " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
+rule export_aoti:
+    """An AOTInductor package (torch.export + AOTInductor, for C++ hosts without TorchScript),
+    checked against the eager model before it is kept (config: export.aoti)."""
+    input:
+        best="results/{dataset}/{model}/weights_best.pt",
+        last="results/{dataset}/{model}/weights_last.pt",
+        summary="results/{dataset}/{model}/training.json",
+        code=code("aoti"),
+    output:
+        package="results/{dataset}/{model}/model.aoti.pt2",
+        report="results/{dataset}/{model}/aoti_checks.json",
+    log:
+        "results/{dataset}/logs/export_aoti/{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/export_aoti/{model}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        run_dir=subpath(input.summary, parent=True),
+        settings=stage_settings("export"),
+    shell:
+        "python -m tracklstm.aoti --run {params.run_dir} --out {output.package}"
+        " --report {output.report} --settings {params.settings:q} --threads {threads}"
+        " 2> {log}"
+
+
 rule predict:
     """Answers (x,y,px,py,pz per line) to the challenge-format test inputs of dataset {data}."""
     input:
