@@ -5,6 +5,8 @@ reach, and return the full state there (z set to the target z):
 
 - ``straight_line``: along the momentum direction, momentum unchanged.
 - ``helix``: a helix about z in a piecewise-uniform solenoid field, momentum magnitude unchanged.
+- ``field_only`` (not in :func:`baselines`; it needs the simulator): the simulator's own field
+  map without material, the noise floor on simulated tracks.
 
 The nominal field (:data:`NOMINAL_FIELD`) is one value, q·Bz = 2.0 T everywhere: the GlueX
 solenoid's central field. The per-region values implied by the turning of (px, py) in real tracks
@@ -144,3 +146,26 @@ def nominal_helix(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> Propagato
 def baselines(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> dict[str, Propagator]:
     """The baselines by name: ``straight`` and ``helix`` (in ``field``)."""
     return {"straight": straight_line, "helix": nominal_helix(field)}
+
+
+def field_only(states: np.ndarray, z_target: np.ndarray | float) -> np.ndarray:
+    """The simulator's own field map with no material: the noise floor of a propagator.
+
+    Each state (any leading shape, 6 values last) is followed through
+    ``simulate.GLUEX_FIELD`` (Runge-Kutta, Bz(z) and its radial part) to its own ``z_target``
+    with ``simulate.propagate(..., material=False)``; what remains of the error on simulated
+    tracks is the multiple scattering and energy loss that no deterministic propagator can
+    know. Rows are grouped by target z (``propagate`` takes one list of planes for all rows).
+    Forward in z only (``z_target >= z``), as in the simulator. float64 out, z = ``z_target``.
+    """
+    from tracklstm import simulate  # lazily: the baselines do not need the simulator otherwise
+
+    s, z1 = _split(states, z_target)
+    flat = s.reshape(-1, 6)
+    goal = np.ascontiguousarray(z1).reshape(-1)
+    out = np.empty_like(flat)
+    for z in np.unique(goal):
+        rows = goal == z
+        out[rows] = simulate.propagate(flat[rows], [float(z)], material=False)[:, 0]
+    out[:, 2] = goal
+    return out.reshape(s.shape)
