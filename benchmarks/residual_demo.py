@@ -6,8 +6,9 @@ the test split the RMS per feature (x, y, px, py, pz) and the challenge score of
 straight line, the nominal helix (2.0 T) and the field-only propagator (the simulator's field
 map without material: the noise floor); the "walk" (planes 0-6 given, planes 7..24 predicted
 from the model's own predictions) against the helix walk; and the score on the real track in
-``tests/data/mlchallenge2_track3.csv`` (17 windows, targets at planes 7..23). ``--sweep`` first
-trains a list of variants (bodies, sizes, L1 / MSE) and ranks them by their validation score.
+``src/tracklstm/data/mlchallenge2_track3.csv`` (17 windows, targets at planes 7..23).
+``--sweep`` first trains a list of variants (bodies, sizes, L1 / MSE) and ranks them by their
+validation score.
 
     python benchmarks/residual_demo.py [--windows results/demo/windows.h5] [--seconds 60]
         [--body mlp --hidden-sizes 128 128 --loss mse] [--sweep] [--out ...json]
@@ -36,13 +37,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from tracklstm.baselines import NOMINAL_FIELD, field_only, helix, straight_line  # noqa: E402
 from tracklstm.challenge import ANSWER_FEATURES, challenge_score  # noqa: E402
 from tracklstm.constants import N_PLANES, PLANE_Z  # noqa: E402
+from tracklstm.real_track import REAL_TRACK_FILE  # noqa: E402
 from tracklstm.residual import DEFAULT_SETTINGS, DEFAULT_TRAINING, build_residual  # noqa: E402
 from tracklstm.residual_train import predict, train_residual  # noqa: E402
 
 log = logging.getLogger("residual_demo")
 
 ANSWER = [0, 1, 3, 4, 5]
-REAL_TRACK = ROOT / "tests" / "data" / "mlchallenge2_track3.csv"
+REAL_TRACK = REAL_TRACK_FILE
 WINDOW = 7
 
 

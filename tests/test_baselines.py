@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from conftest import toy_tracks
@@ -19,8 +17,9 @@ from tracklstm.baselines import (
 )
 from tracklstm.challenge import challenge_score
 from tracklstm.constants import PLANE_Z
+from tracklstm.real_track import REAL_TRACK_FILE
 
-REAL_TRACK = Path(__file__).parent / "data" / "mlchallenge2_track3.csv"
+REAL_TRACK = REAL_TRACK_FILE  # the package's copy of the real track
 
 
 def test_helix_reproduces_uniform_field_tracks() -> None:

@@ -21,9 +21,10 @@ from tracklstm.predict import (
     predict_file,
     read_challenge_rows,
 )
+from tracklstm.real_track import REAL_TRACK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_TRACK = ROOT / "tests" / "data" / "mlchallenge2_track3.csv"
+REAL_TRACK = REAL_TRACK_FILE
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import pytest
 
 from tracklstm import simulate as sim
 from tracklstm.constants import COLUMNS, N_PLANES, PLANE_Z
+from tracklstm.real_track import REAL_TRACK_FILE
 
-REAL_TRACK = Path(__file__).parent / "data" / "mlchallenge2_track3.csv"
+REAL_TRACK = REAL_TRACK_FILE  # the package's copy of the real track
 FEATURES = ["x", "y", "z", "px", "py", "pz"]
 
 

@@ -107,7 +107,13 @@ def wfile(tmp_path: Path) -> Path:
 def test_defaults_are_the_reference() -> None:
     s = tr.resolve_settings({})
     t = s["training"]
-    assert s["model"] == {"cell": "lstm", "hidden_sizes": [128, 64, 32], "dropout": 0.0}
+    reference = {k: s["model"][k] for k in ("kind", "cell", "hidden_sizes", "dropout")}
+    assert reference == {
+        "kind": "reference",
+        "cell": "lstm",
+        "hidden_sizes": [128, 64, 32],
+        "dropout": 0.0,
+    }
     assert (t["epochs"], t["batch_size"], t["learning_rate"], t["grad_clip_value"]) == (
         100,
         1256,

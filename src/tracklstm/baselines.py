@@ -13,7 +13,7 @@ solenoid's central field. The per-region values implied by the turning of (px, p
 (:data:`TURNING_FIELD`: 2.3 T up to z = 241 cm, 2.1 T up to 299.4 cm, 0 beyond; region ends in the
 middle of the plane groups, where the data cannot tell) are a worse helix field: they absorb the
 sideways kicks of the radial field at the magnet's ends. On the real track in
-``tests/data/mlchallenge2_track3.csv`` the uniform 2.0 T helix scores 3.3 per step (challenge
+``tracklstm/data/mlchallenge2_track3.csv`` the uniform 2.0 T helix scores 3.3 per step (challenge
 score over its 23 steps) against 4.0 for the per-region field and 8.5 for the straight line, and
 on simulated tracks 1.2 against 2.3 and 9.3.
 

@@ -45,7 +45,7 @@ from tracklstm import stage_cli
 from tracklstm.artifacts import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, load_model, quiet_jit
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
 from tracklstm.io import write_json
-from tracklstm.model import PhysicalModel, build_model
+from tracklstm.model import PhysicalModel, build_model, model_kind, physical_units
 from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ExportedTrackModel(nn.Module):
     TorchScript infers the attribute types from the values (int, str, List[str], List[float]).
     """
 
-    def __init__(self, model: PhysicalModel, meta: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.window_length = int(meta["window_length"])
@@ -101,8 +101,13 @@ class ExportedTrackModel(nn.Module):
         return self.model(x).detach()
 
 
-def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[PhysicalModel, dict]:
-    """The eager model of a training run, in physical units, and its ``training.json``."""
+def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, dict]:
+    """The eager model of a training run, in physical units, and its ``training.json``.
+
+    The reference network is wrapped in ``PhysicalModel`` (its normalization); a residual
+    propagator works in physical units itself and carries its statistics, field and plane
+    table as buffers in its weights.
+    """
     run_dir = Path(run_dir)
     summary_path = run_dir / "training.json"
     weights_path = run_dir / f"weights_{weights}.pt"
@@ -113,7 +118,8 @@ def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[Phy
     for key in ("settings", "norm_min", "norm_max", "window_length"):
         if key not in summary:
             raise ExportInputError(f"{summary_path}: key {key!r} is missing")
-    core = build_model(summary["settings"].get("model", {}))
+    settings = summary["settings"].get("model", {})
+    core = build_model(settings)
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         core.load_state_dict(state)
@@ -122,6 +128,8 @@ def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[Phy
         raise ExportInputError(
             f"{weights_path}: not the weights of this run's model ({reason})"
         ) from None
+    if physical_units(settings):
+        return core.eval(), summary
     model = PhysicalModel(
         core, torch.tensor(summary["norm_min"]), torch.tensor(summary["norm_max"])
     )
@@ -144,6 +152,7 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
         "norm_max": [float(v) for v in summary["norm_max"]],
         "data_fingerprint": summary.get("data_fingerprint", ""),
         "model": summary["settings"].get("model", {}),
+        "model_kind": model_kind(summary["settings"].get("model", {})),
         "weights": weights,
         "tracklstm_version": tracklstm.__version__,
         "torch_version": torch.__version__,

@@ -13,12 +13,13 @@ Physics model
   momentum about the axis, ``x py - y px + (c q / 2) Bz(z) (x^2 + y^2)``, is conserved (Busch's
   theorem); the tests use that.
 * **Calibration.** The knots were fitted by least squares to the real track in
-  ``tests/data/mlchallenge2_track3.csv`` (each measured state propagated to the next plane without
-  material; residuals weighted 0.05 mm in x, y and 0.3 MeV/c in px, py, with a smoothness penalty
-  and a 4.5 MeV/c allowance for the scattering between z = 65 and the first plane). The fitted
-  ``Bz`` rises from 1.57 T at z = 65 to 2.0 T near z = 265-305 and falls to 1.71 T at 345, as
-  expected if the magnet's downstream end lies somewhat beyond the last plane. The remaining
-  plane-to-plane residuals (0.35 MeV/c rms in px, py) are the size of the multiple scattering.
+  ``tracklstm/data/mlchallenge2_track3.csv`` (each measured state propagated to the next plane
+  without material; residuals weighted 0.05 mm in x, y and 0.3 MeV/c in px, py, with a
+  smoothness penalty and a 4.5 MeV/c allowance for the scattering between z = 65 and the first
+  plane). The fitted ``Bz`` rises from 1.57 T at z = 65 to 2.0 T near z = 265-305 and falls to
+  1.71 T at 345, as expected if the magnet's downstream end lies somewhat beyond the last plane.
+  The remaining plane-to-plane residuals (0.35 MeV/c rms in px, py) are the size of the multiple
+  scattering.
   Estimating the field from the turning of (px, py) alone, as the reference notes do, gives
   about 2.6, 2.3, 2.1 and 0 T in the four regions for that track; the radial field explains the
   difference: where ``Bz`` changes along z at 20-25 cm from the axis, ``Br`` kicks the track

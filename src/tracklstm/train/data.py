@@ -42,6 +42,9 @@ class WindowsInfo:
     norm_max: np.ndarray
     fingerprint: str
     identity: dict[str, Any]
+    #: Whether the sources min-max normalize the windows (the reference model); a model that
+    #: works in physical units (``model.physical_units``) gets them as stored.
+    normalized: bool = True
 
 
 def _attr(value: Any) -> Any:
@@ -204,7 +207,8 @@ class DeviceWindows:
             for name, dest in (("inputs", x), ("targets", y)):
                 for start, a in _scan_chunks(h5[split][name], chunk):
                     _check_finite(a, info.path, f"{split}/{name}", start)
-                    a = _normalize(a, info.norm_min, info.norm_max)
+                    if info.normalized:
+                        a = _normalize(a, info.norm_min, info.norm_max)
                     dest[start : start + len(a)].copy_(torch.from_numpy(a))
         return cls(x, y)
 
@@ -242,9 +246,10 @@ class StreamedWindows:
         self.n = int(self._x.shape[0])
 
     def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self.info.norm_min, self.info.norm_max
-        x = _normalize(self._x[start:stop], lo, hi)
-        y = _normalize(self._y[start:stop], lo, hi)
+        x, y = self._x[start:stop], self._y[start:stop]
+        if self.info.normalized:
+            lo, hi = self.info.norm_min, self.info.norm_max
+            x, y = _normalize(x, lo, hi), _normalize(y, lo, hi)
         return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
 
     def train_batches(
@@ -299,6 +304,17 @@ def _available_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 1 << 62
+
+
+def read_split(info: WindowsInfo, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's inputs and targets as stored (physical units), checked, as CPU tensors."""
+    with h5py.File(info.path, "r") as h5:
+        out = []
+        for name in ("inputs", "targets"):
+            a = h5[split][name][...]
+            _check_finite(a, info.path, f"{split}/{name}", 0)
+            out.append(torch.from_numpy(a))
+    return out[0], out[1]
 
 
 def data_bytes(info: WindowsInfo) -> int:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from tracklstm.io import show_progress, write_json
-from tracklstm.model import TrackRNN, build_model, count_parameters
+from tracklstm.model import build_model, count_parameters, physical_units
 from tracklstm.train.checkpoints import (
     CHECKPOINT_NAME,
     PARTIAL_METRICS_NAME,
@@ -38,7 +39,13 @@ from tracklstm.train.checkpoints import (
     write_metrics,
 )
 from tracklstm.train.config import resolve_settings
-from tracklstm.train.data import WindowsInfo, WindowSource, inspect_windows, load_windows
+from tracklstm.train.data import (
+    WindowsInfo,
+    WindowSource,
+    inspect_windows,
+    load_windows,
+    read_split,
+)
 from tracklstm.train.errors import TrainingInputError, TrainingInterrupted
 from tracklstm.train.runtime import (
     Dist,
@@ -226,16 +233,25 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
         val_src.close()
 
 
-def prepare_model(setup: RunSetup) -> tuple[TrackRNN, str | None]:
+def prepare_model(setup: RunSetup) -> tuple[nn.Module, str | None]:
     """The seeded model on the device, with the initial weights if any (and their sha256).
 
     Initial weights from another run bring that run's normalization (``setup.info`` is updated).
+    A model in physical units (the residual propagator) gets the windows as stored, and fits its
+    scaling statistics on the training split (unless it starts from another run's weights,
+    which bring theirs).
     """
     cfg, dist = setup.cfg, setup.dist
     seed = int(cfg["seed"])
     configure_backends(setup.settings["runtime"], setup.device)
     torch.manual_seed(seed)
-    model = build_model(setup.settings["model"]).to(setup.device)
+    model = build_model(setup.settings["model"])
+    if physical_units(setup.settings["model"]):
+        setup.info.normalized = False
+        if setup.init is None:
+            model.fit_statistics(*read_split(setup.info, "train"))
+            log.info("fitted the input and correction statistics on the training split")
+    model = model.to(setup.device)
     init_sha = None
     if setup.init is not None:
         init_sha, norm = load_init_weights(

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracklstm.model import TrackRNN
 from tracklstm.settings import defaults
 from tracklstm.train.data import Batch, WindowSource
 from tracklstm.train.runtime import Dist, all_reduce, epoch_seed, stop_requested
@@ -65,12 +64,34 @@ def make_scheduler(
     return None
 
 
+class TrainingView(nn.Module):
+    """What the loss compares, for either kind of model: ``(prediction, target)``.
+
+    The reference model's output against the normalized next state; a model with ``loss_pair``
+    (the residual propagator) gives its scaled correction and the scaled ``truth - prior``.
+    The trainer (and DDP) runs this module, so gradients flow through the same forward either
+    way.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.pairs = hasattr(model, "loss_pair")
+        # the corrected features (x, y, px, py, pz), or the six normalized ones
+        self.n_outputs = int(model.corrected.numel() if self.pairs else model.head.out_features)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pairs:
+            return self.model.loss_pair(x, y)
+        return self.model(x), y
+
+
 class Trainer:
     """One model's training steps, epochs and evaluation on a device (one rank of DDP)."""
 
     def __init__(
         self,
-        model: TrackRNN,
+        model: nn.Module,
         cfg: dict[str, Any],
         device: torch.device,
         dist: Dist | None = None,
@@ -93,18 +114,21 @@ class Trainer:
             log.warning("runtime.cuda_graphs is not used with several processes (DDP)")
             self.graphs = False
         self.precision = rt["precision"] if self.amp_dtype is not None else "fp32"
-        self.net: nn.Module = model
+        self.view = TrainingView(model)
+        self.net: nn.Module = self.view
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+            ids = [device.index] if cuda else None
+            self.net = DistributedDataParallel(self.view, device_ids=ids)
         self.optimizer = make_optimizer(model, {**cfg, "cuda_graphs": self.graphs}, device)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.clip = cfg["grad_clip_value"]
         self.batch = int(cfg["batch_size"])
-        self.n_features = model.head.out_features
+        self.loss = cfg.get("loss", "l1")
+        self.n_features = self.view.n_outputs
         self.abs_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.sq_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -122,10 +146,11 @@ class Trainer:
     def _compute(self, x: torch.Tensor, y: torch.Tensor, scale: float, live: bool) -> None:
         """Forward, backward, clip, optimizer step and running sums; no host sync."""
         with self._autocast():
-            pred = self.net(x)
-        err = pred.float() - y
+            pred, target = self.net(x, y)
+        err = pred.float() - target
         abs_total = err.abs().sum()
-        loss = abs_total * scale
+        sq_total = err.square().sum()
+        loss = (sq_total if self.loss == "mse" else abs_total) * scale
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -141,7 +166,7 @@ class Trainer:
         if live:
             with torch.no_grad():
                 self.abs_sum += abs_total.detach()
-                self.sq_sum += err.detach().square().sum()
+                self.sq_sum += sq_total.detach()
 
     def step(self, batch: Batch) -> None:
         """One optimizer step on ``batch`` (the loss is the mean over the whole global batch)."""
@@ -252,11 +277,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, source: WindowSource) -> tuple[float, float]:
-        """Mean absolute and squared error on ``source``, normalized units, fp32, all ranks."""
+        """Mean absolute and squared error on ``source`` in the loss's units (normalized states,
+        or scaled corrections), fp32, all ranks."""
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         for x, y in source.eval_batches(int(self.runtime["eval_batch_size"]), self.dist):
-            err = self.model(x) - y
+            pred, target = self.view(x, y)
+            err = pred - target
             sums[0] += err.abs().sum()
             sums[1] += err.square().sum()
         n_values = source.n * self.n_features
