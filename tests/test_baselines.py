@@ -95,4 +95,4 @@ def test_bad_input_is_named() -> None:
         straight_line(np.array([[0, 0, 65, 0.1, 0.1, 0.0]]), 100.0)
     with pytest.raises(ValueError, match="6 values"):
         helix(np.zeros((3, 5)), 100.0)
-    assert set(baselines()) == {"straight", "helix"}
+    assert set(baselines()) == {"straight", "helix", "field_only"}

@@ -144,8 +144,10 @@ def nominal_helix(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> Propagato
 
 
 def baselines(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> dict[str, Propagator]:
-    """The baselines by name: ``straight`` and ``helix`` (in ``field``)."""
-    return {"straight": straight_line, "helix": nominal_helix(field)}
+    """The baselines by name: ``straight``, ``helix`` (in ``field``) and ``field_only`` (the
+    simulator's field map, no material: the noise floor on simulated tracks, the best physics
+    a user has on real ones)."""
+    return {"straight": straight_line, "helix": nominal_helix(field), "field_only": field_only}
 
 
 def field_only(states: np.ndarray, z_target: np.ndarray | float) -> np.ndarray:

@@ -10,7 +10,6 @@ residuals per target plane, every run against the helix baseline on each evaluat
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -24,10 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, UNITS
 from tracklstm.evaluate.plots import feature_grid, log_axis, plane_axis, save_figure
 from tracklstm.evaluate.report import MISSING, format_value, html_page, html_table
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,98 @@ def table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> tuple[list[s
             ]
         )
     return header, rows
+
+
+#: The baselines of the models table, each with its row label.
+BASELINE_ROWS: dict[str, str] = {
+    "straight": "straight line",
+    "helix": "helix, nominal field",
+    "field_only": "field map, no material (noise floor on simulated tracks)",
+}
+
+
+def models_table(
+    runs: Sequence[dict[str, Any]], labels: Sequence[str]
+) -> tuple[list[str], list[list], str]:
+    """The table a physicist wants first: one row per model and per physics baseline on the
+    same test tracks (the first run's), RMS of x, y, px, py, pz, the challenge score and the
+    score on the real track; and a sentence saying which wins."""
+    header = [
+        "method",
+        *[f"RMS {f} [{UNITS[f]}]" for f in ANSWER_FEATURES],
+        "challenge score",
+        "score on the real track",
+    ]
+
+    def score(m: dict[str, Any], method: str) -> float | None:
+        ch = m.get("challenge")
+        if ch:
+            return _get(ch, method, "score")
+        return (
+            m.get("score_windows")
+            if method == "network"
+            else _get(m, "baselines", method, "score_windows")
+        )
+
+    rows = []
+    for m, label in zip(runs, labels, strict=True):
+        real = _get(m, "real_track", "network")
+        rows.append(
+            [label, *[m["residuals"][f]["rms"] for f in ANSWER_FEATURES], score(m, "network"), real]
+        )
+    first = runs[0]
+    for method, label in BASELINE_ROWS.items():
+        base = _get(first, "baselines", method, "residuals")
+        if base is None:
+            continue
+        real = _get(first, "real_track", method)
+        rows.append([label, *[base[f]["rms"] for f in ANSWER_FEATURES], score(first, method), real])
+    verdict = ""
+    scored = [r for r in rows[: len(runs)] if r[-2] is not None]
+    if scored:
+        best = min(scored, key=lambda r: r[-2])
+        verdict = f"Best model: {best[0]} (challenge score {format_value(best[-2])})"
+        for method in ("helix", "field_only"):
+            base = next((r for r in rows if r[0] == BASELINE_ROWS[method]), None)
+            if base is None or not base[-2]:
+                continue
+            times = best[-2] / base[-2]
+            verdict += (
+                f"; {format_value(times)} times the {BASELINE_ROWS[method].split(' (')[0]}'s "
+                f"({format_value(base[-2])}): {'better' if times < 1 else 'worse'}"
+            )
+        verdict += "."
+    return header, rows, verdict
+
+
+def write_models_table(
+    paths: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``models.html`` (a page), ``models_table.html`` (the table alone, for the report's front
+    page), ``models.csv`` and ``models.md`` in ``out_dir``."""
+    runs = [load_run(p) for p in paths]
+    labels = list(labels) if labels else [m["model"]["name"] for m in runs]
+    if len(labels) != len(runs):
+        raise CompareInputError(f"{len(labels)} labels for {len(runs)} runs")
+    header, rows, verdict = models_table(runs, labels)
+    out_dir = Path(out_dir)
+    data = runs[0]["data"]["name"]
+    note = (
+        f"<p>On the held-out test tracks of <b>{data}</b>: one-step residual RMS and the "
+        "challenge score (lower is better; on the challenge-format test file), and the score on "
+        "the real track shipped with the project (17 windows). "
+        f"<b>{verdict}</b></p>"
+    )
+    table_html = note + html_table(header, rows)
+    write_csv(header, rows, out_dir / "models.csv")
+    with atomic_path(out_dir / "models.md") as tmp:
+        tmp.write_text(markdown_table(header, rows))
+    with atomic_path(out_dir / "models_table.html") as tmp:
+        tmp.write_text(table_html + "\n")
+    with atomic_path(out_dir / "models.html") as tmp:
+        tmp.write_text(html_page(f"Models and physics on {data}", [table_html]))
+    log.info("%s", verdict)
+    return {"header": header, "rows": rows, "verdict": verdict}
 
 
 def write_csv(header: Sequence[str], rows: Sequence[Sequence[Any]], path: str | Path) -> None:
@@ -273,20 +365,26 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tracklstm compare", description=__doc__.splitlines()[0])
+    parser = stage_cli.parser("tracklstm compare", __doc__)
     parser.add_argument(
         "runs", nargs="+", help="evaluation folders (results/<dataset>/<model>/evaluation/<data>)"
     )
     parser.add_argument("--out", required=True, help="folder for the table and the plots")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: model on data)")
+    parser.add_argument(
+        "--models-table",
+        action="store_true",
+        help="instead: the models against the physics baselines (models.html, .csv, .md)",
+    )
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        compare(args.runs, args.out, args.labels)
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    def body() -> None:
+        if args.models_table:
+            write_models_table(args.runs, args.out, args.labels)
+        else:
+            compare(args.runs, args.out, args.labels)
+
+    return stage_cli.run(body, log)
 
 
 if __name__ == "__main__":

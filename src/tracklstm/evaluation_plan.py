@@ -115,6 +115,8 @@ def targets(config: dict[str, Any]) -> list[str]:
             evaluated.append(data)
     for ds in dict.fromkeys([*config["build"]["datasets"], *evaluated]):
         out.append(f"results/{ds}/quality/summary.html")
+    for ds in config["build"]["datasets"]:
+        out.append(f"results/{ds}/summary/models.html")
     for name in comparisons(config):
         out += [f"results/compare/{name}/{f}" for f in COMPARE_FILES]
     return out

@@ -46,6 +46,8 @@ def score_real_track(
 ) -> dict[str, Any]:
     """The challenge score of the network (``predict``: windows -> next states) and of each
     baseline on the real track's windows, and the planes their targets are on."""
+    if length >= len(load_real_track()):
+        return {"n_windows": 0}
     inputs, targets = real_track_windows(length)
     cols = list(ANSWER_INDEX)
     truth = targets[:, cols]

@@ -163,6 +163,46 @@ rule quality_table:
         " {input.quality} 2> {log}"
 
 
+rule models_table:
+    """Every built model on dataset {dataset} beside the physics baselines (straight line,
+    helix, the field map's floor): RMS of x, y, px, py, pz and the challenge score, one row
+    each; the report's front page shows it."""
+    input:
+        metrics=lambda w: [
+            f"results/{w.dataset}/{m}/evaluation/{w.dataset}/metrics.json"
+            for m in config["build"]["models"]
+        ],
+        code=code("compare"),
+    output:
+        table=report(
+            "results/{dataset}/summary/models.html",
+            caption="../report/models.rst",
+            category="Summary",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "models against physics"},
+        ),
+        fragment="results/{dataset}/summary/models_table.html",
+        csv="results/{dataset}/summary/models.csv",
+        markdown="results/{dataset}/summary/models.md",
+    log:
+        "results/{dataset}/logs/models_table.log",
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        out_dir=subpath(output.csv, parent=True),
+        runs=lambda w, input: " ".join(
+            shlex.quote(str(Path(f).parent)) for f in input.metrics
+        ),
+        labels=" ".join(config["build"]["models"]),
+    shell:
+        "python -m tracklstm.compare {params.runs} --out {params.out_dir} --models-table"
+        " --labels {params.labels} 2> {log}"
+
+
 rule compare:
     """Several evaluated models side by side (config `compare:`): one table, overlaid loss
     curves and residual widths."""

@@ -26,11 +26,12 @@ from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_PLANE
 log = logging.getLogger(__name__)
 
 #: The methods compared in every plot and table, in this order.
-METHODS: tuple[str, ...] = ("network", "straight", "helix")
+METHODS: tuple[str, ...] = ("network", "straight", "helix", "field_only")
 LABELS: dict[str, str] = {
     "network": "network",
     "straight": "straight line",
     "helix": "helix, nominal field",
+    "field_only": "field map, no material (floor)",
 }
 #: Windows per model call: the evaluation runs the model batch after batch (one worker).
 EVAL_BATCH = 16384
@@ -353,6 +354,27 @@ def baseline_over_network(result: dict[str, Any], methods: Sequence[str]) -> dic
             )
         comp[m] = c
     return comp
+
+
+def network_over_baselines(result: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """The network's numbers divided by each baseline's: the RMS of each answer variable, the
+    window score, the challenge score (where scored) and the real track's score; below 1 the
+    network is better. Against ``field_only`` on simulated tracks, 1 is the noise floor."""
+    out: dict[str, Any] = {}
+    net = result["residuals"]
+    for m in methods:
+        base = result["baselines"][m]
+        c: dict[str, Any] = {
+            "rms": {f: ratio(net[f]["rms"], base["residuals"][f]["rms"]) for f in ANSWER_FEATURES},
+            "score_windows": ratio(result["score_windows"], base["score_windows"]),
+        }
+        if result.get("challenge"):
+            ch = result["challenge"]
+            c["challenge_score"] = ratio(ch["network"]["score"], ch[m]["score"])
+        if result.get("real_track", {}).get("n_windows"):
+            c["real_track_score"] = ratio(result["real_track"]["network"], result["real_track"][m])
+        out[m] = c
+    return out
 
 
 def verdicts(result: dict[str, Any]) -> list[str]:

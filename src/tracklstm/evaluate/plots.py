@@ -22,11 +22,17 @@ from tracklstm.constants import FEATURES, UNITS
 from tracklstm.evaluate.metrics import LABELS, METHODS
 from tracklstm.io import atomic_path
 
-COLORS: dict[str, str] = {"network": "#1f77b4", "straight": "#7f7f7f", "helix": "#ff7f0e"}
+COLORS: dict[str, str] = {
+    "network": "#1f77b4",
+    "straight": "#7f7f7f",
+    "helix": "#ff7f0e",
+    "field_only": "#2ca02c",
+}
 STYLES: dict[str, dict[str, Any]] = {
     "network": {"marker": "o", "ls": "-", "ms": 4, "lw": 1.8, "zorder": 4},
     "straight": {"marker": "s", "ls": "--", "ms": 3.5, "lw": 1.3, "zorder": 3},
     "helix": {"marker": "^", "ls": "-", "ms": 4, "lw": 1.5, "zorder": 2},
+    "field_only": {"marker": "v", "ls": ":", "ms": 3.5, "lw": 1.5, "zorder": 1},
 }
 #: Plane groups (first, last plane index) shaded in the per-plane plots.
 PLANE_GROUPS: tuple[tuple[int, int], ...] = ((1, 6), (7, 12), (13, 18), (19, 24))

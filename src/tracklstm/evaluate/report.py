@@ -117,6 +117,51 @@ def _residual_tables(result: dict[str, Any], methods: Sequence[str]) -> list[str
     return parts
 
 
+def _against_physics(result: dict[str, Any]) -> list[str]:
+    """The network's RMS and scores divided by the helix's and by the field-only floor's."""
+    ratios = result.get("network_over_baseline") or {}
+    rows = []
+    for m in ("helix", "field_only"):
+        if m not in ratios:
+            continue
+        r = ratios[m]
+        rows.append(
+            [
+                LABELS[m],
+                *[r["rms"][f] for f in ANSWER_FEATURES],
+                r.get("challenge_score", r["score_windows"]),
+                r.get("real_track_score"),
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "network ÷ baseline",
+        *[f"RMS {f}" for f in ANSWER_FEATURES],
+        "challenge score",
+        "score on the real track",
+    ]
+    return [
+        "<h2>Against physics (below 1: the network is better; 1 against the field map without "
+        "material is the scattering floor of simulated tracks)</h2>",
+        html_table(header, rows),
+    ]
+
+
+def _real_track(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
+    """The challenge score on the real track of the package (sim-to-real)."""
+    real = result.get("real_track")
+    if not real or not real.get("n_windows"):
+        return []
+    first, last = real["target_planes"]
+    rows = [[LABELS[m], real[m]] for m in methods if m in real]
+    return [
+        f"<h2>The real track ({real['n_windows']} windows, targets on planes {first} to "
+        f"{last}): challenge score</h2>",
+        html_table(["method", "score (lower is better)"], rows),
+    ]
+
+
 def _challenge_and_training(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
     """The RMS on the challenge file and the training summary, where there are any."""
     parts = []
@@ -144,6 +189,8 @@ def summary_html(result: dict[str, Any]) -> str:
     parts = [
         *_intro(result),
         *_score_table(result, methods),
+        *_against_physics(result),
+        *_real_track(result, methods),
         *_residual_tables(result, methods),
         *_challenge_and_training(result, methods),
     ]

@@ -27,6 +27,7 @@ from tracklstm.evaluate.metrics import (
     grouped_stats,
     load_model,
     load_test_set,
+    network_over_baselines,
     read_metrics_csv,
     residual_histograms,
     residual_stats,
@@ -41,6 +42,7 @@ from tracklstm.evaluate.metrics import (
 from tracklstm.evaluate.plots import write_plots
 from tracklstm.evaluate.report import summary_html
 from tracklstm.io import atomic_path, write_json
+from tracklstm.real_track import score_real_track
 
 log = logging.getLogger(__name__)
 
@@ -226,17 +228,28 @@ def write_outputs(
 
 def log_summary(result: dict[str, Any]) -> None:
     """The headline numbers and the verdicts, in the log."""
+    base = result["baselines"]
     log.info(
         "test MAE %.5f (normalized) on %d windows; RMS x %.3g cm, px %.3g GeV/c; window score "
-        "network %.4g, straight %.4g, helix %.4g",
+        "network %.4g, straight %.4g, helix %.4g, field only %.4g",
         result["normalized"]["mae"],
         result["n_test_windows"],
         result["residuals"]["x"]["rms"],
         result["residuals"]["px"]["rms"],
         result["score_windows"],
-        result["baselines"]["straight"]["score_windows"],
-        result["baselines"]["helix"]["score_windows"],
+        base["straight"]["score_windows"],
+        base["helix"]["score_windows"],
+        base["field_only"]["score_windows"],
     )
+    real = result.get("real_track")
+    if real:
+        log.info(
+            "the real track (%d windows): score network %.4g, helix %.4g, field only %.4g",
+            real["n_windows"],
+            real["network"],
+            real["helix"],
+            real["field_only"],
+        )
     for line in result["verdict"]:
         log.info("%s", line)
 
@@ -284,7 +297,11 @@ def evaluate(
         result["challenge"] = score_challenge_file(
             challenge_inputs, challenge_answers, challenge_predictions, propagators
         )
+    result["real_track"] = score_real_track(
+        lambda w: predict_windows(inputs.model, w, batch, workers=1), propagators, inputs.length
+    )
     result["baseline_over_network"] = baseline_over_network(result, list(propagators))
+    result["network_over_baseline"] = network_over_baselines(result, list(propagators))
     result["verdict"] = verdicts(result)
     history = read_metrics_csv(metrics_csv) if metrics_csv is not None else {}
     if history:
