@@ -227,3 +227,19 @@ def test_cuda_package(program: Path, exported: dict, tmp_path: Path) -> None:
     assert diff["max_norm_diff"] <= 1e-4, json.dumps(diff)
     result = run_program(program, "--model", str(path), "--bench", "--device", "cpu")
     assert result.returncode == 1 and "compiled for cuda, cannot run on cpu" in result.stderr
+
+
+def test_residual_variant_equals_python(program: Path, tmp_path: Path) -> None:
+    """The helix-correcting variant in the C++ host (TorchScript): Python's eager outputs, and
+    the plane z exactly."""
+    run = make_run(tmp_path / "run", hidden_sizes=(16, 16), kind="residual")
+    meta = export(run, torchscript=tmp_path / "model.ts")["metadata"]
+    x = example_inputs(meta, n=500, seed=5).numpy()
+    write_tensor(tmp_path / "in.bin", x)
+    args = ["--model", str(tmp_path / "model.ts"), "--input", str(tmp_path / "in.bin")]
+    result = run_program(program, *args, "--output", str(tmp_path / "out.bin"), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    got, want = read_tensor(tmp_path / "out.bin"), eager_outputs(run, x)
+    diff = compare(got, want, meta["norm_min"], meta["norm_max"])
+    assert diff["max_norm_diff"] <= ROUNDING, json.dumps(diff)
+    assert np.array_equal(got[:, 2], want[:, 2])

@@ -14,7 +14,7 @@ import torch
 from conftest import toy_tracks
 
 import tracklstm
-from tracklstm.artifacts import METADATA_NAME, load_torchscript, read_metadata
+from tracklstm.artifacts import METADATA_NAME, load_model, load_torchscript, read_metadata
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
 from tracklstm.export import (
     ExportCheckError,
@@ -40,15 +40,24 @@ def make_run(
     cell: str = "lstm",
     seed: int = 0,
     window_length: int = 7,
+    kind: str = "reference",
 ) -> Path:
-    """A training run folder without training: random weights, the files train.py writes."""
+    """A training run folder without training: random weights, the files train.py writes (a
+    residual model gets its statistics fitted on toy windows, as training would)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    settings = {"model": {"cell": cell, "hidden_sizes": list(hidden_sizes), "dropout": 0.0}}
+    settings = {
+        "model": {"kind": kind, "cell": cell, "hidden_sizes": list(hidden_sizes), "dropout": 0.0}
+    }
     core = build_model(settings["model"])
+    tracks = toy_tracks(200, seed=seed)
+    if kind == "residual":
+        windows = np.concatenate([tracks[:, o : o + window_length + 1] for o in range(10)])
+        windows = torch.from_numpy(windows.astype(np.float32))
+        core.fit_statistics(windows[:, :-1], windows[:, -1])
     for name in ("weights_best.pt", "weights_last.pt"):
         torch.save(core.state_dict(), out / name)
-    states = toy_tracks(200, seed=seed).reshape(-1, len(FEATURES))
+    states = tracks.reshape(-1, len(FEATURES))
     summary = {
         "settings": settings,
         "norm_min": states.min(axis=0).tolist(),
@@ -379,3 +388,23 @@ def test_truncated_or_foreign_weights_are_one_line_naming_the_file(
         assert rc == 1 and not (tmp_path / "out" / "model.ts").exists()
         assert f"{weights}: not the weights of this run's model" in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_residual_variant_exports_with_the_plane_z_exactly(tmp_path: Path) -> None:
+    """The helix-correcting variant exports like the reference: every file passes its parity
+    check, and the z it answers is the next plane's z exactly (float32), in every format."""
+    run = make_run(tmp_path / "run", hidden_sizes=(16, 16), kind="residual")
+    out = tmp_path / "out"
+    report = export(
+        run, torchscript=out / "model.ts", onnx=out / "model.onnx", program=out / "model.pt2"
+    )
+    assert report["passed"] and report["metadata"]["model_kind"] == "residual"
+    tracks = toy_tracks(50, seed=9).astype(np.float32)
+    x = np.concatenate([tracks[:, o : o + 7] for o in (0, 5, 17)])
+    want_z = np.repeat(np.float32([PLANE_Z[7], PLANE_Z[12], PLANE_Z[24]]), 50)
+    for name in ("model.ts", "model.onnx", "model.pt2"):
+        model, meta = load_model(out / name)
+        got = np.asarray(model(torch.from_numpy(x)))
+        assert meta["model_kind"] == "residual"
+        assert np.array_equal(got[:, 2], want_z), name
+        assert np.isfinite(got).all()
