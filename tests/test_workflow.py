@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,20 @@ def test_bad_config_value_is_named(tmp_path: Path) -> None:
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "batch_size" in out and "minimum" in out
+
+
+def test_readme_python_snippets_load_the_exported_files(tiny_project: Path) -> None:
+    """The README's TorchScript and ONNX snippets, run as a user would, on a finished run."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    run = tiny_project / "results" / "tiny" / "small"
+    ran = 0
+    for code in blocks:
+        if "aoti_load_package" in code:
+            continue  # needs export.aoti: tests/test_aoti.py loads the package
+        code = code.replace("results/demo/residual", str(run))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, code + done.stderr
+        assert done.stdout.startswith("reference"), done.stdout
+        ran += 1
+    assert ran == 2
