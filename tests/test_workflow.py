@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -168,3 +169,22 @@ def test_readme_python_snippets_load_the_exported_files(tiny_project: Path) -> N
         assert done.stdout.startswith("reference"), done.stdout
         ran += 1
     assert ran == 2
+
+
+def test_jobs_run_the_python_that_runs_snakemake(tmp_path: Path) -> None:
+    """`.venv/bin/snakemake` typed without activating the venv: the jobs must not pick up
+    another `python` from PATH (here one that fails), but the one running Snakemake."""
+    workdir = tiny_workdir(tmp_path / "work")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\necho 'the wrong python' >&2\nexit 3\n")
+    (fake / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]
+    done = subprocess.run(
+        [*cmd, "results/tiny/raw/shard000.csv"], cwd=workdir, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (workdir / "results" / "tiny" / "raw" / "shard000.csv").stat().st_size > 0
