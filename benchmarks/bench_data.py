@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchlib import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -51,38 +52,6 @@ TARGET_PEAK_MB = 500.0
 DEFAULT_RESULTS = Path(__file__).parent / "results" / "data.json"
 
 log = logging.getLogger("bench_data")
-
-
-def machine() -> dict[str, Any]:
-    """The machine the numbers come from."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mem_gb = round(pages / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    versions = {}
-    for mod in ("numpy", "pandas", "pyarrow", "h5py"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": mem_gb,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 REPEAT = 1

@@ -54,20 +54,15 @@ import numpy as np
 import torch
 
 from tracklstm import aoti
+from tracklstm.artifacts import ONNX_INPUT, ONNX_OUTPUT, load_torchscript
 from tracklstm.baselines import nominal_helix
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import (
-    ONNX_INPUT,
-    ONNX_OUTPUT,
-    export,
-    load_physical_model,
-    load_torchscript,
-)
+from tracklstm.export import export, load_physical_model
 from tracklstm.io import setup_logging, write_json
 from tracklstm.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine
+from benchlib import machine, machine_busy_seconds
 
 log = logging.getLogger("bench_engines")
 
@@ -79,17 +74,6 @@ REFERENCE = "torchscript"
 AOTI_ENGINES = ("aotinductor", "aotinductor_decomposed")
 PY_ENGINES = ("eager", "torchscript", *AOTI_ENGINES, "onnxruntime", "helix")
 CPP_ENGINES = ("torchscript", *AOTI_ENGINES)
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes have used so far (Linux /proc/stat), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class OthersMeter:

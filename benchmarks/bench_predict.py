@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import machine_busy_seconds
 
 from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
@@ -98,17 +99,6 @@ def write_challenge_rows(path: Path, tracks: np.ndarray, seed: int = 0) -> None:
         for track, n in zip(tracks, ns, strict=True):
             values = [*track[:n].ravel(), PLANE_Z[n]]
             fh.write(",".join(f"{v:.6g}" for v in values) + "\n")
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes have used so far (Linux /proc/stat), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 #: A measurement is retried while other processes use more than this share of the CPUs.

@@ -22,16 +22,15 @@ import csv
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
+from benchlib import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "residual_full.json"
@@ -71,18 +70,6 @@ def read_tsv(path: Path) -> dict[str, float]:
     with open(path, newline="") as fh:
         row = next(csv.DictReader(fh, delimiter="\t"))
     return {k: float(v) for k, v in row.items() if k not in ("h:m:s",)}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def main(argv: list[str] | None = None) -> int:
