@@ -125,6 +125,7 @@ def test_bad_files_and_options(program: Path, model: tuple[Path, dict], tmp_path
     assert result.returncode == 2 and "--threads" in result.stderr
 
 
+@pytest.mark.cuda
 def test_cuda_device(program: Path, model: tuple[Path, dict], tmp_path: Path) -> None:
     """On a machine without CUDA: a clear error; with CUDA: the same outputs as on the CPU."""
     path, meta = model
