@@ -62,9 +62,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def settings(device: torch.device, **options: Any) -> dict[str, Any]:
-    """The reference training settings with the runtime ``options``, as one mapping."""
-    resolved = tr.resolve_settings({"runtime": {"device": str(device), **options}})
+def settings(device: torch.device, batch_size: int, **options: Any) -> dict[str, Any]:
+    """The reference training settings with ``batch_size`` and the runtime ``options``, as one
+    mapping."""
+    resolved = tr.resolve_settings(
+        {"training": {"batch_size": batch_size}, "runtime": {"device": str(device), **options}}
+    )
     return {**resolved["training"], **resolved["runtime"]}
 
 

@@ -184,6 +184,7 @@ def test_bad_files_and_options(
     assert result.returncode == 2 and "--threads" in result.stderr
 
 
+@pytest.mark.cuda
 def test_cuda_device(program: Path, model: tuple[Path, dict, str], tmp_path: Path) -> None:
     """Without CUDA: a clear error; with CUDA: TorchScript's outputs as on the CPU, and a package
     compiled for the CPU refused (a package runs on the device it was compiled for)."""

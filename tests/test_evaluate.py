@@ -20,7 +20,6 @@ import torch
 import yaml
 from conftest import toy_tracks, write_tracks_csv
 from torch import nn
-from workflow_helpers import snakemake
 
 from tracklstm import evaluate as ev
 from tracklstm.baselines import straight_line
@@ -325,11 +324,13 @@ def test_quality_table(tracks_csv, tmp_path) -> None:
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
-    """One tiny run: a trained model on its own and another dataset, an external model file,
-    a comparison, and ``snakemake --report``."""
-    work = tmp_path / "wf"
-    work.mkdir()
+def test_workflow_evaluations_comparison_and_report(tmp_path: Path, tiny_project: Path) -> None:
+    """One tiny run (a copy of the shared finished one): a trained model on its own and another
+    dataset, an external model file, a comparison, and ``snakemake --report``."""
+    from conftest import copy_project
+    from farmtest import snakemake as project_snakemake
+
+    work = copy_project(tiny_project, tmp_path / "wf")
     write_tracks_csv(toy_tracks(120, seed=21), tmp_path / "toy.csv")
     # an exported file that was never trained here, with the metadata predict needs
     build_dir = tmp_path / "ext"
@@ -338,33 +339,27 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
     convert(build_dir / "t.csv", build_dir / "t.parquet")
     build(build_dir / "t.parquet", build_dir / "w.h5")
     external = untrained_model(tmp_path / "external.ts", build_dir / "w.h5")
-    config = {
-        "build": {"datasets": ["tiny"], "models": ["small"]},
-        "datasets": {
-            "tiny": {
-                "source": "simulate",
-                "simulate": {"tracks_per_shard": 100, "shards": 1, "seed": 7},
-                "training": {"epochs": 1, "batch_size": 256, "learning_rate": 3.0e-3},
-                "evaluation": {"also_on": ["toy"]},
-            },
-            "toy": {
-                "source": "path",
-                "path": str(tmp_path / "toy.csv"),
-                "sha256": sha256_file(tmp_path / "toy.csv"),
-            },
-        },
-        "models": {"small": {"model": {"hidden_sizes": [8]}}},
-        "evaluation": {"bins": 30, "momentum_bins": 4, "external_models": {"ext": str(external)}},
-        "compare": {
-            "both": [
-                {"dataset": "tiny", "model": "small"},
-                {"dataset": "tiny", "model": "small", "data": "toy", "label": "on toy"},
-                {"external": "ext", "data": "tiny"},
-            ]
-        },
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["datasets"]["tiny"]["evaluation"] = {"also_on": ["toy"]}
+    config["datasets"]["toy"] = {
+        "source": "path",
+        "path": str(tmp_path / "toy.csv"),
+        "sha256": sha256_file(tmp_path / "toy.csv"),
+    }
+    config["evaluation"] = {
+        "bins": 30,
+        "momentum_bins": 4,
+        "external_models": {"ext": str(external)},
+    }
+    config["compare"] = {
+        "both": [
+            {"dataset": "tiny", "model": "small"},
+            {"dataset": "tiny", "model": "small", "data": "toy", "label": "on toy"},
+            {"external": "ext", "data": "tiny"},
+        ]
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(work, "--cores", "2")
+    project_snakemake(work, "--cores", "2")
     res = work / "results"
     for folder in ("tiny/small/evaluation/tiny", "tiny/small/evaluation/toy"):
         metrics = json.loads((res / folder / "metrics.json").read_text())
@@ -390,7 +385,7 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path) -> None:
         assert (res / "compare/both" / name).read_bytes()[:8] == PNG_MAGIC
     assert "| run |" in (res / "compare/both/metrics.md").read_text()
 
-    snakemake(work, "--cores", "1", "--report", "report.html")
+    project_snakemake(work, "--cores", "1", "--report", "report.html")
     html = (work / "report.html").read_text()
     for text in (
         "walk.png",
