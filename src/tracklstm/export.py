@@ -160,12 +160,41 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
 
 
 def example_inputs(summary: dict[str, Any], n: int = 256, seed: int = 0) -> torch.Tensor:
-    """Inputs spread over the normalization box, for the parity checks."""
+    """Inputs for the parity checks: spread over the normalization box (the reference kind), or
+    helix track segments on consecutive planes inside it (a residual model: its inputs are
+    relative to a physics prior, and random boxes of states are far outside what it knows,
+    where float32 rounding of huge corrections would decide the check)."""
+    # a training.json holds settings.model; an exported file's metadata holds model
+    model = (summary.get("settings") or {}).get("model") or summary.get("model") or {}
+    if physical_units(model):
+        return _track_windows(summary, n, seed)
     g = torch.Generator().manual_seed(seed)
     lo = torch.tensor(summary["norm_min"], dtype=torch.float32)
     hi = torch.tensor(summary["norm_max"], dtype=torch.float32)
     u = torch.rand(n, int(summary["window_length"]), len(FEATURES), generator=g)
     return lo + u * (hi - lo)
+
+
+def _track_windows(summary: dict[str, Any], n: int, seed: int) -> torch.Tensor:
+    """``n`` windows of helix tracks (nominal field) on consecutive planes, starting states
+    drawn inside the normalization box (momenta of real tracks' size)."""
+    from tracklstm.baselines import helix
+
+    rng = np.random.default_rng(seed)
+    length = int(summary["window_length"])
+    lo, hi = np.asarray(summary["norm_min"]), np.asarray(summary["norm_max"])
+    first = rng.integers(0, len(PLANE_Z) - length, size=n)
+    state = np.empty((n, len(FEATURES)))
+    for i in (0, 1):  # x, y: the middle half of the box
+        state[:, i] = rng.uniform(0.75 * lo[i] + 0.25 * hi[i], 0.25 * lo[i] + 0.75 * hi[i], n)
+    state[:, 2] = np.asarray(PLANE_Z)[first]
+    pt, phi = rng.uniform(0.05, 0.4, n), rng.uniform(-np.pi, np.pi, n)
+    state[:, 3], state[:, 4] = pt * np.cos(phi), pt * np.sin(phi)
+    state[:, 5] = rng.uniform(max(lo[5], 0.5), max(hi[5], 1.0), n)
+    windows = [state]
+    for k in range(1, length):
+        windows.append(helix(windows[-1], np.asarray(PLANE_Z)[first + k]))
+    return torch.from_numpy(np.stack(windows, axis=1).astype(np.float32))
 
 
 def compare(
