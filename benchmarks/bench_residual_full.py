@@ -47,11 +47,11 @@ def project(workdir: Path, tracks: int) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "Snakefile", workdir / "Snakefile")
     for folder in ("workflow", "src", "profiles"):
+        shutil.rmtree(workdir / folder, ignore_errors=True)  # a kept folder: this code's copy
         shutil.copytree(
             ROOT / folder,
             workdir / folder,
             symlinks=True,
-            dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
