@@ -112,7 +112,12 @@ def test_prepare_fills_the_schema_defaults(config: dict) -> None:
     settings.prepare(config)
     assert config["runtime"]["device"] == "auto"
     assert config["windows"]["seed"] == 12345
-    assert config["export"] == {"weights": "best", "tolerance": 1.0e-6, "onnx_opset": 18}
+    assert config["export"] == {
+        "weights": "best",
+        "tolerance": 1.0e-6,
+        "onnx_opset": 18,
+        "aoti": False,
+    }
 
 
 def test_defaults_come_from_the_schema_alone() -> None:

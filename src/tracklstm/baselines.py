@@ -22,18 +22,24 @@ Everything is vectorised numpy over any leading shape, in float64.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-#: dphi/dz per cm of z for q·Bz = 1 T and pz = 1 GeV/c: -0.3 (GeV/c per T per m) / 100 cm.
-CURVATURE_PER_CM: float = -0.003
-#: A field is q·Bz (T) per z region: ((first z of the region in cm, q·Bz), ...); the first region
-#: starts at minus infinity whatever its z says. The nominal field: 2.0 T everywhere.
-NOMINAL_FIELD: tuple[tuple[float, float], ...] = ((65.0, 2.0),)
-#: The field implied by the turning of (px, py) between plane groups in real tracks.
-TURNING_FIELD: tuple[tuple[float, float], ...] = ((65.0, 2.3), (241.0, 2.1), (299.4, 0.0))
+from tracklstm.field import CURVATURE_PER_CM, NOMINAL_FIELD, TURNING_FIELD, check_field
+
+__all__ = [
+    "CURVATURE_PER_CM",
+    "NOMINAL_FIELD",
+    "TURNING_FIELD",
+    "baselines",
+    "check_field",
+    "field_only",
+    "helix",
+    "helix_uniform",
+    "nominal_helix",
+    "straight_line",
+]
 
 Propagator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -85,17 +91,6 @@ def helix_uniform(
     out[..., 4] = px * sa + py * ca
     out[..., 5] = pz
     return out
-
-
-def check_field(field: Sequence[Sequence[float]]) -> tuple[tuple[float, float], ...]:
-    """``field`` as ((z_from, qbz), ...) with increasing z; a ValueError says what is wrong."""
-    regions = tuple((float(z), float(b)) for z, b in field)
-    if not regions:
-        raise ValueError("the helix field needs at least one region")
-    zs = [z for z, _ in regions]
-    if any(b <= a for a, b in itertools.pairwise(zs)):
-        raise ValueError(f"the helix field's region starts must increase, got {zs}")
-    return regions
 
 
 def helix(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tracklstm.baselines import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
+from tracklstm.field import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
 
 #: Below this |half turning angle| (rad), sin(h)/h is taken from its series (1 - h^2/6).
 _SINC_SERIES: float = 1e-4

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracklstm.baselines import NOMINAL_FIELD
 from tracklstm.constants import N_FEATURES, PLANE_Z
+from tracklstm.field import NOMINAL_FIELD
 from tracklstm.prior import field_tables, helix_step
 
 #: The corrected features: x, y, px, py, pz (z is the plane's, not learned).
