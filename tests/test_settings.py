@@ -20,7 +20,15 @@ def config() -> dict:
 
 
 def test_shipped_config_is_valid(config: dict) -> None:
-    settings.check_config(config, SCHEMA)
+    settings.check_config(config, SCHEMA)  # raises ConfigError naming the key otherwise
+    prepared = settings.prepare(copy.deepcopy(config))
+    for dataset in prepared["build"]["datasets"]:
+        for model in prepared["build"]["models"]:
+            train = settings.stage_defaults(
+                "train", settings.stage_settings(prepared, "train", dataset, model)
+            )
+            assert train["window_length"] == prepared["windows"]["length"]
+    assert prepared["build"]["models"] == ["lstm", "residual"]  # the demo: both, side by side
 
 
 def test_config_defaults_are_the_reference(config: dict) -> None:
