@@ -26,7 +26,7 @@ run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # The fast tier: every test not marked workflow, slow or slurm.
 check: $(BIN)/.installed

@@ -71,6 +71,7 @@ localrules:
     download,
     use_local,
     quality_table,
+    models_table,
 
 
 rule all:

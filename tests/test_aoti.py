@@ -294,38 +294,38 @@ def test_cuda_unavailable_is_clear(tmp_path: Path) -> None:
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_rule_predict_and_evaluate_take_the_package(tiny_project: Path, tmp_path: Path) -> None:
-    """`export.aoti: true` builds model.aoti.pt2 in its own rule; `tracklstm predict` and
-    `tracklstm evaluate` take it as they take model.ts, with the same answers."""
+def test_rule_predict_and_evaluate_take_the_package(
+    package: dict, tiny_project: Path, tmp_path: Path
+) -> None:
+    """`export.aoti: true` plans model.aoti.pt2 in its own rule (and nothing else); `tracklstm
+    predict` and `tracklstm evaluate` take the package as they take model.ts, same answers."""
     from conftest import copy_project
-    from farmtest import read_config, snakemake, write_config
+    from farmtest import parse_jobs, read_config, snakemake, write_config
 
     from tracklstm.evaluate import main as evaluate_main
+    from tracklstm.export import export_torchscript
     from tracklstm.predict import main as predict_main
 
     work = copy_project(tiny_project, tmp_path / "project")
     cfg = read_config(work)
     cfg.setdefault("export", {})["aoti"] = True
     write_config(work, cfg)
-    out = snakemake(work, "--cores", "2").stdout
-    assert "rule export_aoti" in out and "rule train:" not in out, out[-3000:]
-    run = work / "results" / "tiny" / "small"
-    checks = json.loads((run / "aoti_checks.json").read_text())
-    assert checks["diff_units"] == "normalized" and checks["max_diff"] <= checks["tolerance"]
-    assert json.loads((run / "aoti_checks.json").read_text())["path"].endswith("model.aoti.pt2")
+    planned = parse_jobs(snakemake(work, "-n", "-p", "--cores", "1").stdout)
+    assert [job.rule for job in planned if job.rule != "all"] == ["export_aoti"], planned
+    assert planned[0].outputs[0] == "results/tiny/small/model.aoti.pt2"
+
+    ts = tmp_path / "model.ts"
+    export_torchscript(package["run"], ts)
     inputs = work / "results" / "tiny" / "challenge" / "test_inputs.csv"
     answers = {}
-    for name in ("model.ts", "model.aoti.pt2"):
+    for name, path in (("ts", ts), ("aoti", package["path"])):
         dest = tmp_path / f"{name}.csv"
-        assert (
-            predict_main(["--model", str(run / name), "--inputs", str(inputs), "--out", str(dest)])
-            == 0
-        )
+        args = ["--model", str(path), "--inputs", str(inputs), "--out", str(dest)]
+        assert predict_main(args) == 0
         answers[name] = np.loadtxt(dest, delimiter=",")
-    np.testing.assert_allclose(answers["model.aoti.pt2"], answers["model.ts"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answers["aoti"], answers["ts"], rtol=1e-5, atol=1e-5)
     ev = tmp_path / "evaluation"
     windows = work / "results" / "tiny" / "windows.h5"
-    args = ["--model", str(run / "model.aoti.pt2"), "--windows", str(windows), "--out", str(ev)]
+    args = ["--model", str(package["path"]), "--windows", str(windows), "--out", str(ev)]
     assert evaluate_main([*args, "--no-plots"]) == 0
-    metrics = json.loads((ev / "metrics.json").read_text())
-    assert metrics["n_test_windows"] > 0
+    assert json.loads((ev / "metrics.json").read_text())["n_test_windows"] > 0

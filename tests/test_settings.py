@@ -157,3 +157,12 @@ def test_stage_run_by_hand_gets_defaults_and_checks() -> None:
         settings.stage_defaults("windows", {"training": {}})
     with pytest.raises(settings.ConfigError, match=r"windows\.seed: expected an integer >= 0"):
         settings.stage_defaults("windows", {"windows": {"seed": -1}})
+
+
+def test_target_keys_are_not_handed_to_the_stage(config: dict) -> None:
+    """`export.aoti` chooses a target; the export stage's settings (its params) do not change."""
+    settings.prepare(config)
+    before = settings.stage_settings(config, "export", "demo", "lstm")
+    config["export"]["aoti"] = True
+    assert settings.stage_settings(config, "export", "demo", "lstm") == before
+    assert "aoti" not in before["export"]

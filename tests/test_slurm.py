@@ -45,7 +45,7 @@ pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((ROOT / "tests" / "data" / "tiny_config.yaml").read_text())
 #: Rules that run as Slurm jobs in the tiny pipeline, and the light ones run by snakemake itself.
 CLUSTER_RULES = {"simulate", "to_parquet", "windows", "challenge", "train", "export", "evaluate"}
-LOCAL_RULES = {"all", "quality_table"}
+LOCAL_RULES = {"all", "quality_table", "models_table"}
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Keys that choose what the workflow builds, not how a stage computes: left out of what a
+#: stage is handed, so that turning them on re-runs nothing already built.
+TARGET_KEYS: dict[str, tuple[str, ...]] = {"export": ("aoti",)}
+
+
 class ConfigError(ValueError):
     """A configuration key or value that is wrong; the message names the key."""
 
@@ -353,6 +358,9 @@ def stage_settings(
     Training also gets ``window_length`` (the windows it expects to be given).
     """
     out = {s: resolve_section(config, s, dataset, model) for s in STAGE_SECTIONS[stage]}
+    for section, keys in TARGET_KEYS.items():
+        for key in keys if section in out else ():
+            out[section].pop(key, None)
     if stage == "train":
         out["window_length"] = resolve_section(config, "windows", dataset)["length"]
     return out
