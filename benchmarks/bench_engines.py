@@ -59,10 +59,9 @@ from tracklstm.baselines import nominal_helix
 from tracklstm.constants import PLANE_Z
 from tracklstm.export import export, load_physical_model
 from tracklstm.io import setup_logging, write_json
-from tracklstm.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, machine_busy_seconds
+from benchlib import machine, machine_busy_seconds, make_reference_run
 
 log = logging.getLogger("bench_engines")
 
@@ -99,25 +98,6 @@ def _own_cpu() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def make_run(out: Path, tracks: np.ndarray) -> Path:
-    """A run folder with the reference architecture and random weights."""
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    settings = {"model": {"cell": "lstm", "hidden_sizes": [128, 64, 32], "dropout": 0.0}}
-    core = build_model(settings["model"])
-    torch.save(core.state_dict(), out / "weights_best.pt")
-    states = tracks.reshape(-1, 6)
-    summary = {
-        "settings": settings,
-        "norm_min": states.min(axis=0).tolist(),
-        "norm_max": states.max(axis=0).tolist(),
-        "window_length": 7,
-        "data_fingerprint": "benchmark",
-    }
-    (out / "training.json").write_text(json.dumps(summary))
-    return out
 
 
 def windows_of(tracks: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pass
     with tempfile.TemporaryDirectory(prefix="bench_engines_") as tmp_name:
         tmp = Path(tmp_name)
-        files = {"run": make_run(tmp / "run", tracks)}
+        files = {"run": make_reference_run(tmp / "run", tracks)}
         files["torchscript"], files["onnx"] = tmp / "model.ts", tmp / "model.onnx"
         rep = export(files["run"], torchscript=files["torchscript"], onnx=files["onnx"])
         compile_rec: dict[str, Any] = {"tracklstm_export_seconds": rep["seconds"]}

@@ -28,7 +28,6 @@ kept. Results: ``benchmarks/results/predict.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -43,13 +42,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchlib import machine_busy_seconds
+from benchlib import machine_busy_seconds, make_reference_run
 
 from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
 from tracklstm.export import export
 from tracklstm.io import setup_logging, write_json
-from tracklstm.model import build_model
 from tracklstm.predict import predict_file
 
 log = logging.getLogger("bench_predict")
@@ -69,26 +67,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def make_reference_run(out: Path, tracks: np.ndarray) -> Path:
-    """A run folder with the reference architecture and random weights."""
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    settings = {"model": {"cell": "lstm", "hidden_sizes": [128, 64, 32], "dropout": 0.0}}
-    core = build_model(settings["model"])
-    for name in ("weights_best.pt", "weights_last.pt"):
-        torch.save(core.state_dict(), out / name)
-    states = tracks.reshape(-1, 6)
-    summary = {
-        "settings": settings,
-        "norm_min": states.min(axis=0).tolist(),
-        "norm_max": states.max(axis=0).tolist(),
-        "window_length": 7,
-        "data_fingerprint": "benchmark",
-    }
-    (out / "training.json").write_text(json.dumps(summary))
-    return out
 
 
 def write_challenge_rows(path: Path, tracks: np.ndarray, seed: int = 0) -> None:

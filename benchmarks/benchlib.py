@@ -1,4 +1,5 @@
-"""What the benchmarks share: the facts of the machine the numbers come from.
+"""What the benchmarks share: the facts of the machine the numbers come from, and a run folder
+of the reference model to export.
 
 The benchmarks run as scripts (``python benchmarks/<name>.py``), so this folder is on their
 import path: ``from benchlib import machine``.
@@ -6,10 +7,16 @@ import path: ``from benchlib import machine``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+
+from tracklstm.model import build_model
 
 
 def machine() -> dict[str, Any]:
@@ -53,3 +60,23 @@ def machine_busy_seconds() -> float | None:
     ticks = [int(v) for v in fields]
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def make_reference_run(out: Path, tracks: np.ndarray) -> Path:
+    """A run folder with the reference architecture and random weights."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    settings = {"model": {"cell": "lstm", "hidden_sizes": [128, 64, 32], "dropout": 0.0}}
+    core = build_model(settings["model"])
+    for name in ("weights_best.pt", "weights_last.pt"):
+        torch.save(core.state_dict(), out / name)
+    states = tracks.reshape(-1, 6)
+    summary = {
+        "settings": settings,
+        "norm_min": states.min(axis=0).tolist(),
+        "norm_max": states.max(axis=0).tolist(),
+        "window_length": 7,
+        "data_fingerprint": "benchmark",
+    }
+    (out / "training.json").write_text(json.dumps(summary))
+    return out
