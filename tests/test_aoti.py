@@ -1,7 +1,9 @@
 """AOTInductor packages (tracklstm.aoti): compile, metadata inside, parity, loading, errors.
 
-The compiles take 15-60 s each on 2 cores (inductor caches make repeats faster): they are marked
-slow, and the module compiles one small model (hidden sizes [16, 8]) once for most tests.
+The compiles take 10-60 s each on 2 cores (inductor caches make repeats faster): they are marked
+slow. Most tests share one package: the shared tiny project's small model (hidden sizes [16, 8])
+compiled by the real workflow, `export.aoti: true` running rule export_aoti (which runs
+``python -m tracklstm.aoti``); those tests are marked workflow too.
 """
 
 from __future__ import annotations
@@ -39,21 +41,38 @@ def small_module(run: Path) -> tuple[ExportedTrackModel, dict, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One run compiled through the CLI (python -m tracklstm.aoti), with its report."""
-    base = tmp_path_factory.mktemp("aoti")
-    run = make_run(base / "run", hidden_sizes=(16, 8))
-    out = base / "out" / "model.aoti.pt2"
-    report = base / "out" / "aoti_report.json"
-    rc = aoti.main(["--run", str(run), "--out", str(out), "--report", str(report)])
-    assert rc == 0
-    return {"run": run, "path": out, "report": json.loads(report.read_text())}
+def package(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny project with `export.aoti: true`: what it plans, then the package its real run
+    builds (rule export_aoti), with the rule's check report."""
+    from conftest import copy_project
+    from farmtest import parse_jobs, read_config, snakemake, write_config
+
+    work = copy_project(tiny_project, tmp_path_factory.mktemp("aoti") / "project")
+    cfg = read_config(work)
+    cfg.setdefault("export", {})["aoti"] = True
+    write_config(work, cfg)
+    planned = parse_jobs(snakemake(work, "-n", "-p", "--cores", "1").stdout)
+    snakemake(work, "--cores", "2")
+    run = work / "results" / "tiny" / "small"
+    return {
+        "work": work,
+        "planned": planned,
+        "run": run,
+        "path": run / "model.aoti.pt2",
+        "report": json.loads((run / "aoti_checks.json").read_text()),
+    }
 
 
+@pytest.mark.workflow
+@pytest.mark.workflow
 @pytest.mark.slow
-def test_package_written_with_report_and_nothing_else(package: dict) -> None:
-    out_dir = package["path"].parent
-    assert sorted(p.name for p in out_dir.iterdir()) == ["aoti_report.json", "model.aoti.pt2"]
+def test_rule_builds_the_package_and_nothing_else(package: dict) -> None:
+    """Turning `export.aoti` on plans model.aoti.pt2 in its own rule, and re-runs nothing built."""
+    from farmtest import snakemake
+
+    planned = [job for job in package["planned"] if job.rule != "all"]
+    assert [job.rule for job in planned] == ["export_aoti"], planned
+    assert planned[0].outputs[0] == "results/tiny/small/model.aoti.pt2"
     report = package["report"]
     assert report["freezing"] is True and report["device"] == "cpu"
     assert report["diff_units"] == "normalized" and report["check_batches"] == [1, 7, 300]
@@ -64,15 +83,19 @@ def test_package_written_with_report_and_nothing_else(package: dict) -> None:
     with zipfile.ZipFile(package["path"]) as zf:
         roots = {n.split("/", 1)[0] for n in zf.namelist()}
     assert roots == {"model.aoti"}
+    leftovers = [p.name for p in package["run"].iterdir() if "aoti" in p.name]
+    assert sorted(leftovers) == ["aoti_checks.json", "model.aoti.pt2"]
+    assert "Nothing to be done" in snakemake(package["work"], "-n", "--cores", "1").stdout
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 def test_metadata_travels_inside(package: dict) -> None:
     model, meta = aoti.load_package(package["path"])
     summary = json.loads((package["run"] / "training.json").read_text())
     assert meta == json.loads(json.dumps(metadata(summary, "best")))
     assert meta["plane_z"] == list(PLANE_Z) and meta["window_length"] == 7
-    assert meta["data_fingerprint"] == "toy-0"
+    assert meta["data_fingerprint"] == summary["data_fingerprint"] != ""
     assert aoti.read_metadata(package["path"]) == meta  # from the archive, no code loaded
     stored = model.package_metadata
     assert stored[aoti.INPUT_SHAPE_KEY] == "-1,7,6"
@@ -83,6 +106,7 @@ def test_metadata_travels_inside(package: dict) -> None:
     assert stored["AOTI_DEVICE_KEY"] == "cpu"
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 2, 300, 1000])
 def test_dynamic_batch_matches_eager(package: dict, batch: int) -> None:
@@ -97,6 +121,7 @@ def test_dynamic_batch_matches_eager(package: dict, batch: int) -> None:
     assert float(((got - want).abs() / scale).max()) <= ROUNDING
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 def test_inputs_checked_and_converted(package: dict) -> None:
     model, meta = aoti.load_package(package["path"])
@@ -114,6 +139,7 @@ def test_inputs_checked_and_converted(package: dict) -> None:
     assert torch.allclose(model(x.double()), model(x))
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 def test_loads_in_fresh_process(package: dict, tmp_path: Path) -> None:
     """Another process loads the package alone: no state of the compiling process is needed."""
@@ -155,6 +181,7 @@ def generated_code(path: Path, kind: str = "wrapper") -> str:
         return zf.read(name).decode()
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 def test_rnn_kernels_decomposed(package: dict, tmp_path: Path) -> None:
     """``decomposed``: no oneDNN RNN call in the code, the same outputs; default: oneDNN's.
@@ -294,38 +321,26 @@ def test_cuda_unavailable_is_clear(tmp_path: Path) -> None:
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_rule_predict_and_evaluate_take_the_package(
-    package: dict, tiny_project: Path, tmp_path: Path
-) -> None:
-    """`export.aoti: true` plans model.aoti.pt2 in its own rule (and nothing else); `tracklstm
-    predict` and `tracklstm evaluate` take the package as they take model.ts, same answers."""
-    from conftest import copy_project
-    from farmtest import parse_jobs, read_config, snakemake, write_config
-
+def test_predict_and_evaluate_take_the_package(package: dict, tmp_path: Path) -> None:
+    """`tracklstm predict` and `tracklstm evaluate` take the package as they take model.ts:
+    the same answers as the workflow's TorchScript file of the same weights."""
     from tracklstm.evaluate import main as evaluate_main
-    from tracklstm.export import export_torchscript
     from tracklstm.predict import main as predict_main
 
-    work = copy_project(tiny_project, tmp_path / "project")
-    cfg = read_config(work)
-    cfg.setdefault("export", {})["aoti"] = True
-    write_config(work, cfg)
-    planned = parse_jobs(snakemake(work, "-n", "-p", "--cores", "1").stdout)
-    assert [job.rule for job in planned if job.rule != "all"] == ["export_aoti"], planned
-    assert planned[0].outputs[0] == "results/tiny/small/model.aoti.pt2"
-
-    ts = tmp_path / "model.ts"
-    export_torchscript(package["run"], ts)
+    work = package["work"]
     inputs = work / "results" / "tiny" / "challenge" / "test_inputs.csv"
     answers = {}
-    for name, path in (("ts", ts), ("aoti", package["path"])):
+    for name, path in (("ts", package["run"] / "model.ts"), ("aoti", package["path"])):
         dest = tmp_path / f"{name}.csv"
         args = ["--model", str(path), "--inputs", str(inputs), "--out", str(dest)]
         assert predict_main(args) == 0
         answers[name] = np.loadtxt(dest, delimiter=",")
+    assert answers["ts"].shape[0] > 10
     np.testing.assert_allclose(answers["aoti"], answers["ts"], rtol=1e-5, atol=1e-5)
     ev = tmp_path / "evaluation"
     windows = work / "results" / "tiny" / "windows.h5"
     args = ["--model", str(package["path"]), "--windows", str(windows), "--out", str(ev)]
     assert evaluate_main([*args, "--no-plots"]) == 0
-    assert json.loads((ev / "metrics.json").read_text())["n_test_windows"] > 0
+    got = json.loads((ev / "metrics.json").read_text())
+    want = json.loads((package["run"] / "evaluation" / "tiny" / "metrics.json").read_text())
+    assert got["n_test_windows"] == want["n_test_windows"] > 0

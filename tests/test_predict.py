@@ -143,6 +143,10 @@ def bad_file(tmp_path: Path, bad_line: str, good: int = 2) -> Path:
         (lambda t: row_text(t, 9).replace(",", ",,", 1), r"line 2: \d+ values|line 2: value 2"),
         (lambda t: "nan," + row_text(t, 9).split(",", 1)[1], r"line 2: value 1 is empty"),
         (lambda t: row_text(t, 9).replace(",", ",abc,", 1), r"line 2, value 2: 'abc'"),
+        (lambda t: row_text(t, 9).replace(",", ",1.5.3,", 1), r"line 2, value 2: '1.5.3'"),
+        (lambda t: row_text(t, 9).replace(",", ',"1,5",', 1), r"line 2, value 2: '\"1'"),
+        (lambda t: row_text(t, 9) + ",", r"line 2: \d+ values; a row holds 6 per state"),
+        (lambda t: row_text(t, 9).replace(",", ",  ,", 1), r"line 2, value 2: ''"),
         (
             lambda t: ",".join(f"{v:.6g}" for v in [*t.ravel(), 350.0]),
             r"line 2: the last state is on the last plane",
@@ -163,12 +167,13 @@ def test_state_off_the_planes(tmp_path: Path) -> None:
         read_challenge_rows(bad_file(tmp_path, row_text(track, 9)))
 
 
-def test_error_lists_first_bad_rows_and_counts_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_error_lists_first_bad_rows_and_counts_the_rest(tmp_path: Path, threads: int) -> None:
     tracks = toy_tracks(12, seed=3)
     lines = [row_text(t, 5 if i % 2 else 9) for i, t in enumerate(tracks)]
     path = write_rows(tmp_path / "in.csv", lines)
     with pytest.raises(ChallengeInputError) as err:
-        read_challenge_rows(path, chunk_rows=4)  # bad rows in every chunk
+        read_challenge_rows(path, chunk_rows=4, threads=threads)  # bad rows in every chunk
     text = str(err.value)
     assert "6 of 12 rows cannot be predicted" in text
     assert "line 2: 5 states" in text and "line 10: 5 states" in text
@@ -194,10 +199,36 @@ def test_chunks_give_the_same_windows(tmp_path: Path) -> None:
         tmp_path / "in.csv", [row_text(t, int(n)) for t, n in zip(tracks, ns, strict=True)]
     )
     whole = read_challenge_rows(path)
-    chunked = read_challenge_rows(path, chunk_rows=4)
-    np.testing.assert_array_equal(whole.windows, chunked.windows)
+    for threads in (1, 3):
+        chunked = read_challenge_rows(path, chunk_rows=4, threads=threads)
+        np.testing.assert_array_equal(whole.windows, chunked.windows)
+        np.testing.assert_array_equal(whole.target_plane, chunked.target_plane)
     np.testing.assert_array_equal(whole.target_plane, ns)
     assert whole.windows.dtype == np.float32 and whole.windows.shape == (25, 7, 6)
+    want = np.stack([t[n - 7 : n] for t, n in zip(tracks, ns, strict=True)])
+    np.testing.assert_array_equal(whole.windows, rounded(want).astype(np.float32))
+
+
+def test_first_parse_error_in_file_order(tmp_path: Path) -> None:
+    """With several chunks parsed at once, the error is still the first bad field of the file."""
+    tracks = toy_tracks(20, seed=8)
+    lines = [row_text(t, 9) for t in tracks]
+    lines[6] = lines[6].replace(",", ",one,", 1)
+    lines[17] = lines[17].replace(",", ",two,", 1)
+    path = write_rows(tmp_path / "in.csv", lines)
+    with pytest.raises(ChallengeInputError, match=r"line 7, value 2: 'one'"):
+        read_challenge_rows(path, chunk_rows=3, threads=2)
+
+
+def test_windows_and_crlf_line_ends_read_the_same(tmp_path: Path) -> None:
+    tracks = toy_tracks(6, seed=2)
+    lines = [row_text(t, 7 + i) for i, t in enumerate(tracks)]
+    unix = read_challenge_rows(write_rows(tmp_path / "unix.csv", lines))
+    dos = tmp_path / "dos.csv"
+    dos.write_bytes(("\r\n".join(lines)).encode())  # no final line end either
+    crlf = read_challenge_rows(dos)
+    np.testing.assert_array_equal(unix.windows, crlf.windows)
+    assert crlf.lines.tolist() == [1, 2, 3, 4, 5, 6]
 
 
 def test_empty_file_is_an_error_and_writes_nothing(model_ts: Path, tmp_path: Path, capfd) -> None:

@@ -383,6 +383,10 @@ class PackagedModel:
     and moves it to the package's device as contiguous float32.
     """
 
+    #: The package's runner serializes concurrent calls: ``predict_windows`` gives each batch
+    #: all of torch's threads instead (twice as fast on 2 cores as two one-thread callers).
+    one_call_at_a_time = True
+
     def __init__(self, path: Path, compiled: Any, device: torch.device) -> None:
         self.path = path
         self.device = device

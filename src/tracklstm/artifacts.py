@@ -108,6 +108,9 @@ def _load_program(path: str | Path, require_metadata: bool) -> tuple[Model, dict
 class OnnxModel:
     """An exported ONNX file under onnxruntime, called like the TorchScript module."""
 
+    #: ``predict_windows`` calls it batch after batch: the session has its own threads.
+    one_call_at_a_time = True
+
     def __init__(
         self, path: str | Path, threads: int = 0, *, require_metadata: bool = True
     ) -> None:
@@ -181,8 +184,9 @@ def predict_windows(
     A torch model runs on ``workers`` threads (default: torch's CPU thread count), each calling
     it on whole batches with one intra-op thread; ``workers=1`` calls it batch after batch with
     torch's own threads. On 2 cores the threads beat splitting each batch over both cores for
-    batches up to about 512 rows, and equal it at 1024 (benchmarks/README.md). onnxruntime
-    models use their session's threads.
+    batches up to about 512 rows, and equal it at 1024 (benchmarks/README.md). Models with
+    ``one_call_at_a_time`` (onnxruntime sessions with their own threads; AOTInductor packages,
+    whose runner serializes calls) get every batch over torch's threads, one after another.
     """
     out = np.empty((len(windows), windows.shape[-1]), dtype=np.float32)
 
@@ -193,7 +197,7 @@ def predict_windows(
 
     starts = range(0, len(windows), batch)
     workers = torch.get_num_threads() if workers is None else workers
-    if workers <= 1 or len(starts) <= 1 or isinstance(model, OnnxModel):
+    if workers <= 1 or len(starts) <= 1 or getattr(model, "one_call_at_a_time", False):
         for start in starts:
             run(start)
         return out
