@@ -6,7 +6,8 @@ its own time limit inside a total budget (8 minutes by default); a step that fai
 of time is recorded and the next one runs:
 
 1. the machine: GPUs (nvidia-smi), torch, CUDA, cuDNN and NCCL versions, the compilers;
-2. the CUDA tests: ``pytest -m cuda tests/test_cuda.py tests/test_cpp.py -k cuda``;
+2. the CUDA tests: ``pytest -m cuda tests/test_cuda.py tests/test_cpp.py tests/test_aoti.py
+   -k cuda`` (the AOTInductor package for CUDA among them);
 3. the training throughput: ``benchmarks/train_throughput.py --device cuda --full-size`` with
    the TF32, bf16 and CUDA-graph variants, and the projected time of the full-size 100-epoch
    training of each, against the target (2 minutes on one H100-class GPU).
@@ -55,7 +56,7 @@ TARGET_100_EPOCHS_S = 120.0
 #: As in train_throughput.py: the real set's training and validation windows.
 FULL_TRAIN, FULL_VAL = 2_802_254, 350_282
 VARIANTS = "tf32,bf16,graphs,bf16+graphs"
-TEST_FILES = ("tests/test_cuda.py", "tests/test_cpp.py")
+TEST_FILES = ("tests/test_cuda.py", "tests/test_cpp.py", "tests/test_aoti.py")
 #: What the tests and the benchmark import (module names), to say early what is missing.
 MODULES = (
     "torch", "numpy", "h5py", "yaml", "jsonschema", "pandas", "pyarrow", "tqdm", "onnx",

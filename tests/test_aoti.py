@@ -20,6 +20,7 @@ import torch
 from test_export import make_run
 
 from tracklstm import aoti
+from tracklstm.artifacts import ModelFileError, load_model, predict_windows
 from tracklstm.constants import FEATURES, PLANE_Z
 from tracklstm.export import (
     ExportedTrackModel,
@@ -295,20 +296,50 @@ def test_check_parity() -> None:
         aoti.check_parity(eager, lambda t: eager(t) * float("nan"), x)
 
 
+@pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_package(tmp_path: Path) -> None:
-    module, meta, x = small_module(make_run(tmp_path / "run", hidden_sizes=(16, 8)))
-    out = aoti.compile_package(
-        module, x, tmp_path / "model.aoti.pt2", meta, device="cuda", tolerance=1e-4
-    )
-    model, meta_back = aoti.load_package(out, device="cuda")
+    """Compiled for CUDA through the CLI (as rule export_aoti_cuda runs it): it loads on the GPU
+    by default, and predict_windows (predict, evaluate) brings its answers back to the CPU."""
+    run = make_run(tmp_path / "run", hidden_sizes=(16, 8))
+    out = tmp_path / "model.cuda.aoti.pt2"
+    args = ["--run", str(run), "--out", str(out), "--device", "cuda", "--tolerance", "1e-4"]
+    assert aoti.main([*args, "--report", str(tmp_path / "report.json")]) == 0
+    module, _, x = small_module(run)
+    model, meta_back = aoti.load_package(out)
     assert meta_back["window_length"] == 7
     assert model.package_metadata["AOTI_DEVICE_KEY"] == "cuda"
     got = model(x)  # CPU input: moved to the GPU
     assert got.device.type == "cuda"
+    loaded, _ = load_model(out)
+    answers = predict_windows(loaded, x.numpy(), batch=64)
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(answers, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="compiled for cuda, cannot be loaded on cpu"):
         aoti.load_package(out, device="cpu")
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_cuda_package_without_cuda_is_named(package: dict, tmp_path: Path) -> None:
+    """A package compiled for CUDA, on a machine whose torch has no CUDA: an error naming the
+    file and why, not a crash. (The package here is the CPU one, relabelled as CUDA's.)"""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    relabelled = tmp_path / "model.cuda.aoti.pt2"
+    with zipfile.ZipFile(package["path"]) as src, zipfile.ZipFile(relabelled, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("_metadata.json"):
+                meta = json.loads(data)
+                meta["AOTI_DEVICE_KEY"] = "cuda"
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    assert aoti.read_package_metadata(relabelled)["AOTI_DEVICE_KEY"] == "cuda"
+    with pytest.raises(ModelFileError, match=r"model\.cuda\.aoti\.pt2: compiled for cuda: .*CUDA"):
+        load_model(relabelled)
 
 
 def test_cuda_unavailable_is_clear(tmp_path: Path) -> None:

@@ -133,6 +133,36 @@ def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None
     assert cpu_only["train"].resources["gpu"] == "0"  # no --gpus for sbatch
 
 
+def test_cuda_package_job_gets_a_gpu_like_train(tmp_path: Path) -> None:
+    """`export.aoti_cuda: true` adds rule export_aoti_cuda, which the profile gives one GPU
+    (even where train runs on CPUs) and the GPU partition, type, QOS and constraint."""
+    config = copy.deepcopy(TINY)
+    config["export"] = {"aoti_cuda": True}
+    work = copy_workflow(tmp_path, config)
+    jobs = dry_run(
+        work,
+        "slurm",
+        TRACKLSTM_SLURM_GPUS="0",
+        TRACKLSTM_SLURM_PARTITION="short",
+        TRACKLSTM_SLURM_GPU_PARTITION="gpu",
+        TRACKLSTM_SLURM_GPU_MODEL="h100",
+        TRACKLSTM_SLURM_GPU_QOS="gpu_long",
+    )
+    assert set(jobs) >= CLUSTER_RULES | LOCAL_RULES | {"export_aoti_cuda"}
+    cuda = jobs["export_aoti_cuda"]
+    assert cuda.outputs[0] == "results/tiny/small/model.cuda.aoti.pt2"
+    res = cuda.resources
+    assert (res["gpu"], res["gpu_model"], res["slurm_partition"]) == ("1", "h100", "gpu")
+    assert (res["qos"], res["runtime"], res["mem_mb"], res["cpus_per_task"]) == (
+        "gpu_long",
+        "30",
+        "8000",
+        "2",
+    )
+    assert jobs["train"].resources["gpu"] == "0"
+    assert jobs["export"].resources["slurm_partition"] == "short"
+
+
 # --------------------------------------------------------------------------------------------
 # A real run through the local Slurm
 

@@ -418,19 +418,24 @@ class PackagedModel:
 
 
 def load_package(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device | None = None
 ) -> tuple[PackagedModel, dict[str, Any]]:
     """A compiled package, callable on tensors, and its tracklstm metadata dict.
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file for one that is
-    not an AOTInductor package, has no tracklstm metadata, or was compiled for another device.
+    ``device``: where to run it (default: the kind of device it was compiled for, ``cuda``
+    meaning the current GPU). Raises FileNotFoundError for a missing file, ValueError naming the
+    file for one that is not an AOTInductor package, has no tracklstm metadata, or was compiled
+    for another device, and PackageError for a CUDA package where torch has no CUDA.
     """
     path = Path(path)
-    dev = _device(device)
     stored = read_package_metadata(path)
     if METADATA_KEY not in stored:
         raise ValueError(f"{path}: no {METADATA_KEY} inside; not written by tracklstm.aoti")
     built_for = stored.get("AOTI_DEVICE_KEY", "cpu")
+    try:
+        dev = _device(built_for if device is None else device)
+    except PackageError as err:
+        raise PackageError(f"{path}: compiled for {built_for}: {err}") from None
     if built_for != dev.type:
         raise ValueError(f"{path}: compiled for {built_for}, cannot be loaded on {dev}")
     index = dev.index if dev.index is not None else -1

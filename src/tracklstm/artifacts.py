@@ -136,8 +136,9 @@ def load_model(
 ) -> tuple[Model, dict[str, Any]]:
     """Any exported model file and its metadata: ``.onnx`` under onnxruntime (``threads`` intra-op
     threads, default torch's CPU thread count), ``.pt2`` as an AOTInductor package
-    (``model.aoti.pt2``) or a torch.export program (``model.pt2``), anything else as TorchScript
-    (in eval mode, on the CPU).
+    (``model.aoti.pt2``; ``model.cuda.aoti.pt2`` runs on the GPU, its answers come back to the
+    CPU) or a torch.export program (``model.pt2``), anything else as TorchScript (in eval mode,
+    on the CPU).
 
     Raises ModelFileError naming the file when it is not such a model, or (with
     ``require_metadata``, the default) when it holds no tracklstm metadata.
@@ -164,12 +165,13 @@ def is_aoti_package(path: str | Path) -> bool:
 
 
 def _load_aoti(path: str | Path) -> tuple[Model, dict[str, Any]]:
-    """An AOTInductor package (``model.aoti.pt2``), compiled for the CPU, and its metadata."""
-    from tracklstm.aoti import load_package
+    """An AOTInductor package and its metadata, on the kind of device it was compiled for
+    (``model.aoti.pt2``: the CPU; ``model.cuda.aoti.pt2``: the current GPU)."""
+    from tracklstm.aoti import PackageError, load_package
 
     try:
         return load_package(path)
-    except ValueError as err:
+    except (ValueError, PackageError) as err:
         raise ModelFileError(str(err)) from None
 
 
@@ -193,7 +195,7 @@ def predict_windows(
     def run(start: int) -> None:
         with torch.inference_mode():  # thread-local: entered by every worker
             x = np.ascontiguousarray(windows[start : start + batch], dtype=np.float32)
-            out[start : start + batch] = model(torch.from_numpy(x)).numpy()
+            out[start : start + batch] = model(torch.from_numpy(x)).cpu().numpy()
 
     starts = range(0, len(windows), batch)
     workers = torch.get_num_threads() if workers is None else workers

@@ -51,7 +51,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 #: Keys that choose what the workflow builds, not how a stage computes: left out of what a
 #: stage is handed, so that turning them on re-runs nothing already built.
-TARGET_KEYS: dict[str, tuple[str, ...]] = {"export": ("aoti",)}
+TARGET_KEYS: dict[str, tuple[str, ...]] = {"export": ("aoti", "aoti_cuda")}
 
 
 class ConfigError(ValueError):

@@ -63,6 +63,8 @@ def all_targets():
             ]
             if section("export", ds, model)["aoti"]:
                 targets.append(f"{run}/model.aoti.pt2")
+            if section("export", ds, model)["aoti_cuda"]:
+                targets.append(f"{run}/model.cuda.aoti.pt2")
     # Evaluations, data-quality tables and comparisons (workflow/rules/evaluate.smk).
     targets += tl_plan.targets(config)
     return targets

@@ -82,3 +82,33 @@ rule predict:
     shell:
         "python -m tracklstm.predict --model {input.model} --inputs {input.inputs}"
         " --out {output} --threads {threads} 2> {log}"
+
+
+rule export_aoti_cuda:
+    """The same package compiled for CUDA GPUs (config: export.aoti_cuda): its job needs a GPU
+    and a CUDA build of torch, and fails at once, saying so, without them."""
+    input:
+        best="results/{dataset}/{model}/weights_best.pt",
+        last="results/{dataset}/{model}/weights_last.pt",
+        summary="results/{dataset}/{model}/training.json",
+        code=code("aoti"),
+    output:
+        package="results/{dataset}/{model}/model.cuda.aoti.pt2",
+        report="results/{dataset}/{model}/aoti_cuda_checks.json",
+    log:
+        "results/{dataset}/logs/export_aoti_cuda/{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/export_aoti_cuda/{model}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        run_dir=subpath(input.summary, parent=True),
+        settings=stage_settings("export"),
+    shell:
+        "python -m tracklstm.aoti --run {params.run_dir} --out {output.package} --device cuda"
+        " --report {output.report} --settings {params.settings:q} --threads {threads}"
+        " 2> {log}"
