@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tracklstm.settings import defaults
+
 log = logging.getLogger(__name__)
 
 #: File name ending of a package: ``model.aoti.pt2``.
@@ -54,8 +56,8 @@ FLAT_PREFIX = "tracklstm."
 #: Batch sizes of the parity check.
 CHECK_BATCHES: tuple[int, ...] = (1, 7, 300)
 #: Largest allowed |package - eager|, in normalized units when the metadata has ``norm_min`` and
-#: ``norm_max`` (a fraction of each feature's range; about ten float32 rounding steps).
-DEFAULT_TOLERANCE = 1.0e-6
+#: ``norm_max`` (a fraction of each feature's range): the schema's export.tolerance.
+DEFAULT_TOLERANCE: float = defaults("export")["tolerance"]
 #: Inductor settings of every compile. ``freezing``: fold the weights into the compiled graph.
 #: ``cpp.dynamic_threads``: the CPU kernels use the thread count of the moment (torch or
 #: at::set_num_threads) instead of the compiling process's (serial for good if it had 1 thread).

@@ -22,9 +22,12 @@ import numpy as np
 from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_FEATURES, N_PLANES
 from tracklstm.io import atomic_path
+from tracklstm.settings import defaults
 from tracklstm.windows import fingerprint, iter_tracks, parquet_parts
 
 log = logging.getLogger(__name__)
+#: The schema's defaults of the challenge section (config.schema.yaml), for by-hand calls.
+DEFAULTS: dict[str, Any] = defaults("challenge")
 
 #: The weights of the predicted variables (ANSWER_FEATURES: x, y, px, py, pz) in the score.
 WEIGHTS: tuple[float, ...] = (0.03, 0.03, 0.01, 0.01, 0.011)
@@ -43,10 +46,10 @@ def write_challenge(
     inputs_csv: str | Path,
     answers_csv: str | Path,
     *,
-    n_min: int = 8,
-    n_max: int = 24,
-    seed: int = 0,
-    max_tracks: int | None = None,
+    n_min: int = DEFAULTS["n_min"],
+    n_max: int = DEFAULTS["n_max"],
+    seed: int = DEFAULTS["seed"],
+    max_tracks: int | None = DEFAULTS["max_tracks"],
 ) -> dict[str, Any]:
     """Write the test inputs and answers from the test split (``tracks/test`` of windows.h5).
 

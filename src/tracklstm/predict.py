@@ -34,6 +34,7 @@ from tracklstm.artifacts import DEFAULT_BATCH, is_aoti_package, load_model, pred
 from tracklstm.bounds import Bounds
 from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
 from tracklstm.io import atomic_path
+from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _raise_first_bad_field(path: Path, rows: list[bytes], lines: np.ndarray) -> 
 
 def read_challenge_rows(
     path: str | Path,
-    window_length: int = 7,
+    window_length: int = defaults("windows")["length"],
     z_tolerance: float = Z_TOLERANCE,
     chunk_rows: int = CHUNK_ROWS,
     bounds: Bounds | None = None,

@@ -49,6 +49,7 @@ from tracklstm.csv_blocks import (
 )
 from tracklstm.dataio import float32_values, output_file, read_download_record
 from tracklstm.io import atomic_path, write_json
+from tracklstm.settings import defaults
 
 __all__ = ["REASONS", "SCHEMA", "InputFileError", "check_header", "convert", "float32_values"]
 
@@ -110,7 +111,7 @@ def convert(
     parquet_path: str | Path,
     quality_path: str | Path | None = None,
     *,
-    bad_rows: str = "error",
+    bad_rows: str = defaults("conversion")["bad_rows"],
     bounds: Bounds | None = None,
     block_size: int | None = None,
     threads: int | None = None,

@@ -37,7 +37,10 @@ from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
 from tracklstm.dataio import float32_values, output_file
 from tracklstm.io import atomic_path
+from tracklstm.settings import defaults
 
+#: The schema's defaults of the windows section (config.schema.yaml), for by-hand calls.
+DEFAULTS: dict[str, Any] = defaults("windows")
 log = logging.getLogger("tracklstm.windows")
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -151,7 +154,9 @@ def split_tracks(n_tracks: int, fractions: dict[str, float], seed: int) -> np.nd
 
 
 def window_offsets(
-    length: int, stride: int = 1, last_target_plane: int = N_PLANES - 1
+    length: int,
+    stride: int = DEFAULTS["stride"],
+    last_target_plane: int = DEFAULTS["last_target_plane"],
 ) -> np.ndarray:
     """First plane of each window: its inputs are planes off..off+length-1, its target the next."""
     if length < 1 or stride < 1:
@@ -177,8 +182,8 @@ def window_mask(tracks: np.ndarray, offsets: np.ndarray, length: int) -> np.ndar
 def make_windows(
     tracks: np.ndarray,
     length: int,
-    stride: int = 1,
-    last_target_plane: int = N_PLANES - 1,
+    stride: int = DEFAULTS["stride"],
+    last_target_plane: int = DEFAULTS["last_target_plane"],
     *,
     mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -353,11 +358,11 @@ def build(
     parquet: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
-    length: int = 7,
-    stride: int = 1,
-    last_target_plane: int = N_PLANES - 1,
+    length: int = DEFAULTS["length"],
+    stride: int = DEFAULTS["stride"],
+    last_target_plane: int = DEFAULTS["last_target_plane"],
     fractions: dict[str, float] | None = None,
-    seed: int = 12345,
+    seed: int = DEFAULTS["seed"],
     batch_rows: int = 4096,
 ) -> dict[str, int]:
     """Write ``out`` (HDF5) from the Parquet data; return the number of windows per split.
@@ -367,7 +372,7 @@ def build(
     the number of tracks. The normalization (min-max per feature) is fitted on the values of
     the training windows only (inputs and targets), and stored as attributes.
     """
-    fractions = fractions or {"train": 0.8, "validation": 0.1, "test": 0.1}
+    fractions = fractions or DEFAULTS["split"]
     offsets = window_offsets(length, stride, last_target_plane)  # checks the settings
     out = output_file(out, "windows HDF5 output")
     parts = parquet_parts(parquet)
