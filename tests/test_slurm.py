@@ -128,6 +128,10 @@ def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None
         res = sited[rule].resources
         assert (res["qos"], res["constraint"]) == ("normal", "cpu"), rule
     assert not {"qos", "constraint"} & set(jobs["windows"].resources)
+    # A constraint for the CPU jobs only: the GPU job gets none (sbatch -C '').
+    cpu_constrained = dry_run(workflow_copy, "slurm", TRACKLSTM_SLURM_CONSTRAINT="cpu")
+    assert cpu_constrained["train"].resources["constraint"] == ""
+    assert cpu_constrained["windows"].resources["constraint"] == "cpu"
 
     cpu_only = dry_run(workflow_copy, "slurm", TRACKLSTM_SLURM_GPUS="0")
     assert cpu_only["train"].resources["gpu"] == "0"  # no --gpus for sbatch
