@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 from pathlib import Path
 
@@ -207,6 +208,21 @@ def test_chunks_give_the_same_windows(tmp_path: Path) -> None:
     assert whole.windows.dtype == np.float32 and whole.windows.shape == (25, 7, 6)
     want = np.stack([t[n - 7 : n] for t, n in zip(tracks, ns, strict=True)])
     np.testing.assert_array_equal(whole.windows, rounded(want).astype(np.float32))
+
+
+def test_gzip_input_reads_the_same_and_corrupt_gzip_is_named(tmp_path: Path) -> None:
+    tracks = toy_tracks(9, seed=4)
+    lines = [row_text(t, 7 + i) for i, t in enumerate(tracks)]
+    plain = read_challenge_rows(write_rows(tmp_path / "in.csv", lines))
+    packed = tmp_path / "in.csv.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "in.csv").read_bytes()))
+    unpacked = read_challenge_rows(packed)
+    np.testing.assert_array_equal(plain.windows, unpacked.windows)
+    assert unpacked.lines.tolist() == plain.lines.tolist()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(packed.read_bytes()[:-20])
+    with pytest.raises(ChallengeInputError, match=r"cut\.csv\.gz: cannot decompress"):
+        read_challenge_rows(cut)
 
 
 def test_first_parse_error_in_file_order(tmp_path: Path) -> None:

@@ -14,10 +14,8 @@ Missing values become nulls: empty cells, ``NA``, ``null`` and every NaN spellin
 
 from __future__ import annotations
 
-import gzip
 import queue
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,13 @@ import pyarrow.csv as pacsv
 
 from tracklstm.bounds import Bounds
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z, Z_TOLERANCE
-from tracklstm.dataio import float32_values, input_file
+from tracklstm.dataio import (
+    GZIP_ERRORS,
+    float32_values,
+    gzip_error,
+    input_file,
+    open_maybe_gzip,
+)
 
 SCHEMA = pa.schema([(name, pa.float32()) for name in COLUMNS])
 #: Cell texts read as a missing value (null) besides the NaN spellings.
@@ -48,7 +52,6 @@ Z_COLUMNS: tuple[int, ...] = tuple(p * N_FEATURES + FEATURES.index("z") for p in
 MAX_LINE_BYTES = 1 << 20
 #: A failing block is tried again in pieces of about this many bytes before line by line.
 PIECE_BYTES = 1 << 16
-GZIP_MAGIC = b"\x1f\x8b"
 
 _PLANE_Z = np.asarray(PLANE_Z, dtype=np.float64)
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -135,27 +138,18 @@ class Parsed:
 
 def open_source(path: str | Path) -> tuple[BinaryIO, str | None]:
     """Open the CSV for reading bytes: ``(stream, "gzip" or None)``; gzip found by its magic."""
-    p = input_file(path, "track CSV")
-    with open(p, "rb") as fh:
-        magic = fh.read(2)
-    if magic == GZIP_MAGIC:
-        return gzip.open(p, "rb"), "gzip"  # type: ignore[return-value]
-    return open(p, "rb"), None
+    return open_maybe_gzip(input_file(path, "track CSV"))
 
 
 def _gzip_error(path: Path, err: BaseException) -> InputFileError:
-    return InputFileError(f"{path}: cannot decompress: gzip data corrupt or cut short ({err})")
-
-
-#: What reading a broken gzip stream raises.
-_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+    return InputFileError(gzip_error(path, err))
 
 
 def read_header(fh: BinaryIO, path: Path) -> None:
     """Read the first line; raise InputFileError unless it holds the 150 column names in order."""
     try:
         first = fh.readline(MAX_LINE_BYTES)
-    except _GZIP_ERRORS as err:
+    except GZIP_ERRORS as err:
         raise _gzip_error(path, err) from None
     if not first:
         raise InputFileError(f"{path}:1: the file is empty (expected a header line)")
@@ -186,7 +180,7 @@ def _fill(fh: BinaryIO, path: Path, view: memoryview) -> int:
     while got < len(view):
         try:
             n = fh.readinto(view[got:])  # type: ignore[attr-defined]
-        except _GZIP_ERRORS as err:
+        except GZIP_ERRORS as err:
             raise _gzip_error(path, err) from None
         if not n:
             break

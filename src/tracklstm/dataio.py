@@ -3,10 +3,12 @@ NumPy, and the record a download leaves beside the file it fetched."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,38 @@ def input_file(path: str | os.PathLike[str], what: str = "input") -> Path:
     if not os.access(p, os.R_OK):
         raise ValueError(f"{p}: not readable ({what})")
     return p
+
+
+#: The first bytes of a gzip file: such a file is read decompressed, whatever its name.
+GZIP_MAGIC = b"\x1f\x8b"
+#: What reading broken gzip data raises.
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def open_maybe_gzip(path: str | os.PathLike[str]) -> tuple[BinaryIO, str | None]:
+    """Open a file for reading bytes: ``(stream, "gzip" or None)``; gzip found by its magic."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rb"), "gzip"  # type: ignore[return-value]
+    return open(path, "rb"), None
+
+
+def gzip_error(path: str | os.PathLike[str], err: BaseException) -> str:
+    """The message for gzip data that cannot be decompressed."""
+    return f"{path}: cannot decompress: gzip data corrupt or cut short ({err})"
+
+
+def read_bytes(path: str | os.PathLike[str], what: str = "input") -> bytes:
+    """A whole file's bytes, decompressed when it is gzip; ValueError naming it otherwise."""
+    p = input_file(path, what)
+    data = p.read_bytes()
+    if data[:2] != GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except GZIP_ERRORS as err:
+        raise ValueError(gzip_error(p, err)) from None
 
 
 def output_file(path: str | os.PathLike[str], what: str = "output") -> Path:

@@ -4,7 +4,8 @@ Input (the challenge's test-input format): no header, one track per line, variab
 holds 6 values per state (x, y, z, px, py, pz; the first N states of the track) and then one more
 value, the z of the plane to predict. The last ``window_length`` states of each row (7 for the
 reference model) go into the model; they must lie on consecutive planes, and the asked z must be
-the plane right after the last of them. Output (the answers format): no header, one line per
+the plane right after the last of them. A gzip file (``.csv.gz``, or gzip bytes under any name)
+is read decompressed. Output (the answers format): no header, one line per
 row, ``x,y,px,py,pz`` at that plane, 7 significant digits.
 
 Rows are checked all at once (numpy), then predicted in batches; a bad row stops the run with an
@@ -33,6 +34,7 @@ from tracklstm import stage_cli
 from tracklstm.artifacts import DEFAULT_BATCH, is_aoti_package, load_model, predict_windows
 from tracklstm.bounds import Bounds
 from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
+from tracklstm.dataio import read_bytes
 from tracklstm.io import atomic_path
 from tracklstm.settings import defaults
 
@@ -164,10 +166,12 @@ def read_challenge_rows(
 
 
 def _read_lines(path: Path) -> list[bytes]:
-    """The file's lines; ChallengeInputError names the file (and line) when it is not text."""
-    if path.is_dir():
-        raise ChallengeInputError(f"{path}: is a directory, not a test-input file")
-    data = path.read_bytes()
+    """The file's lines (gzip is read decompressed); ChallengeInputError names the file (and
+    line) when it is not text."""
+    try:
+        data = read_bytes(path, "test-input")
+    except ValueError as err:
+        raise ChallengeInputError(str(err)) from None
     try:
         if not data.isascii():
             data.decode("utf-8")
