@@ -227,13 +227,17 @@ def bench_python(
                     per_round[name].append(time_block(call, args.block_seconds))
         result[f"batch_{batch}"] = {**summarize(per_round, batch), "others_cpu": meter.share}
         for name in names:
-            rec = result[f"batch_{batch}"][name]
-            log.info(
-                "Python %d threads, batch %4d, %-22s %9.3f ms  %10.0f rows/s  x%.2f vs TorchScript",
-                threads, batch, name, rec["median_ms"], rec["rows_per_s_median"],
-                rec["speed_vs_torchscript_median"],
-            )  # fmt: skip
+            log_timing("Python", threads, batch, name, result[f"batch_{batch}"][name])
     return result
+
+
+def log_timing(side: str, threads: int, batch: int, engine: str, rec: dict[str, Any]) -> None:
+    """One engine's summarized timing at one batch size, as a log line."""
+    log.info(
+        "%-6s %d threads, batch %4d, %-22s %9.3f ms  %10.0f rows/s  x%.2f vs TorchScript",
+        side, threads, batch, engine, rec["median_ms"], rec["rows_per_s_median"],
+        rec["speed_vs_torchscript_median"],
+    )  # fmt: skip
 
 
 def bench_cpp(exe: Path, files: dict[str, Path], threads: int, args: Any) -> dict[str, Any] | str:
@@ -268,12 +272,7 @@ def bench_cpp(exe: Path, files: dict[str, Path], threads: int, args: Any) -> dic
     out["others_cpu"] = meter.share
     for b in BATCHES:
         for engine in CPP_ENGINES:
-            rec = out[f"batch_{b}"][engine]
-            log.info(
-                "C++    %d threads, batch %4d, %-22s %9.3f ms  %10.0f rows/s  x%.2f vs TorchScript",
-                threads, b, engine, rec["median_ms"], rec["rows_per_s_median"],
-                rec["speed_vs_torchscript_median"],
-            )  # fmt: skip
+            log_timing("C++", threads, b, engine, out[f"batch_{b}"][engine])
     return out
 
 
