@@ -220,16 +220,16 @@ def run(
         except ImportError:
             simulator = "toy"
     if simulator == "tracklstm":
-        sim_cmd = [py, "-m", "tracklstm.simulate", "--n-tracks", str(n_tracks), "--seed", "1"]
+        sim_cmd = [py, "-m", "tracklstm.data.simulate", "--n-tracks", str(n_tracks), "--seed", "1"]
         sim_cmd += ["--shard", "0", "--out", str(csv)]
     else:
         sim_cmd = [py, __file__, "_helper", "toy-csv", str(n_tracks), str(csv)]
     stages["simulate"] = measure_once("simulate", sim_cmd, logs / "simulate.log", False)
     stages["simulate"]["simulator"] = simulator
     quality = workdir / "quality.json"
-    to_parquet = [py, "-m", "tracklstm.to_parquet", "--csv", str(csv), "--out", str(parquet)]
+    to_parquet = [py, "-m", "tracklstm.data.to_parquet", "--csv", str(csv), "--out", str(parquet)]
     to_parquet += ["--quality", str(quality)]
-    windows = [py, "-m", "tracklstm.windows", "--parquet", str(parquet), "--out", str(h5)]
+    windows = [py, "-m", "tracklstm.data.windows", "--parquet", str(parquet), "--out", str(h5)]
     ref_cmd = [py, __file__, "_helper", "reference-windows", str(csv)]
 
     def ours(keep: bool) -> dict[str, Any]:
@@ -261,7 +261,15 @@ def run(
             )
     stages["to_parquet"] = _stage_record([r["to_parquet"] for r in our_runs])
     stages["windows"] = _stage_record([r["windows"] for r in our_runs])
-    challenge = [py, "-m", "tracklstm.challenge", "--parquet", str(parquet), "--windows", str(h5)]
+    challenge = [
+        py,
+        "-m",
+        "tracklstm.data.challenge",
+        "--parquet",
+        str(parquet),
+        "--windows",
+        str(h5),
+    ]
     challenge += ["--inputs-out", str(workdir / "test_inputs.csv")]
     challenge += ["--answers-out", str(workdir / "test_answers.csv")]
     stages["challenge"] = measure("challenge", challenge, logs / "challenge.log")

@@ -14,8 +14,8 @@ C++ program limited to N; the numpy helix is single-threaded):
 
 - from Python: eager PyTorch, TorchScript (``torch.jit.load``), the AOTInductor packages
   (``tracklstm.aoti.load_package``; ``aotinductor``: the default, oneDNN's fused RNN layers;
-  ``aotinductor_decomposed``: ``rnn_kernels="decomposed"``, matrix products and inductor's
-  cell kernels), onnxruntime (CPU provider) and the numpy helix (``tracklstm.baselines.helix``,
+  ``aotinductor_decomposed``: ``rnn_kernels="decomposed"``, matrix products and inductor's cell
+  kernels), onnxruntime (CPU provider) and the numpy helix (``tracklstm.physics.baselines.helix``,
   nominal field) on the windows' last states;
 - from C++: ``cpp/build/tracklstm_predict --bench`` with each file (TorchScript and the two
   packages), when built (cpp/README.md).
@@ -53,12 +53,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracklstm import aoti
-from tracklstm.artifacts import ONNX_INPUT, ONNX_OUTPUT, load_torchscript
-from tracklstm.baselines import nominal_helix
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export, load_physical_model
-from tracklstm.io import setup_logging, write_json
+from tracklstm.export import aoti
+from tracklstm.export.formats import export
+from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT, load_torchscript
+from tracklstm.export.module import load_physical_model
+from tracklstm.files import write_json
+from tracklstm.physics.helix import nominal_helix
+from tracklstm.stage_cli import setup_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine, machine_busy_seconds, make_reference_run
@@ -294,7 +296,7 @@ def targets(record: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tracklstm.simulate import simulate_tracks
+    from tracklstm.data.simulate import simulate_tracks
 
     threads_list = [int(t) for t in str(args.threads).split(",")]
     tracks = simulate_tracks(2000, seed=1, shard=0)

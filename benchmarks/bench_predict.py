@@ -47,11 +47,12 @@ import numpy as np
 import torch
 from benchlib import machine_busy_seconds, make_reference_run
 
-from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export
-from tracklstm.io import setup_logging, write_json
-from tracklstm.predict import predict_file
+from tracklstm.evaluate.predict import predict_file
+from tracklstm.export.formats import export
+from tracklstm.export.loading import load_torchscript, predict_windows
+from tracklstm.files import write_json
+from tracklstm.stage_cli import setup_logging
 
 log = logging.getLogger("bench_predict")
 
@@ -203,7 +204,7 @@ def timed_predict_file(model: Path, inputs: Path, out: Path, repeats: int = 3) -
 
 def time_command(model: Path, inputs: Path, out: Path, threads: int) -> dict[str, Any]:
     """Wall seconds of the ``tracklstm predict`` command, Python start-up and imports included."""
-    cmd = [sys.executable, "-m", "tracklstm.predict", "--model", str(model)]
+    cmd = [sys.executable, "-m", "tracklstm.evaluate.predict", "--model", str(model)]
     cmd += ["--inputs", str(inputs), "--out", str(out), "--threads", str(threads)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = [int(t) for t in str(args.threads).split(",")]
     batches = tuple(int(b) for b in str(args.batches).split(","))
     load_before = os.getloadavg()
-    from tracklstm.simulate import simulate_tracks
+    from tracklstm.data.simulate import simulate_tracks
 
     tracks = simulate_tracks(args.rows, seed=1, shard=0)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(max(threads))
         package = None
         if not args.model and not args.no_aoti:
-            from tracklstm.aoti import export_run
+            from tracklstm.export.aoti import export_run
 
             package = tmp / "model.aoti.pt2"
             report = export_run(run_dir, package)

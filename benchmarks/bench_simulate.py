@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tracklstm import simulate
-from tracklstm.io import setup_logging, write_json
+from tracklstm.data import simulate
+from tracklstm.files import write_json
+from tracklstm.stage_cli import setup_logging
 
 log = logging.getLogger("bench_simulate")
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracklstm.model import build_model
+from tracklstm.models.build import build_model
 
 
 def machine() -> dict[str, Any]:

@@ -1,14 +1,13 @@
 """Measure the residual propagator (a net correcting a helix step) against the baselines.
 
-Trains ``tracklstm.residual.ResidualPropagator`` on the training split of a windows.h5 (the demo
-dataset: ``snakemake results/demo/windows.h5``) for a wall-time budget with Adam, then reports on
-the test split the RMS per feature (x, y, px, py, pz) and the challenge score of the model, the
-straight line, the nominal helix (2.0 T) and the field-only propagator (the simulator's field
-map without material: the noise floor); the "walk" (planes 0-6 given, planes 7..24 predicted
-from the model's own predictions) against the helix walk; and the score on the real track in
-``src/tracklstm/data/mlchallenge2_track3.csv`` (17 windows, targets at planes 7..23).
-``--sweep`` first trains a list of variants (bodies, sizes, L1 / MSE) and ranks them by their
-validation score.
+Trains ``tracklstm.models.residual.ResidualPropagator`` on the training split of a windows.h5 (the
+demo dataset: ``snakemake results/demo/windows.h5``) for a wall-time budget with Adam, then reports
+on the test split the RMS per feature (x, y, px, py, pz) and the challenge score of the model, the
+straight line, the nominal helix (2.0 T) and the field-only propagator (the simulator's field map
+without material: the noise floor); the "walk" (planes 0-6 given, planes 7..24 predicted from the
+model's own predictions) against the helix walk; and the score on the real track in
+``src/tracklstm/data/mlchallenge2_track3.csv`` (17 windows, targets at planes 7..23). ``--sweep``
+first trains a list of variants (bodies, sizes, L1 / MSE) and ranks them by their validation score.
 
     python benchmarks/residual_demo.py [--windows results/demo/windows.h5] [--seconds 60]
         [--body mlp --hidden-sizes 128 128 --loss mse] [--sweep] [--out ...json]
@@ -34,12 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tracklstm.baselines import NOMINAL_FIELD, field_only, helix, straight_line  # noqa: E402
-from tracklstm.challenge import ANSWER_FEATURES, challenge_score  # noqa: E402
-from tracklstm.constants import N_PLANES, PLANE_Z  # noqa: E402
-from tracklstm.real_track import REAL_TRACK_FILE  # noqa: E402
-from tracklstm.residual import DEFAULT_SETTINGS, DEFAULT_TRAINING, build_residual  # noqa: E402
+from tracklstm.residual import DEFAULT_SETTINGS, DEFAULT_TRAINING  # noqa: E402
 from tracklstm.residual_train import predict, train_residual  # noqa: E402
+
+from tracklstm.constants import (  # noqa: E402
+    ANSWER_FEATURES,
+    N_PLANES,
+    PLANE_Z,
+)
+from tracklstm.data.challenge import challenge_score  # noqa: E402
+from tracklstm.evaluate.real_track import REAL_TRACK_FILE  # noqa: E402
+from tracklstm.models.residual import build_residual  # noqa: E402
+from tracklstm.physics.baselines import field_only  # noqa: E402
+from tracklstm.physics.helix import helix, straight_line  # noqa: E402
+from tracklstm.physics.helix_field import NOMINAL_FIELD  # noqa: E402
 
 log = logging.getLogger("residual_demo")
 

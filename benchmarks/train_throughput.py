@@ -38,8 +38,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tracklstm import train as tr
-from tracklstm.io import setup_logging, write_json
-from tracklstm.model import build_model, count_parameters
+from tracklstm.files import write_json
+from tracklstm.models.build import build_model, count_parameters
+from tracklstm.stage_cli import setup_logging
 
 log = logging.getLogger("train_throughput")
 

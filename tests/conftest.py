@@ -68,8 +68,8 @@ def tracks_csv(tmp_path: Path) -> Path:
 @pytest.fixture
 def windows_h5(tmp_path: Path, tracks_csv: Path) -> Path:
     """windows.h5 built from ``tracks_csv`` with the default settings."""
-    from tracklstm.to_parquet import convert
-    from tracklstm.windows import build
+    from tracklstm.data.to_parquet import convert
+    from tracklstm.data.windows import build
 
     parquet = tmp_path / "tracks.parquet"
     convert(tracks_csv, parquet)
@@ -83,7 +83,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project (Snakefile, workflow/, src/, profiles/) with the tiny test config,
     the whole pipeline built once by the real Snakemake and shared by the workflow, export and
     rerun tests. Read-only: a test that changes anything works on ``copy_project`` of it."""
-    from farmtest import copy_workflow, snakemake
+    from workflow_runs import copy_workflow, snakemake
 
     work = copy_workflow(
         tmp_path_factory.mktemp("tiny_project"), ROOT / "tests" / "data" / "tiny_config.yaml"

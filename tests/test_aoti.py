@@ -19,16 +19,12 @@ import pytest
 import torch
 from test_export import make_run
 
-from tracklstm import aoti
-from tracklstm.artifacts import ModelFileError, load_model, predict_windows
 from tracklstm.constants import FEATURES, PLANE_Z
-from tracklstm.export import (
-    ExportedTrackModel,
-    example_inputs,
-    export,
-    load_physical_model,
-    metadata,
-)
+from tracklstm.export import aoti, loading, parity
+from tracklstm.export.formats import export
+from tracklstm.export.loading import ModelFileError, load_model, predict_windows
+from tracklstm.export.module import ExportedTrackModel, load_physical_model, metadata
+from tracklstm.export.parity import example_inputs
 
 #: float32 rounding, in normalized units (a fraction of each feature's range).
 ROUNDING = 1e-6
@@ -46,7 +42,7 @@ def package(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """The tiny project with `export.aoti: true`: what it plans, then the package its real run
     builds (rule export_aoti), with the rule's check report."""
     from conftest import copy_project
-    from farmtest import parse_jobs, read_config, snakemake, write_config
+    from workflow_runs import parse_jobs, read_config, snakemake, write_config
 
     work = copy_project(tiny_project, tmp_path_factory.mktemp("aoti") / "project")
     cfg = read_config(work)
@@ -69,7 +65,7 @@ def package(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.mark.slow
 def test_rule_builds_the_package_and_nothing_else(package: dict) -> None:
     """Turning `export.aoti` on plans model.aoti.pt2 in its own rule, and re-runs nothing built."""
-    from farmtest import snakemake
+    from workflow_runs import snakemake
 
     planned = [job for job in package["planned"] if job.rule != "all"]
     assert [job.rule for job in planned] == ["export_aoti"], planned
@@ -92,14 +88,14 @@ def test_rule_builds_the_package_and_nothing_else(package: dict) -> None:
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_metadata_travels_inside(package: dict) -> None:
-    model, meta = aoti.load_package(package["path"])
+    model, meta = loading.load_package(package["path"])
     summary = json.loads((package["run"] / "training.json").read_text())
     assert meta == json.loads(json.dumps(metadata(summary, "best")))
     assert meta["plane_z"] == list(PLANE_Z) and meta["window_length"] == 7
     assert meta["data_fingerprint"] == summary["data_fingerprint"] != ""
-    assert aoti.read_metadata(package["path"]) == meta  # from the archive, no code loaded
+    assert loading.read_metadata(package["path"]) == meta  # from the archive, no code loaded
     stored = model.package_metadata
-    assert stored[aoti.INPUT_SHAPE_KEY] == "-1,7,6"
+    assert stored[loading.INPUT_SHAPE_KEY] == "-1,7,6"
     assert stored["tracklstm.window_length"] == "7"
     assert stored["tracklstm.features"] == ",".join(FEATURES)
     assert [float(v) for v in stored["tracklstm.norm_min"].split(",")] == meta["norm_min"]
@@ -111,7 +107,7 @@ def test_metadata_travels_inside(package: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 2, 300, 1000])
 def test_dynamic_batch_matches_eager(package: dict, batch: int) -> None:
-    model, meta = aoti.load_package(package["path"])
+    model, meta = loading.load_package(package["path"])
     eager, summary = load_physical_model(package["run"])
     x = example_inputs(summary, n=batch, seed=5)
     with torch.no_grad():
@@ -125,7 +121,7 @@ def test_dynamic_batch_matches_eager(package: dict, batch: int) -> None:
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_inputs_checked_and_converted(package: dict) -> None:
-    model, meta = aoti.load_package(package["path"])
+    model, meta = loading.load_package(package["path"])
     x = example_inputs(meta, n=4, seed=2)
     with pytest.raises(ValueError, match=r"expected input \(batch, 7, 6\), got \[4, 8, 6\]"):
         model(torch.zeros(4, 8, 6))
@@ -144,11 +140,11 @@ def test_inputs_checked_and_converted(package: dict) -> None:
 @pytest.mark.slow
 def test_loads_in_fresh_process(package: dict, tmp_path: Path) -> None:
     """Another process loads the package alone: no state of the compiling process is needed."""
-    meta = aoti.read_metadata(package["path"])
+    meta = loading.read_metadata(package["path"])
     x = example_inputs(meta, n=50, seed=3)
     torch.save(x, tmp_path / "x.pt")
     code = (
-        "import json, sys, torch; from tracklstm.aoti import load_package; "
+        "import json, sys, torch; from tracklstm.export.loading import load_package; "
         "m, meta = load_package(sys.argv[1]); "
         "torch.save(m(torch.load(sys.argv[2])), sys.argv[3]); print(meta['window_length'])"
     )
@@ -170,7 +166,7 @@ def test_loads_in_fresh_process(package: dict, tmp_path: Path) -> None:
 def test_failed_parity_leaves_no_file(tmp_path: Path) -> None:
     module, meta, x = small_module(make_run(tmp_path / "run", hidden_sizes=(16, 8)))
     out = tmp_path / "out" / "model.aoti.pt2"
-    with pytest.raises(aoti.ParityError, match="tolerance -1"):
+    with pytest.raises(parity.ParityError, match="tolerance -1"):
         aoti.compile_package(module, x, out, meta, tolerance=-1.0)
     assert list(out.parent.iterdir()) == []  # neither the package nor the staging folder
 
@@ -203,7 +199,7 @@ def test_rnn_kernels_decomposed(package: dict, tmp_path: Path) -> None:
     assert "mkldnn_rnn_layer" not in generated_code(out)
     kernels = generated_code(out, "kernel")
     assert "#pragma omp parallel" in kernels and "num_threads(" not in kernels
-    model, _ = aoti.load_package(out)
+    model, _ = loading.load_package(out)
     with torch.no_grad():
         assert float((model(x) - module(x)).abs().max()) < 1e-3
 
@@ -212,18 +208,18 @@ def test_files_that_are_not_packages(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     export(run, torchscript=tmp_path / "model.ts", program=tmp_path / "model.pt2")
     with pytest.raises(ValueError, match=r"model\.ts: not an AOTInductor package: a TorchScript"):
-        aoti.load_package(tmp_path / "model.ts")
+        loading.load_package(tmp_path / "model.ts")
     with pytest.raises(ValueError, match=r"model\.pt2: not an AOTInductor .*torch\.export prog"):
-        aoti.load_package(tmp_path / "model.pt2")
+        loading.load_package(tmp_path / "model.pt2")
     (tmp_path / "junk.aoti.pt2").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=r"junk\.aoti\.pt2: not an AOTInductor .*not a zip"):
-        aoti.load_package(tmp_path / "junk.aoti.pt2")
+        loading.load_package(tmp_path / "junk.aoti.pt2")
     with zipfile.ZipFile(tmp_path / "other.aoti.pt2", "w") as zf:
         zf.writestr("other/readme.txt", "hello")
     with pytest.raises(ValueError, match=r"other\.aoti\.pt2: .*no data/aotinductor/"):
-        aoti.read_metadata(tmp_path / "other.aoti.pt2")
+        loading.read_metadata(tmp_path / "other.aoti.pt2")
     with pytest.raises(FileNotFoundError, match=r"missing\.aoti\.pt2"):
-        aoti.load_package(tmp_path / "missing.aoti.pt2")
+        loading.load_package(tmp_path / "missing.aoti.pt2")
 
 
 def test_compile_argument_errors(tmp_path: Path) -> None:
@@ -254,8 +250,8 @@ def test_package_metadata_strings() -> None:
         "comma_items": ["a,b"],
     }
     stored = aoti.package_metadata(meta, [-1, 7, 6])
-    assert json.loads(stored[aoti.METADATA_KEY]) == meta
-    assert stored[aoti.INPUT_SHAPE_KEY] == "-1,7,6"
+    assert json.loads(stored[loading.METADATA_KEY]) == meta
+    assert stored[loading.INPUT_SHAPE_KEY] == "-1,7,6"
     assert stored["tracklstm.window_length"] == "7"
     assert stored["tracklstm.ok"] == "true"
     assert float(stored["tracklstm.scale"]) == 0.1
@@ -273,27 +269,27 @@ def test_check_parity() -> None:
     def eager(t: torch.Tensor) -> torch.Tensor:
         return t[:, -1] * 2.0
 
-    assert aoti.check_parity(eager, eager, x) == 0.0
+    assert parity.check_parity(eager, eager, x) == 0.0
     seen: list[int] = []
 
     def counting(t: torch.Tensor) -> torch.Tensor:
         seen.append(t.size(0))
         return eager(t)
 
-    aoti.check_parity(eager, counting, x)  # 10 rows cycled up to 300
+    parity.check_parity(eager, counting, x)  # 10 rows cycled up to 300
     assert seen == [1, 7, 300]
-    worst = aoti.check_parity(eager, lambda t: eager(t) + 1e-3, x, tolerance=1e-2)
+    worst = parity.check_parity(eager, lambda t: eager(t) + 1e-3, x, tolerance=1e-2)
     assert worst == pytest.approx(1e-3, rel=1e-3)
-    scaled = aoti.check_parity(
+    scaled = parity.check_parity(
         eager, lambda t: eager(t) + 1e-3, x, tolerance=1e-2, scale=torch.full((6,), 10.0)
     )
     assert scaled == pytest.approx(1e-4, rel=1e-3)
-    with pytest.raises(aoti.ParityError, match="tolerance 1e-06"):
-        aoti.check_parity(eager, lambda t: eager(t) + 1e-3, x)
-    with pytest.raises(aoti.ParityError, match="output shape"):
-        aoti.check_parity(eager, lambda t: t[:, -1, :5], x)
-    with pytest.raises(aoti.ParityError):
-        aoti.check_parity(eager, lambda t: eager(t) * float("nan"), x)
+    with pytest.raises(parity.ParityError, match="tolerance 1e-06"):
+        parity.check_parity(eager, lambda t: eager(t) + 1e-3, x)
+    with pytest.raises(parity.ParityError, match="output shape"):
+        parity.check_parity(eager, lambda t: t[:, -1, :5], x)
+    with pytest.raises(parity.ParityError):
+        parity.check_parity(eager, lambda t: eager(t) * float("nan"), x)
 
 
 @pytest.mark.cuda
@@ -307,7 +303,7 @@ def test_cuda_package(tmp_path: Path) -> None:
     args = ["--run", str(run), "--out", str(out), "--device", "cuda", "--tolerance", "1e-4"]
     assert aoti.main([*args, "--report", str(tmp_path / "report.json")]) == 0
     module, _, x = small_module(run)
-    model, meta_back = aoti.load_package(out)
+    model, meta_back = loading.load_package(out)
     assert meta_back["window_length"] == 7
     assert model.package_metadata["AOTI_DEVICE_KEY"] == "cuda"
     got = model(x)  # CPU input: moved to the GPU
@@ -318,7 +314,7 @@ def test_cuda_package(tmp_path: Path) -> None:
         want = module(x).numpy()
     np.testing.assert_allclose(answers, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="compiled for cuda, cannot be loaded on cpu"):
-        aoti.load_package(out, device="cpu")
+        loading.load_package(out, device="cpu")
 
 
 @pytest.mark.workflow
@@ -337,7 +333,7 @@ def test_cuda_package_without_cuda_is_named(package: dict, tmp_path: Path) -> No
                 meta["AOTI_DEVICE_KEY"] = "cuda"
                 data = json.dumps(meta).encode()
             dst.writestr(item, data)
-    assert aoti.read_package_metadata(relabelled)["AOTI_DEVICE_KEY"] == "cuda"
+    assert loading.read_package_metadata(relabelled)["AOTI_DEVICE_KEY"] == "cuda"
     with pytest.raises(ModelFileError, match=r"model\.cuda\.aoti\.pt2: compiled for cuda: .*CUDA"):
         load_model(relabelled)
 
@@ -346,7 +342,7 @@ def test_cuda_unavailable_is_clear(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     module, meta, x = small_module(make_run(tmp_path / "run"))
-    with pytest.raises(aoti.PackageError, match="CUDA is not available"):
+    with pytest.raises(loading.PackageError, match="CUDA is not available"):
         aoti.compile_package(module, x, tmp_path / "m.aoti.pt2", meta, device="cuda")
 
 
@@ -355,8 +351,8 @@ def test_cuda_unavailable_is_clear(tmp_path: Path) -> None:
 def test_predict_and_evaluate_take_the_package(package: dict, tmp_path: Path) -> None:
     """`tracklstm predict` and `tracklstm evaluate` take the package as they take model.ts:
     the same answers as the workflow's TorchScript file of the same weights."""
-    from tracklstm.evaluate import main as evaluate_main
-    from tracklstm.predict import main as predict_main
+    from tracklstm.evaluate.cli import main as evaluate_main
+    from tracklstm.evaluate.predict import main as predict_main
 
     work = package["work"]
     inputs = work / "results" / "tiny" / "challenge" / "test_inputs.csv"

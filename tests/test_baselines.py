@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 from conftest import toy_tracks
 
-from tracklstm.baselines import (
-    NOMINAL_FIELD,
-    TURNING_FIELD,
-    baselines,
-    check_field,
-    helix,
-    helix_uniform,
-    straight_line,
-)
-from tracklstm.challenge import challenge_score
 from tracklstm.constants import PLANE_Z
-from tracklstm.real_track import REAL_TRACK_FILE
+from tracklstm.data.challenge import challenge_score
+from tracklstm.evaluate.real_track import REAL_TRACK_FILE
+from tracklstm.physics.baselines import baselines
+from tracklstm.physics.helix import helix, helix_uniform, straight_line
+from tracklstm.physics.helix_field import NOMINAL_FIELD, TURNING_FIELD, check_field
 
 REAL_TRACK = REAL_TRACK_FILE  # the package's copy of the real track
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import toy_tracks
 
-from tracklstm.bounds import Bounds, OutOfBoundsError, check_states
+from tracklstm.data.bounds import Bounds, OutOfBoundsError, check_states
 from tracklstm.settings import defaults
 
 B = Bounds(max_radius_cm=100.0, max_momentum=20.0, min_pz=0.0)

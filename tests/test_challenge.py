@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import toy_tracks
 
-from tracklstm.challenge import (
+from tracklstm.constants import COLUMNS, PLANE_Z
+from tracklstm.data.challenge import (
     WEIGHTS,
     ChallengeFormatError,
     challenge_score,
@@ -21,8 +22,7 @@ from tracklstm.challenge import (
     score_terms,
     write_challenge,
 )
-from tracklstm.constants import COLUMNS, PLANE_Z
-from tracklstm.windows import build
+from tracklstm.data.windows import build
 
 
 def parquet_tracks(path: Path) -> np.ndarray:

@@ -10,10 +10,10 @@ import pytest
 from conftest import toy_tracks, write_tracks_csv
 from test_evaluate import PNG_MAGIC, untrained_model
 
-from tracklstm import compare as cmp
-from tracklstm.evaluate import evaluate
-from tracklstm.to_parquet import convert
-from tracklstm.windows import build
+from tracklstm.data.to_parquet import convert
+from tracklstm.data.windows import build
+from tracklstm.evaluate import compare as cmp
+from tracklstm.evaluate.run import evaluate
 
 
 @pytest.fixture(scope="module")

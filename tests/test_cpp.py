@@ -18,15 +18,11 @@ import pytest
 import torch
 from test_export import make_run
 
-from tracklstm import aoti
-from tracklstm.export import (
-    compare,
-    example_inputs,
-    export,
-    load_physical_model,
-    read_tensor,
-    write_tensor,
-)
+from tracklstm.export import aoti
+from tracklstm.export.formats import export
+from tracklstm.export.module import load_physical_model
+from tracklstm.export.parity import compare, example_inputs
+from tracklstm.export.tensor_file import read_tensor, write_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "cpp"

@@ -62,19 +62,18 @@ from test_cpp import (
 )
 from test_train import make_windows_file, read_metrics, same_learning, state_equal, tiny
 
-from tracklstm import train as tr
-from tracklstm.artifacts import load_torchscript
-from tracklstm.export import (
-    compare,
-    example_inputs,
-    export,
-    export_torchscript,
-    load_physical_model,
-    read_tensor,
-    write_tensor,
-)
-from tracklstm.model import build_model
-from tracklstm.train.runtime import clear_stop
+from tracklstm.export.formats import export, export_torchscript
+from tracklstm.export.loading import load_torchscript
+from tracklstm.export.module import load_physical_model
+from tracklstm.export.parity import compare, example_inputs
+from tracklstm.export.tensor_file import read_tensor, write_tensor
+from tracklstm.models.build import build_model
+from tracklstm.train.checkpoints import CHECKPOINT_NAME
+from tracklstm.train.data import DeviceWindows, StreamedWindows, inspect_windows
+from tracklstm.train.errors import TrainingInterrupted
+from tracklstm.train.fit import train
+from tracklstm.train.runtime import clear_stop, configure_backends, request_stop
+from tracklstm.train.trainer import Trainer
 
 # Deterministic cuBLAS: read when its workspaces are made, so before this process's first use
 # of CUDA (modules are imported at collection, before any test runs). A value set by the
@@ -139,7 +138,7 @@ def windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def n_train(windows: Path) -> int:
-    return tr.inspect_windows(windows).sizes["train"]
+    return inspect_windows(windows).sizes["train"]
 
 
 def full_batch(n_train: int, **options: Any) -> dict[str, Any]:
@@ -168,7 +167,7 @@ def cpu_full_batch(
 ) -> list[float]:
     """The CPU's validation MAE per epoch of the full-batch schedule."""
     run = tmp_path_factory.mktemp("cpu_full_batch") / "run"
-    tr.train(windows, run, full_batch(n_train, device="cpu"))
+    train(windows, run, full_batch(n_train, device="cpu"))
     return column(run)
 
 
@@ -176,7 +175,7 @@ def cpu_full_batch(
 def gpu_run(windows: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run trained on the GPU (fp32, minibatches), for the export and C++ tests."""
     run = tmp_path_factory.mktemp("gpu_run") / "run"
-    summary = tr.train(windows, run, tiny(epochs=3, device="cuda"))
+    summary = train(windows, run, tiny(epochs=3, device="cuda"))
     assert summary["device"] == torch.cuda.get_device_name(0)
     return run
 
@@ -231,7 +230,7 @@ def test_short_run_matches_the_cpu(
     options, bound = PRECISIONS[name]
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="tracklstm.train"):
-        summary = tr.train(windows, run, full_batch(n_train, device="cuda", **options))
+        summary = train(windows, run, full_batch(n_train, device="cuda", **options))
     assert_finite(run)
     val = column(run)
     diff = max_rel(val, cpu_full_batch)
@@ -269,9 +268,9 @@ def test_cuda_graphs_replay_the_eager_steps(
     record_property: Any,
 ) -> None:
     """Minibatches (27 full steps an epoch): the captured step learns like the eager one."""
-    eager = tr.train(windows, tmp_path / "eager", tiny(epochs=3, precision=precision))
+    eager = train(windows, tmp_path / "eager", tiny(epochs=3, precision=precision))
     with caplog.at_level(logging.INFO, logger="tracklstm.train"):
-        graphs = tr.train(
+        graphs = train(
             windows, tmp_path / "graphs", tiny(epochs=3, precision=precision, cuda_graphs=True)
         )
     assert CAPTURED in caplog.text and "capture failed" not in caplog.text
@@ -296,23 +295,23 @@ def test_data_paths_on_the_gpu(windows: Path, tmp_path: Path, on_device: bool | 
     """Both data paths train on the GPU; validation is one computation on both and the CPU."""
     run = tmp_path / "run"
     settings = tiny(epochs=4, device="cuda", data_on_device=on_device, stream_chunk=100)
-    summary = tr.train(windows, run, settings)
+    summary = train(windows, run, settings)
     assert summary["data_placement"] == ("stream" if on_device is False else "device")
     assert_finite(run)
     val = column(run)
     assert val[-1] < 0.6 * val[0]
 
-    info = tr.inspect_windows(windows)
+    info = inspect_windows(windows)
     training, runtime = summary["settings"]["training"], summary["settings"]["runtime"]
     results = {}
     for kind in ("cuda", "cpu"):
         device = torch.device(kind)
-        tr.configure_backends(runtime, device)
+        configure_backends(runtime, device)
         model = build_model(summary["settings"]["model"]).to(device)
         model.load_state_dict(torch.load(run / "weights_last.pt", weights_only=True))
-        trainer = tr.Trainer(model, training, device, runtime=runtime)
-        resident = tr.DeviceWindows.load(info, "validation", device)
-        streamed = tr.StreamedWindows(info, "validation", device, chunk=7)
+        trainer = Trainer(model, training, device, runtime=runtime)
+        resident = DeviceWindows.load(info, "validation", device)
+        streamed = StreamedWindows(info, "validation", device, chunk=7)
         try:
             results[kind] = trainer.evaluate(resident)
             assert trainer.evaluate(streamed) == pytest.approx(results[kind], rel=1e-5)
@@ -341,24 +340,24 @@ def test_stop_mid_epoch_and_resume_on_the_gpu(
     dropout, options, exact = RESUME_CASES[case]
     settings = tiny(epochs=3, device="cuda", **options)
     settings["model"] = {"hidden_sizes": [8], "dropout": dropout}
-    tr.train(windows, tmp_path / "ref", settings)
+    train(windows, tmp_path / "ref", settings)
     steps = -(-n_train // 32)
 
     run = tmp_path / "run"
-    tr.request_stop(after_steps=steps + 5)
-    with pytest.raises(tr.TrainingInterrupted) as err:
-        tr.train(windows, run, settings)
+    request_stop(after_steps=steps + 5)
+    with pytest.raises(TrainingInterrupted) as err:
+        train(windows, run, settings)
     assert (err.value.epoch, err.value.step) == (2, 5)
     # The checkpoint of a GPU run loads on a machine without one.
-    ckpt = torch.load(run / tr.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    ckpt = torch.load(run / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     assert ckpt["state"]["epoch"] == 1 and ckpt["partial"]["step"] == 5
     assert ckpt["rng"][0]["cuda"] is not None
     assert len(read_metrics(run / "metrics.partial.csv")) == 1
     assert not (run / "metrics.csv").exists()
 
-    summary = tr.train(windows, run, settings)
+    summary = train(windows, run, settings)
     assert summary["resumes"] == 1 and summary["epochs_run"] == 3
-    assert not (run / tr.CHECKPOINT_NAME).exists()
+    assert not (run / CHECKPOINT_NAME).exists()
     got, want = read_metrics(run / "metrics.csv"), read_metrics(tmp_path / "ref/metrics.csv")
     weights = {
         name: (
@@ -387,11 +386,11 @@ def test_checkpoint_moves_between_cpu_and_gpu(
 ) -> None:
     """A run stopped on one device resumes on the other (a retry on another machine)."""
     run = tmp_path / "run"
-    tr.request_stop(after_steps=-(-n_train // 32) + 5)
-    with pytest.raises(tr.TrainingInterrupted):
-        tr.train(windows, run, tiny(epochs=3, device=first))
+    request_stop(after_steps=-(-n_train // 32) + 5)
+    with pytest.raises(TrainingInterrupted):
+        train(windows, run, tiny(epochs=3, device=first))
     first_rows = read_metrics(run / "metrics.partial.csv")
-    summary = tr.train(windows, run, tiny(epochs=3, device=second))
+    summary = train(windows, run, tiny(epochs=3, device=second))
     assert summary["resumes"] == 1 and summary["epochs_run"] == 3
     gpu_name = torch.cuda.get_device_name(0)
     assert (summary["device"] == gpu_name) is (second == "cuda")
@@ -502,7 +501,7 @@ def test_two_gpus_learn_like_one(tmp_path: Path) -> None:
     data = make_windows_file(tmp_path / "windows.h5", n_tracks=55)
     # 792 training windows = 7 batches of 113 and one of 1 window: rank 1 steps with a stand-in.
     settings = tiny(epochs=4, batch_size=113, learning_rate=2e-2, device="cuda")
-    single = tr.train(data, tmp_path / "single", settings)
+    single = train(data, tmp_path / "single", settings)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "tracklstm.train", "--windows", str(data), "--out", str(tmp_path / "ddp"),

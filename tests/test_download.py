@@ -19,9 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from tracklstm import download as dl
-from tracklstm.dataio import download_record_path
-from tracklstm.download import ChecksumError, DownloadError, download, main, part_path, use_local
+from tracklstm.data import download as dl
+from tracklstm.data.download import (
+    ChecksumError,
+    DownloadError,
+    download,
+    main,
+    part_path,
+    use_local,
+)
+from tracklstm.data.download_record import download_record_path
 
 PAYLOAD = random.Random(20240611).randbytes(300_000)  # > one read chunk (256 KiB)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -423,7 +430,7 @@ def test_progress_bar_path(server: _Server, tmp_path: Path, monkeypatch) -> None
 def test_progress_log_lines(server: _Server, tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.setattr(dl, "show_progress", lambda: False)
     monkeypatch.setattr(dl, "LOG_INTERVAL", 0.0)
-    caplog.set_level(logging.INFO, logger="tracklstm.download")
+    caplog.set_level(logging.INFO, logger="tracklstm.data.download")
     download(server.url(), tmp_path / "data.bin", **FAST)
     assert any(r.getMessage().endswith("(100%)") for r in caplog.records)
 
@@ -455,7 +462,7 @@ def test_cli_refused_subprocess_no_traceback(closed_port: int, tmp_path: Path) -
     env = dict(os.environ)
     src = str(Path(dl.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "tracklstm.download", "--url", url, "--retries", "0"]
+    cmd = [sys.executable, "-m", "tracklstm.data.download", "--url", url, "--retries", "0"]
     proc = subprocess.run(
         [*cmd, "--out", str(tmp_path / "x")],
         capture_output=True,

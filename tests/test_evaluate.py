@@ -21,15 +21,27 @@ import yaml
 from conftest import toy_tracks, write_tracks_csv
 from torch import nn
 
-from tracklstm import evaluate as ev
-from tracklstm.baselines import straight_line
-from tracklstm.challenge import write_challenge
 from tracklstm.constants import FEATURES, PLANE_Z
-from tracklstm.io import sha256_file
-from tracklstm.model import PhysicalModel, build_model
-from tracklstm.predict import main as predict_main
-from tracklstm.to_parquet import convert
-from tracklstm.windows import build, make_windows
+from tracklstm.data.challenge import write_challenge
+from tracklstm.data.to_parquet import convert
+from tracklstm.data.windows import build, make_windows
+from tracklstm.evaluate.cli import main as evaluate_main
+from tracklstm.evaluate.metrics import (
+    EvaluationInputError,
+    complete_tracks,
+    load_model,
+    reconstruct_tracks,
+    score_challenge_file,
+    walk_baseline,
+    walk_network,
+)
+from tracklstm.evaluate.predict import main as predict_main
+from tracklstm.evaluate.quality import quality_table
+from tracklstm.evaluate.run import evaluate
+from tracklstm.files import sha256_file
+from tracklstm.models.build import build_model
+from tracklstm.models.reference import PhysicalModel
+from tracklstm.physics.helix import straight_line
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = (
@@ -132,7 +144,7 @@ def oracle_eval(toy: dict[str, Path]) -> tuple[dict, Path]:
         "epoch,train_mae,train_mse,val_mae,val_mse,lr,seconds,samples_per_s\n"
         "1,0.1,0.01,0.08,0.009,0.001,1.0,100\n2,0.05,0.004,0.06,0.005,0.0005,1.0,100\n"
     )
-    result = ev.evaluate(
+    result = evaluate(
         toy["oracle"],
         toy["windows"],
         out,
@@ -182,7 +194,7 @@ def test_challenge_file_is_scored_for_network_and_baselines(oracle_eval, toy) ->
     pred = straight_line(last, np.array([r[-1] for r in states]))[:, [0, 1, 3, 4, 5]]
     path = toy["dir"] / "straight_pred.csv"
     np.savetxt(path, pred, delimiter=",", fmt="%.9g")
-    again = ev.score_challenge_file(toy["inputs"], toy["answers"], path, {})
+    again = score_challenge_file(toy["inputs"], toy["answers"], path, {})
     assert again["network"]["score"] == pytest.approx(ch["straight"]["score"], rel=1e-6)
 
 
@@ -228,7 +240,7 @@ def test_outputs_written(oracle_eval) -> None:
 
 def test_model_with_other_window_length_gets_rebuilt_windows(toy, tmp_path) -> None:
     model = untrained_model(tmp_path / "m5.ts", toy["windows"], length=5)
-    result = ev.evaluate(model, toy["windows"], tmp_path / "out", n_momentum_bins=3, plots=False)
+    result = evaluate(model, toy["windows"], tmp_path / "out", n_momentum_bins=3, plots=False)
     n_tracks = result["data"]["n_test_tracks"]
     # complete tracks: windows of 5 with targets at planes 5..24
     assert result["n_test_windows"] == n_tracks * 20
@@ -245,31 +257,31 @@ def test_reconstruct_tracks_round_trip() -> None:
     tracks = toy_tracks(12, seed=2).astype(np.float32)
     tracks[3, 20:] = np.nan  # an incomplete track: windows up to target plane 19
     inputs, targets, idx, plane = make_windows(tracks, 7)
-    ids, rebuilt = ev.reconstruct_tracks(inputs, targets, idx + 100, plane)
+    ids, rebuilt = reconstruct_tracks(inputs, targets, idx + 100, plane)
     assert ids.tolist() == [i + 100 for i in range(12)]
     np.testing.assert_array_equal(rebuilt[np.isfinite(rebuilt)], tracks[np.isfinite(tracks)])
     assert np.isnan(rebuilt[3, 20:]).all()
-    assert len(ev.complete_tracks(rebuilt, 24)) == 11
+    assert len(complete_tracks(rebuilt, 24)) == 11
 
 
 def test_walk_helpers() -> None:
     tracks = toy_tracks(8, seed=9)
     oracle = torch.jit.script(HelixOracle())
-    walked = ev.walk_network(oracle, tracks, 7)
+    walked = walk_network(oracle, tracks, 7)
     np.testing.assert_array_equal(walked[:, :7], tracks[:, :7].astype(np.float32))
     np.testing.assert_allclose(walked[:, 7:], tracks[:, 7:], atol=2e-3)
-    helix_walk = ev.walk_baseline(lambda s, z: straight_line(s, z), tracks, 7)
+    helix_walk = walk_baseline(lambda s, z: straight_line(s, z), tracks, 7)
     direct = straight_line(tracks[:, 6], tracks[:, 24, 2])
     np.testing.assert_allclose(helix_walk[:, 24], direct, atol=1e-9)
 
 
 def test_cli_names_bad_inputs(toy, tmp_path, capsys) -> None:
     out = str(tmp_path / "o")
-    rc = ev.main(
+    rc = evaluate_main(
         ["--model", str(toy["oracle"]), "--windows", str(tmp_path / "no.h5"), "--out", out]
     )
     assert rc == 1 and "no.h5: no such file" in capsys.readouterr().err
-    rc = ev.main(
+    rc = evaluate_main(
         ["--model", str(toy["oracle"]), "--windows", str(toy["windows"]), "--out", out,
          "--helix-field", "[[100, 2], [50, 1]]"]
     )  # fmt: skip
@@ -277,13 +289,15 @@ def test_cli_names_bad_inputs(toy, tmp_path, capsys) -> None:
     short = tmp_path / "short.csv"
     short.write_text("\n".join(toy["predictions"].read_text().splitlines()[:3]) + "\n")
     with pytest.raises(ValueError, match=r"short\.csv: 3 predictions"):
-        ev.score_challenge_file(toy["inputs"], toy["answers"], short, {})
+        score_challenge_file(toy["inputs"], toy["answers"], short, {})
     not_model = tmp_path / "model.ts"
     not_model.write_text("not a model")
-    with pytest.raises(ev.EvaluationInputError, match=r"model\.ts"):
-        ev.load_model(not_model)
+    with pytest.raises(EvaluationInputError, match=r"model\.ts"):
+        load_model(not_model)
     with pytest.raises(SystemExit):
-        ev.main(["--model", "m", "--windows", "w", "--out", out, "--challenge-inputs", "x.csv"])
+        evaluate_main(
+            ["--model", "m", "--windows", "w", "--out", out, "--challenge-inputs", "x.csv"]
+        )
 
 
 def test_quality_table(tracks_csv, tmp_path) -> None:
@@ -303,7 +317,7 @@ def test_quality_table(tracks_csv, tmp_path) -> None:
         )
     )
     out = tmp_path / "quality.html"
-    rc = ev.main(["quality", "--out", str(out), "--dataset", "toy", str(a), str(b)])
+    rc = evaluate_main(["quality", "--out", str(out), "--dataset", "toy", str(a), str(b)])
     assert rc == 0
     page = out.read_text()
     cells = re.findall(r"<td>([^<]*)</td>", page)
@@ -318,8 +332,8 @@ def test_quality_table(tracks_csv, tmp_path) -> None:
     assert "-99" in page and "Data quality: toy" in page and "non_numeric" in page
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    with pytest.raises(ev.EvaluationInputError, match=r"bad\.json: no key 'rows'"):
-        ev.quality_table([bad], out)
+    with pytest.raises(EvaluationInputError, match=r"bad\.json: no key 'rows'"):
+        quality_table([bad], out)
 
 
 @pytest.mark.workflow
@@ -328,7 +342,7 @@ def test_workflow_evaluations_comparison_and_report(tmp_path: Path, tiny_project
     """One tiny run (a copy of the shared finished one): a trained model on its own and another
     dataset, an external model file, a comparison, and ``snakemake --report``."""
     from conftest import copy_project
-    from farmtest import snakemake as project_snakemake
+    from workflow_runs import snakemake as project_snakemake
 
     work = copy_project(tiny_project, tmp_path / "wf")
     write_tracks_csv(toy_tracks(120, seed=21), tmp_path / "toy.csv")

@@ -14,21 +14,13 @@ import torch
 from conftest import toy_tracks
 
 import tracklstm
-from tracklstm.artifacts import METADATA_NAME, load_model, load_torchscript, read_metadata
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
-from tracklstm.export import (
-    ExportCheckError,
-    ExportInputError,
-    compare,
-    example_inputs,
-    export,
-    export_torchscript,
-    load_physical_model,
-    main,
-    read_tensor,
-    write_tensor,
-)
-from tracklstm.model import build_model
+from tracklstm.export.formats import ExportCheckError, export, export_torchscript, main
+from tracklstm.export.loading import METADATA_NAME, load_model, load_torchscript, read_metadata
+from tracklstm.export.module import ExportInputError, load_physical_model
+from tracklstm.export.parity import compare, example_inputs
+from tracklstm.export.tensor_file import read_tensor, write_tensor
+from tracklstm.models.build import build_model
 
 #: float32 rounding, in normalized units (a fraction of each feature's range).
 ROUNDING = 1e-6
@@ -110,7 +102,8 @@ def test_all_files_written_and_checks_reported(exported: dict[str, Path]) -> Non
     formats = {(c["format"], c["batch"]) for c in report["checks"]}
     assert formats == {(f, n) for f in ("torchscript", "torch.export", "onnx") for n in (1, 7, 300)}
     for check in report["checks"]:
-        assert check["passed"] and 0 <= check["max_norm_diff"] <= ROUNDING
+        assert check["passed"] and 0 <= check["max_diff"] <= ROUNDING
+        assert check["diff_units"] == "normalized"
         assert set(check["max_abs_diff"]) == set(FEATURES)
 
 
@@ -320,7 +313,7 @@ def test_tensor_file_round_trip_and_errors(tmp_path: Path) -> None:
 def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     """The rules' outputs from a tiny trained run; a failed parity check leaves no export file."""
     from conftest import copy_project
-    from farmtest import snakemake
+    from workflow_runs import snakemake
 
     work = copy_project(tiny_project, tmp_path / "work")
     run = work / "results" / "tiny" / "small"

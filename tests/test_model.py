@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tracklstm.model import PhysicalModel, TrackRNN, build_model, count_parameters
+from tracklstm.models.build import build_model, count_parameters
+from tracklstm.models.reference import PhysicalModel, TrackRNN
 
 
 def test_reference_layers_and_parameter_count() -> None:

@@ -13,16 +13,11 @@ import torch
 from conftest import toy_tracks
 from test_export import make_run
 
-from tracklstm.artifacts import load_torchscript, predict_windows
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import export, export_torchscript
-from tracklstm.predict import (
-    ChallengeInputError,
-    main,
-    predict_file,
-    read_challenge_rows,
-)
-from tracklstm.real_track import REAL_TRACK_FILE
+from tracklstm.evaluate.predict import ChallengeInputError, main, predict_file, read_challenge_rows
+from tracklstm.evaluate.real_track import REAL_TRACK_FILE
+from tracklstm.export.formats import export, export_torchscript
+from tracklstm.export.loading import load_torchscript, predict_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TRACK = REAL_TRACK_FILE

@@ -38,7 +38,7 @@ import yaml
 from conftest import copy_project, toy_tracks, write_tracks_csv
 
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
-from farmtest import (
+from workflow_runs import (
     ROOT,
     Job,
     copy_workflow,

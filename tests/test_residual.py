@@ -5,18 +5,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from conftest import toy_tracks
+from test_train import make_windows_file
 
-from tracklstm.baselines import NOMINAL_FIELD, TURNING_FIELD, field_only, helix
 from tracklstm.constants import PLANE_Z
-from tracklstm.prior import field_tables, helix_step
-from tracklstm.residual import ResidualPropagator, build_residual
-from tracklstm.residual_train import predict, train_residual
-from tracklstm.windows import make_windows
+from tracklstm.data.windows import make_windows
+from tracklstm.models.residual import ResidualPropagator, build_residual
+from tracklstm.physics.baselines import field_only
+from tracklstm.physics.helix import helix
+from tracklstm.physics.helix_field import NOMINAL_FIELD, TURNING_FIELD
+from tracklstm.physics.helix_prior import field_tables, helix_step
+from tracklstm.train.fit import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
@@ -94,17 +99,52 @@ def test_output_z_is_the_next_plane_exactly(toy_windows: tuple[torch.Tensor, ...
                 assert set(out[:, 2].tolist()) <= set(plane_z32.tolist())
 
 
-def test_a_tiny_model_trained_in_seconds_beats_the_helix() -> None:
-    from tracklstm.simulate import simulate_tracks
+#: The residual variant's recipe of config.yaml (cosine schedule, MSE, no clipping), shorter.
+RECIPE: dict = {
+    "epochs": 40,
+    "batch_size": 256,
+    "learning_rate": 3.0e-3,
+    "loss": "mse",
+    "grad_clip_value": None,
+    "scheduler": {"kind": "cosine", "min_lr": 3.0e-5},
+    "early_stopping": {"patience": None, "restore_best": True},
+}
 
-    inputs, targets, track = windows_of(simulate_tracks(300, seed=5))
-    train, held = track < 240, track >= 240
-    torch.manual_seed(0)
-    model = build_residual({"body": "mlp", "hidden_sizes": [32, 32], "history": 1})
-    train_residual(model, inputs[train], targets[train], seconds=8.0, max_epochs=40, lr=3e-3)
-    pred = predict(model, inputs[held]).numpy().astype(np.float64)
-    truth = targets[held].numpy().astype(np.float64)
-    base = helix(inputs[held, -1].numpy().astype(np.float64), truth[:, 2])
+
+def predict(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(inputs)
+
+
+def trained(windows: Path, run: Path, model: dict, **training: object) -> tuple[dict, Any]:
+    """A residual model trained by the project's trainer: (summary, the best weights' model)."""
+    settings = {
+        "model": {"kind": "residual", **model},
+        "training": {**RECIPE, **training},
+        "runtime": {"device": "cpu"},
+    }
+    summary = train(windows, run, settings)
+    net = build_residual({k: v for k, v in model.items()})
+    net.load_state_dict(torch.load(run / "weights_best.pt", weights_only=True))
+    return summary, net.eval()
+
+
+def split(windows: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with h5py.File(windows) as h5:
+        return torch.from_numpy(h5[name]["inputs"][...]), torch.from_numpy(h5[name]["targets"][...])
+
+
+def test_a_tiny_model_trained_in_seconds_beats_the_helix(tmp_path: Path) -> None:
+    from tracklstm.data.simulate import simulate_tracks
+
+    windows = make_windows_file(tmp_path / "windows.h5", tracks=simulate_tracks(300, seed=5))
+    _, model = trained(
+        windows, tmp_path / "run", {"body": "mlp", "hidden_sizes": [32, 32], "history": 1}
+    )
+    inputs, targets = split(windows, "test")
+    pred = predict(model, inputs).numpy().astype(np.float64)
+    truth = targets.numpy().astype(np.float64)
+    base = helix(inputs[:, -1].numpy().astype(np.float64), truth[:, 2])
 
     def rms_x(p: np.ndarray) -> float:
         return float(np.sqrt(np.mean((p[:, 0] - truth[:, 0]) ** 2)))
@@ -129,24 +169,17 @@ def test_buffers_round_trip_through_the_state_dict(toy_windows: tuple[torch.Tens
     assert pred.shape == target.shape == (5, 5)
 
 
-def test_training_keeps_the_best_validation_epoch(toy_windows: tuple[torch.Tensor, ...]) -> None:
-    inputs, targets = toy_windows
-    model = build_residual({"hidden_sizes": [8]})
-    half = inputs.shape[0] // 2
-    summary = train_residual(
-        model,
-        inputs[:half],
-        targets[:half],
-        validation=(inputs[half:], targets[half:]),
-        seconds=30.0,
-        max_epochs=4,
-        batch_size=64,
+def test_training_keeps_the_best_validation_epoch(tmp_path: Path) -> None:
+    windows = make_windows_file(tmp_path / "windows.h5")
+    summary, model = trained(
+        windows, tmp_path / "run", {"hidden_sizes": [8]}, epochs=4, batch_size=64
     )
-    assert summary["epochs"] == 4 and 1 <= summary["best_epoch"] <= 4
+    assert summary["epochs_run"] == 4 and 1 <= summary["best_epoch"] <= 4
+    inputs, targets = split(windows, "validation")
     with torch.no_grad():
-        pred, target = model.loss_pair(inputs[half:], targets[half:])
+        pred, target = model.loss_pair(inputs, targets)
     assert float(torch.mean((pred - target) ** 2)) == pytest.approx(
-        summary["best_validation_mse"], rel=1e-5
+        summary["best_val_mse"], rel=1e-4
     )
     assert not model.training
 
@@ -186,7 +219,7 @@ def test_onnx_and_torch_export_agree_with_eager(
 
 
 def test_field_only_reaches_each_rows_target_z() -> None:
-    from tracklstm.simulate import propagate
+    from tracklstm.physics.solenoid import propagate
 
     states, z = random_states(50, seed=3)
     states[:, 2] = 176.944
@@ -195,7 +228,7 @@ def test_field_only_reaches_each_rows_target_z() -> None:
     assert out.shape == states.shape
     assert np.array_equal(out[:, 2], z)
     odd = np.arange(50) % 2 == 1
-    np.testing.assert_array_equal(out[odd], propagate(states[odd], [343.405], material=False)[:, 0])
+    np.testing.assert_array_equal(out[odd], propagate(states[odd], [343.405])[:, 0])
     assert field_only(states[0], 200.0).shape == (6,)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import copy_project
-from farmtest import parse_jobs, read_config, snakemake, write_config
+from workflow_runs import parse_jobs, read_config, snakemake, write_config
 
 from tracklstm.constants import PLANE_Z
 

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracklstm import simulate as sim
 from tracklstm.constants import COLUMNS, N_PLANES, PLANE_Z
-from tracklstm.real_track import REAL_TRACK_FILE
+from tracklstm.data import simulate as sim
+from tracklstm.evaluate.real_track import REAL_TRACK_FILE
+from tracklstm.physics import solenoid
+from tracklstm.physics.material import DETECTOR_MATERIAL
 
 REAL_TRACK = REAL_TRACK_FILE  # the package's copy of the real track
 FEATURES = ["x", "y", "z", "px", "py", "pz"]
@@ -43,7 +45,7 @@ def _phi(tracks: np.ndarray) -> np.ndarray:
 
 
 def test_field_is_divergence_free_and_radial_part_follows_the_gradient() -> None:
-    fld = sim.GLUEX_FIELD
+    fld = solenoid.GLUEX_FIELD
     rng = np.random.default_rng(1)
     x, y = rng.uniform(-40, 40, 200), rng.uniform(-40, 40, 200)
     z = rng.uniform(66, 344, 200)
@@ -67,7 +69,7 @@ def test_field_is_divergence_free_and_radial_part_follows_the_gradient() -> None
 
 
 def test_field_profile_is_in_the_calibrated_range() -> None:
-    bz, _ = sim.GLUEX_FIELD.profile(np.linspace(65, 345, 300))
+    bz, _ = solenoid.GLUEX_FIELD.profile(np.linspace(65, 345, 300))
     assert bz.min() > 1.5 and bz.max() < 2.1
 
 
@@ -76,7 +78,7 @@ def test_field_profile_is_in_the_calibrated_range() -> None:
 
 def test_momentum_magnitude_conserved_without_material() -> None:
     states = _some_states(200)
-    out = sim.propagate(states, PLANE_Z, material=False)
+    out = solenoid.propagate(states, PLANE_Z)
     p0 = np.linalg.norm(states[:, 3:], axis=1)
     p = np.linalg.norm(out[:, :, 3:], axis=2)
     assert np.max(np.abs(p / p0[:, None] - 1)) < 1e-9
@@ -87,16 +89,16 @@ def test_momentum_magnitude_conserved_without_material() -> None:
 
 def test_uniform_field_gives_the_exact_helix() -> None:
     bz = 2.0
-    uniform = sim.SolenoidField((0.0, 1000.0), (bz, bz))
+    uniform = solenoid.SolenoidField((0.0, 1000.0), (bz, bz))
     states = _some_states(100, seed=2)
-    out = sim.propagate(states, PLANE_Z, material=False, field=uniform)
+    out = solenoid.propagate(states, PLANE_Z, field=uniform)
     pt0 = np.hypot(states[:, 3], states[:, 4])
     pt = np.hypot(out[:, :, 3], out[:, :, 4])
     assert np.max(np.abs(pt / pt0[:, None] - 1)) < 1e-9
     np.testing.assert_allclose(out[:, :, 5], states[:, 5:6].repeat(N_PLANES, 1), rtol=1e-12)
     # closed form: p_T turns by -omega*dz, omega = c q B / pz
     dz = np.asarray(PLANE_Z) - PLANE_Z[0]
-    omega = (sim.C_LIGHT * sim.DEFAULT_CHARGE * bz / states[:, 5])[:, None]
+    omega = (solenoid.C_LIGHT * solenoid.DEFAULT_CHARGE * bz / states[:, 5])[:, None]
     turn = np.exp(-1j * omega * dz)
     p_t0 = (states[:, 3] + 1j * states[:, 4])[:, None]
     pos = (states[:, 0] + 1j * states[:, 1])[:, None] + p_t0 / states[:, 5:6] * (1 - turn) / (
@@ -110,19 +112,19 @@ def test_uniform_field_gives_the_exact_helix() -> None:
 def test_canonical_angular_momentum_conserved_busch() -> None:
     """The field is curl A with A_phi = r Bz / 2: x py - y px + c q Bz r^2 / 2 is conserved."""
     states = _some_states(200, seed=3)
-    out = sim.propagate(states, PLANE_Z, material=False)
+    out = solenoid.propagate(states, PLANE_Z)
     x, y, z, px, py = (out[:, :, k] for k in range(5))
-    bz, _ = sim.GLUEX_FIELD.profile(z)
+    bz, _ = solenoid.GLUEX_FIELD.profile(z)
     lkin = x * py - y * px
-    lcan = lkin + 0.5 * sim.C_LIGHT * sim.DEFAULT_CHARGE * bz * (x * x + y * y)
+    lcan = lkin + 0.5 * solenoid.C_LIGHT * solenoid.DEFAULT_CHARGE * bz * (x * x + y * y)
     assert np.max(np.abs(lcan - lcan[:, :1])) < 1e-6  # GeV/c cm
     assert np.max(np.abs(lkin - lkin[:, :1])) > 0.1  # while the kinetic part changes a lot
 
 
 def test_propagate_is_deterministic_without_material_and_records_planes() -> None:
     states = _some_states(30, seed=4)
-    a = sim.propagate(states, PLANE_Z, material=False)
-    b = sim.propagate(states, PLANE_Z, material=False, rng=np.random.default_rng(99))
+    a = solenoid.propagate(states, PLANE_Z)
+    b = solenoid.propagate(states, PLANE_Z, rng=np.random.default_rng(99))
     assert a.shape == (30, N_PLANES, 6)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[:, :, 2], np.broadcast_to(PLANE_Z, (30, N_PLANES)))
@@ -132,18 +134,20 @@ def test_propagate_is_deterministic_without_material_and_records_planes() -> Non
 def test_propagate_from_own_z_matches_one_common_run() -> None:
     """States at different z: a track started at plane 7 goes on as it would have from plane 0."""
     states = _some_states(6, seed=5)
-    full = sim.propagate(states, PLANE_Z, material=False)
+    full = solenoid.propagate(states, PLANE_Z)
     mixed = states.copy()
     mixed[3:] = full[3:, 7]
-    out = sim.propagate(mixed, PLANE_Z[7:], material=False)
+    out = solenoid.propagate(mixed, PLANE_Z[7:])
     np.testing.assert_allclose(out, full[:, 7:], rtol=0, atol=2e-5)
 
 
 def test_material_acts_only_downstream_of_each_start() -> None:
     states = _some_states(8, seed=7)
-    at7 = sim.propagate(states, PLANE_Z[:8], material=False)[:, 7]
+    at7 = solenoid.propagate(states, PLANE_Z[:8])[:, 7]
     mixed = np.vstack([states[:4], at7[4:]])
-    out = sim.propagate(mixed, PLANE_Z[7:], material=True, rng=np.random.default_rng(3))
+    out = solenoid.propagate(
+        mixed, PLANE_Z[7:], material=DETECTOR_MATERIAL, rng=np.random.default_rng(3)
+    )
     p = np.linalg.norm(out[:, :, 3:], axis=2)
     p_start = np.linalg.norm(mixed[:, 3:], axis=1)
     assert np.all(p_start[:4] - p[:4, 0] > 3e-3)  # crossed the upstream material
@@ -154,16 +158,16 @@ def test_material_acts_only_downstream_of_each_start() -> None:
 
 def test_propagate_rejects_bad_input() -> None:
     states = _some_states(3)
-    with pytest.raises(sim.SimulationError, match="shape"):
-        sim.propagate(states[:, :5], PLANE_Z)
-    with pytest.raises(sim.SimulationError, match="increasing"):
-        sim.propagate(states, [180.0, 179.0])
-    with pytest.raises(sim.SimulationError, match="beyond the first plane"):
-        sim.propagate(states, [60.0, 180.0])
+    with pytest.raises(solenoid.PropagationError, match="shape"):
+        solenoid.propagate(states[:, :5], PLANE_Z)
+    with pytest.raises(solenoid.PropagationError, match="increasing"):
+        solenoid.propagate(states, [180.0, 179.0])
+    with pytest.raises(solenoid.PropagationError, match="beyond the first plane"):
+        solenoid.propagate(states, [60.0, 180.0])
     bad = states.copy()
     bad[1, 5] = -1.0
-    with pytest.raises(sim.SimulationError, match="row 1"):
-        sim.propagate(bad, PLANE_Z)
+    with pytest.raises(solenoid.PropagationError, match="row 1"):
+        solenoid.propagate(bad, PLANE_Z)
 
 
 def test_phi_decreases_with_z_like_the_real_data(
@@ -172,12 +176,12 @@ def test_phi_decreases_with_z_like_the_real_data(
     """The momentum direction turns clockwise seen from +z (tracks with pt > 50 MeV/c)."""
     assert np.all(np.diff(_phi(real_track)[[0, 1, 7, 13]]) < 0)
     states = _some_states(600, seed=6)
-    out = sim.propagate(states, PLANE_Z, material=False)
+    out = solenoid.propagate(states, PLANE_Z)
     keep = sim.accepted(out) & (np.hypot(states[:, 3], states[:, 4]) > 0.05)
     assert keep.sum() > 200
     phi = _phi(out[keep])
     assert np.all(phi[:, 1] < phi[:, 0]) and np.all(phi[:, -1] < phi[:, 0])
-    flipped = sim.propagate(states[keep], PLANE_Z, material=False, charge=-1.0)
+    flipped = solenoid.propagate(states[keep], PLANE_Z, charge=-1.0)
     assert np.all(_phi(flipped)[:, -1] > _phi(flipped)[:, 0])
     fast = np.hypot(small_sample[:, 0, 3], small_sample[:, 0, 4]) > 0.05
     phi = _phi(small_sample[fast])
@@ -195,7 +199,7 @@ def test_real_track_from_origin_without_material(real_track: np.ndarray) -> None
     they are dominated by the ~10 MeV/c scattering and 8 MeV/c energy loss the real track had
     in the material before the first plane.
     """
-    out = sim.propagate(real_track[:1], real_track[:, 2], material=False)[0]
+    out = solenoid.propagate(real_track[:1], real_track[:, 2])[0]
     dev = np.abs(out - real_track)
     assert dev[:, [0, 1]].max() < 1.5
     assert dev[:, [3, 4]].max() < 15e-3
@@ -210,14 +214,14 @@ def test_real_track_from_first_plane_without_material(real_track: np.ndarray) ->
     A uniform 2.0 T field misses by 0.18 cm in y and 5.1 MeV/c in py, a uniform 2.3 T field by
     7-9 MeV/c: the calibrated profile (with its radial part) is what passes.
     """
-    out = sim.propagate(real_track[1:2], real_track[1:, 2], material=False)[0]
+    out = solenoid.propagate(real_track[1:2], real_track[1:, 2])[0]
     dev = np.abs(out - real_track[1:])
     assert dev[:, [0, 1]].max() < 0.15
     assert dev[:, [3, 4]].max() < 3.5e-3
     assert dev[:, 5].max() < 1.5e-3
     for bz in (2.0, 2.3):
-        uniform = sim.SolenoidField((0.0, 1000.0), (bz, bz))
-        worse = sim.propagate(real_track[1:2], real_track[1:, 2], material=False, field=uniform)
+        uniform = solenoid.SolenoidField((0.0, 1000.0), (bz, bz))
+        worse = solenoid.propagate(real_track[1:2], real_track[1:, 2], field=uniform)
         assert np.abs(worse[0] - real_track[1:])[:, [3, 4]].max() > 3.5e-3
 
 
@@ -229,9 +233,9 @@ def test_turning_of_the_real_track_is_reproduced(real_track: np.ndarray) -> None
     def apparent(tr: np.ndarray, a: int, b: int) -> float:
         phi = _phi(tr)
         pz = 0.5 * (tr[a, 5] + tr[b, 5])
-        return float(-(phi[b] - phi[a]) * pz / (sim.C_LIGHT * (tr[b, 2] - tr[a, 2])))
+        return float(-(phi[b] - phi[a]) * pz / (solenoid.C_LIGHT * (tr[b, 2] - tr[a, 2])))
 
-    out = sim.propagate(real_track[1:2], real_track[1:, 2], material=False)[0]
+    out = solenoid.propagate(real_track[1:2], real_track[1:, 2])[0]
     sim_track = np.vstack([real_track[:1], out])
     for a, b, expected in ((6, 7, 2.3), (12, 13, 2.1), (18, 19, 0.0)):
         assert abs(apparent(real_track, a, b) - expected) < 0.25
@@ -242,8 +246,8 @@ def test_turning_of_the_real_track_is_reproduced(real_track: np.ndarray) -> None
 def test_real_track_lies_within_the_simulated_spread(real_track: np.ndarray, start: int) -> None:
     """With material, the real track is a typical member of the simulated ensemble."""
     copies = np.repeat(real_track[start : start + 1], 2000, axis=0)
-    out = sim.propagate(
-        copies, real_track[start + 1 :, 2], material=True, rng=np.random.default_rng(5)
+    out = solenoid.propagate(
+        copies, real_track[start + 1 :, 2], material=DETECTOR_MATERIAL, rng=np.random.default_rng(5)
     )
     mean, sd = out.mean(axis=0), out.std(axis=0)
     cols = [0, 1, 3, 4, 5]

@@ -24,19 +24,15 @@ import yaml
 from tracklstm.constants import PLANE_Z
 
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
-from farmtest import (
+from farmtest import slurm_down, slurm_env, slurm_job, slurm_up, submissions
+from workflow_runs import (
     ROOT,
     Job,
     copy_workflow,
     parse_jobs,
     read_config,
     run_env,
-    slurm_down,
-    slurm_env,
-    slurm_job,
-    slurm_up,
     snakemake,
-    submissions,
     write_config,
 )
 

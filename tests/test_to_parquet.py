@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import toy_tracks, write_tracks_csv
 
-from tracklstm import to_parquet
 from tracklstm.constants import COLUMNS, FEATURES, PLANE_Z
-from tracklstm.to_parquet import InputFileError, convert, main
+from tracklstm.data import to_parquet
+from tracklstm.data.csv_blocks import InputFileError
+from tracklstm.data.to_parquet import convert, main
 
 
 def csv_lines(tmp_path: Path, n: int = 120, seed: int = 1) -> list[str]:

@@ -17,8 +17,21 @@ import pytest
 import torch
 from conftest import toy_tracks
 
-from tracklstm import train as tr
-from tracklstm.model import PhysicalModel, build_model
+from tracklstm.models.build import build_model
+from tracklstm.models.reference import PhysicalModel
+from tracklstm.train.checkpoints import CHECKPOINT_NAME, METRIC_COLUMNS
+from tracklstm.train.cli import main
+from tracklstm.train.config import (
+    DEFAULT_MODEL,
+    DEFAULT_RUNTIME,
+    DEFAULT_TRAINING,
+    resolve_settings,
+)
+from tracklstm.train.data import DeviceWindows, StreamedWindows, inspect_windows
+from tracklstm.train.errors import EXIT_INTERRUPTED, TrainingInputError, TrainingInterrupted
+from tracklstm.train.fit import train
+from tracklstm.train.runtime import Dist, request_stop
+from tracklstm.train.trainer import Trainer
 
 #: A tiny model and schedule: a few hundred windows, seconds per run on a small CPU.
 TINY: dict[str, Any] = {
@@ -36,7 +49,7 @@ TIMING = ("seconds", "samples_per_s")
 
 def tiny(**options: Any) -> dict[str, Any]:
     """TINY with some training (or runtime: device, precision, ...) settings replaced."""
-    runtime = {k: v for k, v in options.items() if k in tr.DEFAULT_RUNTIME}
+    runtime = {k: v for k, v in options.items() if k in DEFAULT_RUNTIME}
     training = {k: v for k, v in options.items() if k not in runtime}
     return {
         **TINY,
@@ -46,10 +59,18 @@ def tiny(**options: Any) -> dict[str, Any]:
 
 
 def make_windows_file(
-    path: Path, n_tracks: int = 60, length: int = 7, seed: int = 0, fingerprint: str = "toy"
+    path: Path,
+    n_tracks: int = 60,
+    length: int = 7,
+    seed: int = 0,
+    fingerprint: str = "toy",
+    tracks: np.ndarray | None = None,
 ) -> Path:
-    """A windows file in the layout of the windows stage, from toy helices (no other stage)."""
-    tracks = toy_tracks(n_tracks, seed).astype(np.float32)
+    """A windows file in the layout of the windows stage, from ``tracks`` (default: toy
+    helices; no other stage): the first 80 % of the tracks train, 10 % validate, 10 % test."""
+    tracks = toy_tracks(n_tracks, seed) if tracks is None else tracks
+    tracks = tracks.astype(np.float32)
+    n_tracks = len(tracks)
     offsets = np.arange(0, 24 - length + 1)
     idx = offsets[:, None] + np.arange(length + 1)[None, :]
     full = tracks[:, idx].reshape(-1, length + 1, 6)
@@ -105,7 +126,7 @@ def wfile(tmp_path: Path) -> Path:
 
 
 def test_defaults_are_the_reference() -> None:
-    s = tr.resolve_settings({})
+    s = resolve_settings({})
     t = s["training"]
     reference = {k: s["model"][k] for k in ("kind", "cell", "hidden_sizes", "dropout")}
     assert reference == {
@@ -158,23 +179,23 @@ def test_defaults_are_the_reference() -> None:
 def test_bad_settings_stop_before_training(
     settings: dict[str, Any], key: str, wfile: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(tr.TrainingInputError, match=key.replace(".", r"\.")):
-        tr.resolve_settings(settings)
-    with pytest.raises(tr.TrainingInputError):
-        tr.train(wfile, tmp_path / "run", settings)
+    with pytest.raises(TrainingInputError, match=key.replace(".", r"\.")):
+        resolve_settings(settings)
+    with pytest.raises(TrainingInputError):
+        train(wfile, tmp_path / "run", settings)
     assert not (tmp_path / "run").exists()
 
 
 def test_window_length_must_match_the_data(wfile: Path, tmp_path: Path) -> None:
-    with pytest.raises(tr.TrainingInputError, match=r"windows of 5 states.*windows of 7"):
-        tr.train(wfile, tmp_path / "run", {**TINY, "window_length": 5})
+    with pytest.raises(TrainingInputError, match=r"windows of 5 states.*windows of 7"):
+        train(wfile, tmp_path / "run", {**TINY, "window_length": 5})
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 def test_cuda_device_without_gpu(wfile: Path, tmp_path: Path) -> None:
-    with pytest.raises(tr.TrainingInputError, match="no CUDA GPU"):
-        tr.train(wfile, tmp_path / "run", tiny(device="cuda"))
+    with pytest.raises(TrainingInputError, match="no CUDA GPU"):
+        train(wfile, tmp_path / "run", tiny(device="cuda"))
 
 
 # --- bad input files ------------------------------------------------------------------------
@@ -224,8 +245,8 @@ def _replace(h5: h5py.File, name: str, value: np.ndarray) -> None:
 def test_bad_windows_file(edit: Any, message: str, wfile: Path, tmp_path: Path) -> None:
     _edit(wfile, edit)
     for on_device in (True, False):  # checked before training on both data paths
-        with pytest.raises(tr.TrainingInputError, match=message) as err:
-            tr.train(wfile, tmp_path / "run", tiny(data_on_device=on_device))
+        with pytest.raises(TrainingInputError, match=message) as err:
+            train(wfile, tmp_path / "run", tiny(data_on_device=on_device))
         assert str(wfile) in str(err.value)
     assert not (tmp_path / "run").exists()
 
@@ -233,10 +254,10 @@ def test_bad_windows_file(edit: Any, message: str, wfile: Path, tmp_path: Path) 
 def test_not_an_hdf5_file(tmp_path: Path) -> None:
     bad = tmp_path / "windows.h5"
     bad.write_text("x,y,z\n1,2,3\n")
-    with pytest.raises(tr.TrainingInputError, match="not a readable HDF5 file"):
-        tr.train(bad, tmp_path / "run", TINY)
-    with pytest.raises(tr.TrainingInputError, match="no such file"):
-        tr.train(tmp_path / "missing.h5", tmp_path / "run", TINY)
+    with pytest.raises(TrainingInputError, match="not a readable HDF5 file"):
+        train(bad, tmp_path / "run", TINY)
+    with pytest.raises(TrainingInputError, match="no such file"):
+        train(tmp_path / "missing.h5", tmp_path / "run", TINY)
 
 
 # --- outputs and learning -------------------------------------------------------------------
@@ -244,7 +265,7 @@ def test_not_an_hdf5_file(tmp_path: Path) -> None:
 
 def test_outputs_and_learning(wfile: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    summary = tr.train(wfile, run, tiny(epochs=4))
+    summary = train(wfile, run, tiny(epochs=4))
     assert sorted(p.name for p in run.iterdir()) == [
         "metrics.csv",
         "training.json",
@@ -252,7 +273,7 @@ def test_outputs_and_learning(wfile: Path, tmp_path: Path) -> None:
         "weights_last.pt",
     ]  # the checkpoint is gone once the run is complete
     rows = read_metrics(run / "metrics.csv")
-    assert list(rows[0]) == list(tr.METRIC_COLUMNS)
+    assert list(rows[0]) == list(METRIC_COLUMNS)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     val = [float(r["val_mae"]) for r in rows]
     assert val[-1] < 0.6 * val[0]  # it learns
@@ -290,17 +311,17 @@ def test_outputs_and_learning(wfile: Path, tmp_path: Path) -> None:
 
 
 def test_windows_from_the_windows_stage(windows_h5: Path, tmp_path: Path) -> None:
-    summary = tr.train(windows_h5, tmp_path / "run", {**tiny(epochs=1), "window_length": 7})
+    summary = train(windows_h5, tmp_path / "run", {**tiny(epochs=1), "window_length": 7})
     with h5py.File(windows_h5) as h5:
         assert summary["data_fingerprint"] == h5.attrs["data_fingerprint"]
     assert summary["n_train"] > 0 and np.isfinite(summary["best_val_mae"])
 
 
 def test_same_seed_same_run_other_seed_other_run(wfile: Path, tmp_path: Path) -> None:
-    a = read_metrics(tr.train(wfile, tmp_path / "a", tiny(epochs=2)) and tmp_path / "a/metrics.csv")
-    b = read_metrics(tr.train(wfile, tmp_path / "b", tiny(epochs=2)) and tmp_path / "b/metrics.csv")
+    a = read_metrics(train(wfile, tmp_path / "a", tiny(epochs=2)) and tmp_path / "a/metrics.csv")
+    b = read_metrics(train(wfile, tmp_path / "b", tiny(epochs=2)) and tmp_path / "b/metrics.csv")
     c = read_metrics(
-        tr.train(wfile, tmp_path / "c", tiny(epochs=2, seed=5)) and tmp_path / "c/metrics.csv"
+        train(wfile, tmp_path / "c", tiny(epochs=2, seed=5)) and tmp_path / "c/metrics.csv"
     )
     same_learning(a, b)
     assert a[-1]["val_mae"] != c[-1]["val_mae"]
@@ -308,19 +329,17 @@ def test_same_seed_same_run_other_seed_other_run(wfile: Path, tmp_path: Path) ->
 
 def test_streamed_data_path(wfile: Path, tmp_path: Path) -> None:
     """Data larger than the device's memory: chunks from the file (forced here)."""
-    summary = tr.train(
-        wfile, tmp_path / "run", tiny(epochs=4, data_on_device=False, stream_chunk=50)
-    )
+    summary = train(wfile, tmp_path / "run", tiny(epochs=4, data_on_device=False, stream_chunk=50))
     assert summary["data_placement"] == "stream"
     val = [float(r["val_mae"]) for r in read_metrics(tmp_path / "run/metrics.csv")]
     assert val[-1] < 0.6 * val[0]
     # The validation metric is the same computation on both paths.
     model = build_model(summary["settings"]["model"])
     model.load_state_dict(torch.load(tmp_path / "run/weights_last.pt", weights_only=True))
-    info = tr.inspect_windows(wfile)
-    trainer = tr.Trainer(model, summary["settings"]["training"], torch.device("cpu"))
-    dev = tr.DeviceWindows.load(info, "validation", torch.device("cpu"))
-    streamed = tr.StreamedWindows(info, "validation", torch.device("cpu"), chunk=7)
+    info = inspect_windows(wfile)
+    trainer = Trainer(model, summary["settings"]["training"], torch.device("cpu"))
+    dev = DeviceWindows.load(info, "validation", torch.device("cpu"))
+    streamed = StreamedWindows(info, "validation", torch.device("cpu"), chunk=7)
     assert trainer.evaluate(dev) == pytest.approx(trainer.evaluate(streamed), rel=1e-6)
     assert trainer.evaluate(streamed)[0] == pytest.approx(val[-1], rel=1e-6)
     streamed.close()
@@ -329,15 +348,15 @@ def test_streamed_data_path(wfile: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("source", ["device", "stream"])
 def test_each_window_once_per_epoch(wfile: Path, source: str, world: int) -> None:
-    info = tr.inspect_windows(wfile)
+    info = inspect_windows(wfile)
     cpu = torch.device("cpu")
-    dev = tr.DeviceWindows.load(info, "train", cpu)
+    dev = DeviceWindows.load(info, "train", cpu)
     want = sorted(map(tuple, dev.x.reshape(dev.n, -1).tolist()))
     seen, batches = [], None
     for rank in range(world):
-        src = dev if source == "device" else tr.StreamedWindows(info, "train", cpu, chunk=100)
+        src = dev if source == "device" else StreamedWindows(info, "train", cpu, chunk=100)
         gen = torch.Generator().manual_seed(7)
-        got = list(src.train_batches(32, gen, tr.Dist(rank=rank, world=world)))
+        got = list(src.train_batches(32, gen, Dist(rank=rank, world=world)))
         batches = batches or [b.n_global for b in got]
         assert [b.n_global for b in got] == batches  # the ranks agree on the steps
         seen += [tuple(r) for b in got if b.live for r in b.x.reshape(len(b.x), -1).tolist()]
@@ -351,7 +370,7 @@ def test_gpu_options_are_harmless_on_cpu(wfile: Path, tmp_path: Path, caplog: An
     if torch.cuda.is_available():
         pytest.skip("checks the CPU fallback")
     with caplog.at_level(logging.WARNING, logger="tracklstm.train"):
-        summary = tr.train(
+        summary = train(
             wfile, tmp_path / "run", tiny(epochs=1, precision="bf16", tf32=True, cuda_graphs=True)
         )
     assert summary["precision"] == "fp32" and summary["cuda_graphs"] is False
@@ -369,12 +388,12 @@ def test_plateau_schedule_and_early_stopping(wfile: Path, tmp_path: Path) -> Non
         scheduler={"kind": "plateau", "patience": 0},
         early_stopping={"patience": 3, "min_delta": 1e-6},
     )
-    summary = tr.train(wfile, tmp_path / "run", settings)
+    summary = train(wfile, tmp_path / "run", settings)
     rows = read_metrics(tmp_path / "run/metrics.csv")
     assert len(rows) == 4 and summary["stopped_early"] and summary["best_epoch"] == 1
     lrs = [float(r["lr"]) for r in rows]
     assert lrs == pytest.approx([1e-12, 1e-12, 0.85e-12, 0.85**2 * 1e-12])
-    never = tr.train(
+    never = train(
         wfile,
         tmp_path / "run2",
         {
@@ -386,30 +405,30 @@ def test_plateau_schedule_and_early_stopping(wfile: Path, tmp_path: Path) -> Non
 
 
 def test_cosine_schedule(wfile: Path, tmp_path: Path) -> None:
-    tr.train(wfile, tmp_path / "run", tiny(epochs=4, scheduler={"kind": "cosine", "min_lr": 0.0}))
+    train(wfile, tmp_path / "run", tiny(epochs=4, scheduler={"kind": "cosine", "min_lr": 0.0}))
     lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run/metrics.csv")]
     assert lrs == pytest.approx([1e-2 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)])
 
 
 def test_init_from_another_run(wfile: Path, tmp_path: Path) -> None:
-    pre = tr.train(wfile, tmp_path / "pre", tiny(epochs=4))
+    pre = train(wfile, tmp_path / "pre", tiny(epochs=4))
     other = make_windows_file(tmp_path / "other.h5", n_tracks=40, seed=9, fingerprint="other")
-    fine = tr.train(other, tmp_path / "fine", tiny(epochs=1, init_from=str(tmp_path / "pre")))
-    fresh = tr.train(other, tmp_path / "fresh", tiny(epochs=1))
+    fine = train(other, tmp_path / "fine", tiny(epochs=1, init_from=str(tmp_path / "pre")))
+    fresh = train(other, tmp_path / "fresh", tiny(epochs=1))
     assert fine["init_from"] == str(tmp_path / "pre" / "weights_best.pt")
     assert fine["norm_min"] == pre["norm_min"]  # the weights' own normalization
     assert fine["best_val_mae"] < 0.7 * fresh["best_val_mae"]
-    with pytest.raises(tr.TrainingInputError, match="does not fit model"):
-        tr.train(
+    with pytest.raises(TrainingInputError, match="does not fit model"):
+        train(
             other,
             tmp_path / "bad",
             {**tiny(epochs=1, init_from=str(tmp_path / "pre")), "model": {"hidden_sizes": [4]}},
         )
-    with pytest.raises(tr.TrainingInputError, match="init_from"):
-        tr.train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "nothing")))
+    with pytest.raises(TrainingInputError, match="init_from"):
+        train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "nothing")))
     (tmp_path / "junk.pt").write_text("not weights")
-    with pytest.raises(tr.TrainingInputError, match=r"junk\.pt is not a weights file"):
-        tr.train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "junk.pt")))
+    with pytest.raises(TrainingInputError, match=r"junk\.pt is not a weights file"):
+        train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "junk.pt")))
     assert not (tmp_path / "bad").exists()
 
 
@@ -420,22 +439,22 @@ def test_init_from_another_run(wfile: Path, tmp_path: Path) -> None:
 def test_stop_mid_epoch_and_resume_exactly(wfile: Path, tmp_path: Path, on_device: bool) -> None:
     settings = tiny(epochs=3, data_on_device=on_device, stream_chunk=100)
     settings["model"] = {"hidden_sizes": [8], "dropout": 0.2}  # uses the RNG inside epochs
-    tr.train(wfile, tmp_path / "ref", settings)
-    steps = -(-tr.inspect_windows(wfile).sizes["train"] // 32)
+    train(wfile, tmp_path / "ref", settings)
+    steps = -(-inspect_windows(wfile).sizes["train"] // 32)
 
     run = tmp_path / "run"
-    tr.request_stop(after_steps=steps + 5)
-    with pytest.raises(tr.TrainingInterrupted) as err:
-        tr.train(wfile, run, settings)
+    request_stop(after_steps=steps + 5)
+    with pytest.raises(TrainingInterrupted) as err:
+        train(wfile, run, settings)
     assert (err.value.epoch, err.value.step) == (2, 5)
-    ckpt = torch.load(run / tr.CHECKPOINT_NAME, weights_only=True)
+    ckpt = torch.load(run / CHECKPOINT_NAME, weights_only=True)
     assert ckpt["state"]["epoch"] == 1 and ckpt["partial"]["step"] == 5
     # the epochs so far, under a name that does not look finished
     assert len(read_metrics(run / "metrics.partial.csv")) == 1
     assert not (run / "metrics.csv").exists()
     assert not (run / "weights_best.pt").exists()
 
-    summary = tr.train(wfile, run, settings)
+    summary = train(wfile, run, settings)
     assert summary["resumes"] == 1
     assert not (run / "metrics.partial.csv").exists()
     same_learning(read_metrics(run / "metrics.csv"), read_metrics(tmp_path / "ref/metrics.csv"))
@@ -444,34 +463,34 @@ def test_stop_mid_epoch_and_resume_exactly(wfile: Path, tmp_path: Path, on_devic
             torch.load(run / name, weights_only=True),
             torch.load(tmp_path / "ref" / name, weights_only=True),
         )
-    assert not (run / tr.CHECKPOINT_NAME).exists()
+    assert not (run / CHECKPOINT_NAME).exists()
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(wfile: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    tr.request_stop(after_steps=30)
-    with pytest.raises(tr.TrainingInterrupted):
-        tr.train(wfile, run, tiny(eval_batch_size=16))
+    request_stop(after_steps=30)
+    with pytest.raises(TrainingInterrupted):
+        train(wfile, run, tiny(eval_batch_size=16))
     # A runtime option (evaluation batch) does not invalidate the checkpoint ...
-    ckpt = run / tr.CHECKPOINT_NAME
+    ckpt = run / CHECKPOINT_NAME
     saved = ckpt.read_bytes()
-    assert tr.train(wfile, run, tiny(eval_batch_size=50))["resumes"] == 1
+    assert train(wfile, run, tiny(eval_batch_size=50))["resumes"] == 1
     # ... another learning rate does: the run starts afresh.
     ckpt.write_bytes(saved)
-    assert tr.train(wfile, run, tiny(learning_rate=5e-3))["resumes"] == 0
+    assert train(wfile, run, tiny(learning_rate=5e-3))["resumes"] == 0
     # Other data as well; and a damaged checkpoint is not fatal.
     ckpt.write_bytes(saved)
     other = make_windows_file(tmp_path / "other.h5", seed=1, fingerprint="other")
-    assert tr.train(other, run, tiny(eval_batch_size=16))["resumes"] == 0
+    assert train(other, run, tiny(eval_batch_size=16))["resumes"] == 0
     ckpt.write_bytes(saved[:100])
-    assert tr.train(wfile, run, tiny(eval_batch_size=16))["resumes"] == 0
+    assert train(wfile, run, tiny(eval_batch_size=16))["resumes"] == 0
 
 
 def test_cli_exit_codes(wfile: Path, tmp_path: Path, capsys: Any) -> None:
     out = str(tmp_path / "run")
-    assert tr.main(["--windows", str(wfile), "--out", out, "--settings", "{not json"]) == 1
+    assert main(["--windows", str(wfile), "--out", out, "--settings", "{not json"]) == 1
     bad = json.dumps(tiny(batch_size=0))
-    assert tr.main(["--windows", str(wfile), "--out", out, "--settings", bad]) == 1
+    assert main(["--windows", str(wfile), "--out", out, "--settings", bad]) == 1
     err = capsys.readouterr().err
     assert "ERROR tracklstm.train: --settings is not valid JSON" in err
     assert "ERROR tracklstm.train: training.batch_size: expected an integer >= 1, got 0" in err
@@ -480,10 +499,10 @@ def test_cli_exit_codes(wfile: Path, tmp_path: Path, capsys: Any) -> None:
     yml.write_text("training:\n  epochs: 1\n")
     good = json.dumps(TINY)
     args = ["--windows", str(wfile), "--out", out, "--settings", good, "--settings-file", str(yml)]
-    tr.request_stop(after_steps=3)
-    assert tr.main([*args, "--checkpoint", str(tmp_path / "ck.pt")]) == tr.EXIT_INTERRUPTED
+    request_stop(after_steps=3)
+    assert main([*args, "--checkpoint", str(tmp_path / "ck.pt")]) == EXIT_INTERRUPTED
     assert (tmp_path / "ck.pt").exists()
-    assert tr.main([*args, "--checkpoint", str(tmp_path / "ck.pt")]) == 0
+    assert main([*args, "--checkpoint", str(tmp_path / "ck.pt")]) == 0
     assert len(read_metrics(tmp_path / "run/metrics.csv")) == 1
     assert not (tmp_path / "ck.pt").exists()
 
@@ -494,10 +513,10 @@ def test_a_second_process_on_the_same_run_is_refused(wfile: Path, tmp_path: Path
     run.mkdir()
     with open(run / "checkpoint.pt.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(tr.TrainingInputError, match="another training process"):
-            tr.train(wfile, run, TINY)
+        with pytest.raises(TrainingInputError, match="another training process"):
+            train(wfile, run, TINY)
     assert not (run / "metrics.csv").exists()
-    tr.train(wfile, run, tiny(epochs=1))  # free again
+    train(wfile, run, tiny(epochs=1))  # free again
     assert not (run / "checkpoint.pt.lock").exists()
 
 
@@ -514,8 +533,8 @@ def test_schema_defaults_match_the_code() -> None:
             out[key] = defaults(sub) if sub.get("type") == "object" else sub["default"]
         return out
 
-    assert defaults(schema["properties"]["training"]) == tr.DEFAULT_TRAINING
-    assert defaults(schema["properties"]["model"]) == tr.DEFAULT_MODEL
+    assert defaults(schema["properties"]["training"]) == DEFAULT_TRAINING
+    assert defaults(schema["properties"]["model"]) == DEFAULT_MODEL
 
 
 def test_every_configured_run_has_valid_settings() -> None:
@@ -529,13 +548,13 @@ def test_every_configured_run_has_valid_settings() -> None:
             settings = {
                 s: resolve_section(config, s, dataset, model) for s in ("model", "training")
             }
-            resolved = tr.resolve_settings(settings)
+            resolved = resolve_settings(settings)
             # The configured values are taken as they are (config.yaml spells out every key).
             assert resolved["training"]["batch_size"] == settings["training"]["batch_size"]
             assert resolved["training"] == settings["training"]
             assert resolved["model"] == settings["model"]
-    assert config["training"] == tr.DEFAULT_TRAINING  # config.yaml spells out the defaults
-    assert config["model"] == tr.DEFAULT_MODEL
+    assert config["training"] == DEFAULT_TRAINING  # config.yaml spells out the defaults
+    assert config["model"] == DEFAULT_MODEL
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")

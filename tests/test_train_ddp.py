@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_train import make_windows_file, read_metrics, tiny
 
-from tracklstm import train as tr
+from tracklstm.train.fit import train
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_two_processes_learn_like_one(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = tr.train(windows, tmp_path / "single", settings)
+        single = train(windows, tmp_path / "single", settings)
     finally:
         torch.set_num_threads(threads)
 

@@ -17,7 +17,10 @@ import pytest
 import torch
 from test_train import make_windows_file, read_metrics, same_learning, state_equal
 
-from tracklstm import train as tr
+from tracklstm.train.checkpoints import CHECKPOINT_NAME
+from tracklstm.train.data import inspect_windows
+from tracklstm.train.errors import EXIT_INTERRUPTED
+from tracklstm.train.fit import train
 
 #: Small batches, so that an epoch lasts long enough for a signal to land inside it.
 SETTINGS: dict[str, Any] = {
@@ -40,7 +43,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tr.train(windows, folder / "ref", SETTINGS)
+        train(windows, folder / "ref", SETTINGS)
     finally:
         torch.set_num_threads(threads)
     return windows, folder / "ref"
@@ -90,14 +93,14 @@ def test_killed_after_epoch_k_resumes_at_k_plus_1(
     proc.send_signal(sig)
     rc = proc.wait(timeout=120)
 
-    ckpt = torch.load(run / tr.CHECKPOINT_NAME, weights_only=True)
+    ckpt = torch.load(run / CHECKPOINT_NAME, weights_only=True)
     k = ckpt["state"]["epoch"]
     assert k >= 2
     assert len(read_metrics(run / "metrics.partial.csv")) == k
     assert not (run / "metrics.csv").exists()  # nothing that looks like a finished run
     if sig == signal.SIGTERM:
         # The current step was finished and saved: in the middle of epoch k + 1, or at its start.
-        assert rc == tr.EXIT_INTERRUPTED
+        assert rc == EXIT_INTERRUPTED
         first = log1.read_text()
         assert "SIGTERM: finishing the current step" in first
         assert "run the same command again" in first
@@ -109,7 +112,7 @@ def test_killed_after_epoch_k_resumes_at_k_plus_1(
             assert ckpt["partial"]["epoch"] == k + 1 and ckpt["partial"]["step"] >= 1
             assert stopped_at == (k + 1, ckpt["partial"]["step"])
         else:  # at the end of epoch k, after all its steps
-            n_train = tr.inspect_windows(windows).sizes["train"]
+            n_train = inspect_windows(windows).sizes["train"]
             assert stopped_at == (k, math.ceil(n_train / SETTINGS["training"]["batch_size"]))
     else:
         assert rc == -signal.SIGKILL
@@ -129,4 +132,4 @@ def test_killed_after_epoch_k_resumes_at_k_plus_1(
         )
     summary = json.loads((run / "training.json").read_text())
     assert summary["resumes"] == 1 and summary["epochs_run"] == 4
-    assert not (run / tr.CHECKPOINT_NAME).exists()
+    assert not (run / CHECKPOINT_NAME).exists()

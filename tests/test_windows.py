@@ -13,7 +13,7 @@ import pytest
 from conftest import toy_tracks
 
 from tracklstm.constants import COLUMNS, FEATURES, N_PLANES, PLANE_Z
-from tracklstm.windows import SPLITS, build, main, make_windows, split_tracks
+from tracklstm.data.windows import SPLITS, build, main, make_windows, split_tracks
 
 
 def reference_windows(tracks: np.ndarray, length: int, last: int, stride: int = 1):
@@ -282,7 +282,7 @@ def test_windows_across_chunks_match_make_windows(
 ) -> None:
     """The file holds, per split, exactly make_windows' windows of that split's tracks, in
     order, whatever the chunk size and batch size; the normalization is their min and max."""
-    from tracklstm import windows
+    from tracklstm.data import windows
 
     monkeypatch.setattr(windows, "CHUNK", chunk)
     tracks = with_holes(n, seed=5) if holes else toy_tracks(n, seed=5).astype(np.float32)
@@ -310,7 +310,7 @@ def test_windows_across_chunks_match_make_windows(
 
 def test_reading_ahead_stops_with_the_consumer() -> None:
     """The reader thread ends when the consumer stops early or fails, and hands on errors."""
-    from tracklstm.windows import _in_background
+    from tracklstm.data.windows import _in_background
 
     def items(fail_at: int | None = None):
         for i in range(100):

@@ -9,25 +9,31 @@ import tracklstm
 
 #: subcommand -> module; each module has ``main(argv) -> int``.
 COMMANDS: dict[str, str] = {
-    "simulate": "tracklstm.simulate",
-    "download": "tracklstm.download",
-    "to-parquet": "tracklstm.to_parquet",
-    "windows": "tracklstm.windows",
-    "challenge": "tracklstm.challenge",
-    "train": "tracklstm.train",
-    "export": "tracklstm.export",
-    "aoti": "tracklstm.aoti",
-    "predict": "tracklstm.predict",
-    "evaluate": "tracklstm.evaluate",
-    "compare": "tracklstm.compare",
+    "simulate": "tracklstm.data.simulate",
+    "download": "tracklstm.data.download",
+    "to-parquet": "tracklstm.data.to_parquet",
+    "windows": "tracklstm.data.windows",
+    "challenge": "tracklstm.data.challenge",
+    "train": "tracklstm.train.cli",
+    "export": "tracklstm.export.formats",
+    "aoti": "tracklstm.export.aoti",
+    "predict": "tracklstm.evaluate.predict",
+    "evaluate": "tracklstm.evaluate.cli",
+    "compare": "tracklstm.evaluate.compare",
 }
+
+
+def _summary(module: str) -> str:
+    """The first line of what a command's module (a package's ``cli``: the package) says."""
+    described = module.removesuffix(".cli")
+    doc = (importlib.import_module(described).__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
 
 
 def usage() -> str:
     lines = ["usage: tracklstm [--version] <command> [options]", "", "commands:"]
     for name, module in COMMANDS.items():
-        doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
-        lines.append(f"  {name:<12} {doc[0] if doc else ''}")
+        lines.append(f"  {name:<12} {_summary(module)}")
     lines.append("")
     lines.append("'tracklstm <command> --help' shows the options of one command.")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tracklstm.settings import raw_parts, resolve_section
+from tracklstm.settings import comparisons, external_models, raw_parts, resolve_section
 
 #: Files of one evaluation folder (besides metrics.json): output name -> (file, caption file in
 #: workflow/report/, label of the figure in the report).
@@ -40,23 +40,12 @@ COMPARE_FILES: tuple[str, ...] = (
     "loss_curves.png",
     "residual_widths.png",
 )
-#: Folder names under results/ that cannot be dataset names.
-RESERVED: tuple[str, ...] = ("external", "compare")
 
 
 def name_pattern(names: Any) -> str:
     """A wildcard constraint matching exactly one of ``names`` (nothing when there are none)."""
     names = list(names)
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
-
-
-def external_models(config: dict[str, Any]) -> dict[str, str]:
-    """name -> path of the exported model files to evaluate (top-level section only)."""
-    return dict((config.get("evaluation") or {}).get("external_models") or {})
-
-
-def comparisons(config: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
-    return dict(config.get("compare") or {})
 
 
 def evaluated_on(config: dict[str, Any], dataset: str, model: str) -> list[str]:

@@ -45,6 +45,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "challenge": ("challenge",),
     "train": ("model", "training", "runtime"),
     "export": ("export",),
+    "predict": ("conversion",),
     "evaluate": ("evaluation",),
 }
 
@@ -250,10 +251,22 @@ def _runtime_rules(rt: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
+#: Folder names under results/ that cannot be dataset names.
+RESERVED: tuple[str, ...] = ("external", "compare")
+
+
+def external_models(config: dict[str, Any]) -> dict[str, str]:
+    """name -> path of the exported model files to evaluate (top-level section only)."""
+    return dict((config.get("evaluation") or {}).get("external_models") or {})
+
+
+def comparisons(config: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """name -> runs of every comparison of ``compare:``."""
+    return dict(config.get("compare") or {})
+
+
 def _name_rules(config: dict[str, Any]) -> list[str]:
     """Names that refer to other entries: build, also_on, compare; reserved dataset names."""
-    from tracklstm.evaluation_plan import RESERVED, comparisons, external_models
-
     datasets = list(config.get("datasets", {}))
     models = list(config.get("models") or {})
     out = []

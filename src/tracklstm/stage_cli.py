@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from tracklstm.io import setup_logging
 from tracklstm.settings import ConfigError, stage_defaults
 
 #: Exit code of a stage given bad input or settings.
@@ -64,6 +64,21 @@ def settings(
         if picked:
             merged[section] = {**(merged.get(section) or {}), **picked}
     return stage_defaults(stage, merged)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps; Snakemake redirects stderr to the rule's log file."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def show_progress() -> bool:
+    """Progress bars only on a terminal; log lines otherwise (Snakemake logs, Slurm)."""
+    return sys.stderr.isatty()
 
 
 def run(

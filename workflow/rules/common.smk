@@ -1,17 +1,17 @@
 import json
-import re
 
-from tracklstm import sources as tl_sources
+from tracklstm import code_inputs as tl_code
+from tracklstm import evaluation_plan as tl_plan
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 
 
 def code(module):
-    """The source files of ``python -m tracklstm.<module>``, from its real imports, relative to
-    the working directory: editing one re-runs the rules that use it, and a project copied or
-    moved elsewhere stays up to date."""
-    return tl_sources.stage_inputs(f"tracklstm.{module}")
+    """The code inputs of ``python -m tracklstm.<module>`` (what counts, and why:
+    src/tracklstm/code_inputs.py), relative to the working directory: editing one re-runs the
+    jobs that use it, and a project copied or moved elsewhere stays up to date."""
+    return tl_code.stage_inputs(f"tracklstm.{module}")
 
 
 def section(name, dataset, model=None):
@@ -24,7 +24,8 @@ def stage_settings(stage):
     them to its command the same way: ``--settings {params.settings:q}``."""
 
     def settings(wildcards):
-        data = getattr(wildcards, "data", None) if stage == "evaluate" else None
+        # evaluate and predict read the data's settings (the dataset they are evaluated on)
+        data = getattr(wildcards, "data", None)
         dataset = data or wildcards.dataset
         model = getattr(wildcards, "model", None)
         value = tl_settings.stage_settings(config, stage, dataset, model)
@@ -103,8 +104,9 @@ def train_threads(wildcards, threads, resources):
 
 def datasets_from(source):
     """A wildcard pattern matching the datasets of one source kind (none: matches nothing)."""
-    names = [n for n, d in config["datasets"].items() if d["source"] == source]
-    return "|".join(re.escape(n) for n in names) or "(?!)"
+    return tl_plan.name_pattern(
+        n for n, d in config["datasets"].items() if d["source"] == source
+    )
 
 
 def sha256_option(wildcards):

@@ -1,7 +1,7 @@
 rule simulate:
     """Simulated tracks in the training-file format, one shard per job."""
     input:
-        code=code("simulate"),
+        code=code("data.simulate"),
     output:
         "results/{dataset}/raw/shard{shard}.csv",
     log:
@@ -18,14 +18,14 @@ rule simulate:
         tracks=lambda w: config["datasets"][w.dataset]["simulate"]["tracks_per_shard"],
         seed=lambda w: config["datasets"][w.dataset]["simulate"]["seed"],
     shell:
-        "python -m tracklstm.simulate --n-tracks {params.tracks} --seed {params.seed}"
+        "python -m tracklstm.data.simulate --n-tracks {params.tracks} --seed {params.seed}"
         " --shard {wildcards.shard} --out {output} 2> {log}"
 
 
 rule download:
     """The real training file, downloaded with retries, resume and an optional checksum."""
     input:
-        code=code("download"),
+        code=code("data.download"),
     output:
         "results/{dataset}/raw/tracks.csv",
     log:
@@ -44,7 +44,7 @@ rule download:
         url=lambda w: config["datasets"][w.dataset]["url"],
         sha256=sha256_option,
     shell:
-        "python -m tracklstm.download --url {params.url:q} {params.sha256}"
+        "python -m tracklstm.data.download --url {params.url:q} {params.sha256}"
         " --out {output} 2> {log}"
 
 
@@ -52,7 +52,7 @@ rule use_local:
     """A training file already on disk, used without being modified."""
     input:
         csv=lambda w: config["datasets"][w.dataset]["path"],
-        code=code("download"),
+        code=code("data.download"),
     output:
         "results/{dataset}/raw/tracks.csv",
     log:
@@ -69,7 +69,7 @@ rule use_local:
         mode=lambda w: config["datasets"][w.dataset].get("mode", "copy"),
         sha256=sha256_option,
     shell:
-        "python -m tracklstm.download --path {input.csv:q} --mode {params.mode}"
+        "python -m tracklstm.data.download --path {input.csv:q} --mode {params.mode}"
         " {params.sha256} --out {output} 2> {log}"
 
 
@@ -80,7 +80,7 @@ rule to_parquet:
     """Track CSV -> Parquet (float32), streamed, with a data-quality summary."""
     input:
         csv="results/{dataset}/raw/{part}.csv",
-        code=code("to_parquet"),
+        code=code("data.to_parquet"),
     output:
         parquet="results/{dataset}/tracks.parquet/{part}.parquet",
         quality="results/{dataset}/quality/{part}.json",
@@ -97,7 +97,7 @@ rule to_parquet:
     params:
         settings=stage_settings("to_parquet"),
     shell:
-        "python -m tracklstm.to_parquet --csv {input.csv} --out {output.parquet}"
+        "python -m tracklstm.data.to_parquet --csv {input.csv} --out {output.parquet}"
         " --quality {output.quality} --settings {params.settings:q} --threads {threads}"
         " 2> {log}"
 
@@ -106,7 +106,7 @@ rule windows:
     """Parquet -> windows.h5: windows split by track, normalization from the training split."""
     input:
         parquet=parquet_parts,
-        code=code("windows"),
+        code=code("data.windows"),
     output:
         "results/{dataset}/windows.h5",
     log:
@@ -122,7 +122,7 @@ rule windows:
     params:
         settings=stage_settings("windows"),
     shell:
-        "python -m tracklstm.windows --parquet {input.parquet} --out {output}"
+        "python -m tracklstm.data.windows --parquet {input.parquet} --out {output}"
         " --settings {params.settings:q} 2> {log}"
 
 
@@ -131,7 +131,7 @@ rule challenge:
     input:
         parquet=parquet_parts,
         windows="results/{dataset}/windows.h5",
-        code=code("challenge"),
+        code=code("data.challenge"),
     output:
         inputs="results/{dataset}/challenge/test_inputs.csv",
         answers="results/{dataset}/challenge/test_answers.csv",
@@ -148,6 +148,6 @@ rule challenge:
     params:
         settings=stage_settings("challenge"),
     shell:
-        "python -m tracklstm.challenge --parquet {input.parquet} --windows {input.windows}"
+        "python -m tracklstm.data.challenge --parquet {input.parquet} --windows {input.windows}"
         " --inputs-out {output.inputs} --answers-out {output.answers}"
         " --settings {params.settings:q} 2> {log}"

@@ -1,20 +1,18 @@
 import shlex
 
-from tracklstm import evaluation_plan as tl_plan
-
 # Evaluation: every model on its own dataset's test tracks and on the datasets listed in its
 # `evaluation.also_on`; exported model files (`evaluation.external_models`) without training;
 # the data-quality tables; comparisons (`compare:`). Every output a person looks at is marked
 # for `snakemake --report report.html`, with a caption from workflow/report/. Which evaluations
 # run: src/tracklstm/evaluation_plan.py.
 
-EXTERNAL_MODELS = tl_plan.external_models(config)
+EXTERNAL_MODELS = tl_settings.external_models(config)
 
 
 wildcard_constraints:
     data=tl_plan.name_pattern(DATASETS),
     ext=tl_plan.name_pattern(EXTERNAL_MODELS),
-    comparison=tl_plan.name_pattern(tl_plan.comparisons(config)),
+    comparison=tl_plan.name_pattern(tl_settings.comparisons(config)),
 
 
 EVALUATION = "results/{dataset}/{model}/evaluation/{data}"
@@ -86,7 +84,7 @@ rule predict_external:
     input:
         model=lambda w: EXTERNAL_MODELS[w.ext],
         inputs="results/{data}/challenge/test_inputs.csv",
-        code=code("predict"),
+        code=code("evaluate.predict"),
     output:
         f"{EXTERNAL}/challenge_predictions.csv",
     log:
@@ -97,9 +95,11 @@ rule predict_external:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=stage_settings("predict"),
     shell:
-        "python -m tracklstm.predict --model {input.model:q} --inputs {input.inputs}"
-        " --out {output} --threads {threads} 2> {log}"
+        "python -m tracklstm.evaluate.predict --model {input.model:q} --inputs {input.inputs}"
+        " --out {output} --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
 rule evaluate_external:
@@ -141,7 +141,7 @@ rule quality_table:
     """The data-quality summaries of a dataset's CSV parts as one table."""
     input:
         quality=lambda w: tl_plan.quality_jsons(config, w.dataset),
-        code=code("evaluate"),
+        code=code("evaluate.quality"),
     output:
         report(
             "results/{dataset}/quality/summary.html",
@@ -159,7 +159,7 @@ rule quality_table:
         mem_mb=500,
         runtime=10,
     shell:
-        "python -m tracklstm.evaluate quality --out {output} --dataset {wildcards.dataset}"
+        "python -m tracklstm.evaluate.quality --out {output} --dataset {wildcards.dataset}"
         " {input.quality} 2> {log}"
 
 
@@ -172,7 +172,7 @@ rule models_table:
             f"results/{w.dataset}/{m}/evaluation/{w.dataset}/metrics.json"
             for m in config["build"]["models"]
         ],
-        code=code("compare"),
+        code=code("evaluate.compare"),
     output:
         table=report(
             "results/{dataset}/summary/models.html",
@@ -199,7 +199,7 @@ rule models_table:
         ),
         labels=" ".join(config["build"]["models"]),
     shell:
-        "python -m tracklstm.compare {params.runs} --out {params.out_dir} --models-table"
+        "python -m tracklstm.evaluate.compare {params.runs} --out {params.out_dir} --models-table"
         " --labels {params.labels} 2> {log}"
 
 
@@ -211,7 +211,7 @@ rule compare:
             f"{folder}/metrics.json"
             for folder, _ in tl_plan.compare_runs(config, w.comparison)
         ],
-        code=code("compare"),
+        code=code("evaluate.compare"),
     output:
         table=report(
             "results/compare/{comparison}/metrics.html",
@@ -253,5 +253,5 @@ rule compare:
             shlex.quote(lab) for _, lab in tl_plan.compare_runs(config, w.comparison)
         ),
     shell:
-        "python -m tracklstm.compare {params.runs} --out {params.out_dir}"
+        "python -m tracklstm.evaluate.compare {params.runs} --out {params.out_dir}"
         " --labels {params.labels} 2> {log}"

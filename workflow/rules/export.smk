@@ -38,7 +38,7 @@ rule export_aoti:
         best="results/{dataset}/{model}/weights_best.pt",
         last="results/{dataset}/{model}/weights_last.pt",
         summary="results/{dataset}/{model}/training.json",
-        code=code("aoti"),
+        code=code("export.aoti"),
     output:
         package="results/{dataset}/{model}/model.aoti.pt2",
         report="results/{dataset}/{model}/aoti_checks.json",
@@ -56,7 +56,7 @@ rule export_aoti:
         run_dir=subpath(input.summary, parent=True),
         settings=stage_settings("export"),
     shell:
-        "python -m tracklstm.aoti --run {params.run_dir} --out {output.package}"
+        "python -m tracklstm.export.aoti --run {params.run_dir} --out {output.package}"
         " --report {output.report} --settings {params.settings:q} --threads {threads}"
         " 2> {log}"
 
@@ -66,7 +66,7 @@ rule predict:
     input:
         model="results/{dataset}/{model}/model.ts",
         inputs="results/{data}/challenge/test_inputs.csv",
-        code=code("predict"),
+        code=code("evaluate.predict"),
     output:
         "results/{dataset}/{model}/evaluation/{data}/challenge_predictions.csv",
     log:
@@ -79,9 +79,11 @@ rule predict:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=stage_settings("predict"),
     shell:
-        "python -m tracklstm.predict --model {input.model} --inputs {input.inputs}"
-        " --out {output} --threads {threads} 2> {log}"
+        "python -m tracklstm.evaluate.predict --model {input.model} --inputs {input.inputs}"
+        " --out {output} --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
 rule export_aoti_cuda:
@@ -91,7 +93,7 @@ rule export_aoti_cuda:
         best="results/{dataset}/{model}/weights_best.pt",
         last="results/{dataset}/{model}/weights_last.pt",
         summary="results/{dataset}/{model}/training.json",
-        code=code("aoti"),
+        code=code("export.aoti"),
     output:
         package="results/{dataset}/{model}/model.cuda.aoti.pt2",
         report="results/{dataset}/{model}/aoti_cuda_checks.json",
@@ -109,6 +111,6 @@ rule export_aoti_cuda:
         run_dir=subpath(input.summary, parent=True),
         settings=stage_settings("export"),
     shell:
-        "python -m tracklstm.aoti --run {params.run_dir} --out {output.package} --device cuda"
+        "python -m tracklstm.export.aoti --run {params.run_dir} --out {output.package} --device cuda"
         " --report {output.report} --settings {params.settings:q} --threads {threads}"
         " 2> {log}"

@@ -1,6 +1,6 @@
 """The ``tracklstm evaluate`` command (also ``python -m tracklstm.evaluate``): options, exit codes.
 
-``tracklstm evaluate quality ...`` goes to the data-quality table (``quality.quality_main``).
+``tracklstm evaluate quality ...`` goes to the data-quality table (``quality.main``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 import torch
 
 from tracklstm import stage_cli
-from tracklstm.baselines import NOMINAL_FIELD, check_field
-from tracklstm.evaluate.quality import quality_main
+from tracklstm.evaluate import quality
 from tracklstm.evaluate.run import evaluate
+from tracklstm.physics.helix_field import NOMINAL_FIELD, check_field
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 on success, 1 when an input cannot be evaluated (logged)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["quality"]:
-        return quality_main(argv[1:])
+        return quality.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     challenge = [args.challenge_inputs, args.challenge_answers, args.challenge_predictions]

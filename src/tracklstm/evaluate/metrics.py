@@ -2,7 +2,7 @@
 
 Everything here works on arrays and returns plain numbers, lists and dicts (what goes into
 ``metrics.json``); nothing draws or writes a page. The model is loaded and run through
-``tracklstm.artifacts``, the challenge score is ``tracklstm.challenge``'s.
+``tracklstm.export.loading``, the challenge score is ``tracklstm.data.challenge``'s.
 """
 
 from __future__ import annotations
@@ -17,28 +17,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tracklstm import artifacts
-from tracklstm.artifacts import Model, ModelFileError, predict_windows
-from tracklstm.baselines import Propagator
-from tracklstm.challenge import challenge_score, read_challenge_answers, read_challenge_inputs
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_PLANES, PLANE_Z, UNITS
+from tracklstm.data.challenge import challenge_score, read_challenge_answers, read_challenge_inputs
+from tracklstm.evaluate.methods import LABELS, METHODS, EvaluationInputError
+from tracklstm.export import loading
+from tracklstm.export.loading import Model, ModelFileError, predict_windows
+from tracklstm.physics.helix import Propagator
 
 log = logging.getLogger(__name__)
 
-#: The methods compared in every plot and table, in this order.
-METHODS: tuple[str, ...] = ("network", "straight", "helix", "field_only")
-LABELS: dict[str, str] = {
-    "network": "network",
-    "straight": "straight line",
-    "helix": "helix, nominal field",
-    "field_only": "field map, no material (floor)",
-}
 #: Windows per model call: the evaluation runs the model batch after batch (one worker).
 EVAL_BATCH = 16384
-
-
-class EvaluationInputError(ValueError):
-    """An input file that cannot be evaluated; the message names the file."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +85,7 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
         raise EvaluationInputError(f"{windows}: the test split holds NaN or infinite values")
     ids, tracks = reconstruct_tracks(inputs, targets, track, target_plane)
     if length is not None and length != inputs.shape[1]:
-        from tracklstm.windows import make_windows
+        from tracklstm.data.windows import make_windows
 
         last = int(attrs.get("last_target_plane", N_PLANES - 1))
         log.info("rebuilding test windows of length %d (the file has %d)", length, inputs.shape[1])
@@ -111,10 +100,10 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
 
 
 def load_model(path: str | Path) -> tuple[Model, dict[str, Any]]:
-    """``artifacts.load_model`` for an evaluation: the metadata may be missing (then empty), and
+    """``loading.load_model`` for an evaluation: the metadata may be missing (then empty), and
     a file that is not a model raises EvaluationInputError naming it."""
     try:
-        return artifacts.load_model(path, require_metadata=False)
+        return loading.load_model(path, require_metadata=False)
     except ModelFileError as err:
         raise EvaluationInputError(str(err)) from err
 

@@ -1,8 +1,8 @@
 """Every figure of an evaluation, drawn from its numbers (``metrics.json``) and residuals.
 
 Six of them are the same 2x3 grid, one panel per state variable (x, y, z above px, py, pz):
-``feature_grid`` builds it (``tracklstm.compare`` uses it too). The network and the baselines
-keep one colour, marker and line style in every plot (``COLORS``, ``STYLES``).
+``feature_grid`` builds it (``tracklstm.evaluate.compare`` uses it too). The network and the
+baselines keep one colour, marker and line style in every plot (``COLORS``, ``STYLES``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from tracklstm.constants import FEATURES, UNITS
-from tracklstm.evaluate.metrics import LABELS, METHODS
-from tracklstm.io import atomic_path
+from tracklstm.evaluate.methods import LABELS, METHODS
+from tracklstm.files import atomic_path
 
 COLORS: dict[str, str] = {
     "network": "#1f77b4",

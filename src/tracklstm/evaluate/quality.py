@@ -1,5 +1,5 @@
 """The data-quality table of a dataset (``tracklstm evaluate quality``): one HTML page from the
-``quality/<part>.json`` summaries that ``tracklstm.to_parquet`` writes per part."""
+``quality/<part>.json`` summaries that ``tracklstm.data.to_parquet`` writes per part."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from tracklstm import stage_cli
 from tracklstm.constants import FEATURES, UNITS
-from tracklstm.evaluate.metrics import EvaluationInputError
+from tracklstm.evaluate.methods import EvaluationInputError
 from tracklstm.evaluate.report import html_page, html_table
-from tracklstm.io import atomic_path, setup_logging
+from tracklstm.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def quality_table(
     return dict(zip(header[1:], totals, strict=True))
 
 
-def quality_main(argv: list[str] | None = None) -> int:
-    """``tracklstm evaluate quality --out table.html [--dataset NAME] part.json ...``."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tracklstm.evaluate.quality --out table.html [--dataset NAME] part.json ...``
+    (also ``tracklstm evaluate quality``)."""
     parser = argparse.ArgumentParser(
         prog="tracklstm evaluate quality",
         description="One HTML table of a dataset's data-quality summaries (quality/<part>.json).",
@@ -130,10 +132,12 @@ def quality_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--dataset", default="", help="dataset name for the title")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         quality_table(args.quality, args.out, args.dataset)
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+
+    return stage_cli.run(body, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

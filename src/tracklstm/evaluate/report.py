@@ -1,8 +1,8 @@
 """The HTML pages: table cells, tables, the page frame, and an evaluation's ``summary.html``.
 
-``format_value`` is the one rule for writing a number in a table (also for ``tracklstm.compare``'s
-CSV and markdown tables); ``html_table`` and ``html_page`` build every page of the evaluation,
-the data-quality table and the comparison.
+``format_value`` is the one rule for writing a number in a table (also for
+``tracklstm.evaluate.compare``'s CSV and markdown tables); ``html_table`` and ``html_page`` build
+every page of the evaluation, the data-quality table and the comparison.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracklstm.constants import ANSWER_FEATURES, FEATURES, UNITS
-from tracklstm.evaluate.metrics import LABELS, METHODS
+from tracklstm.evaluate.methods import LABELS, METHODS
 
 #: The text of an empty cell (no number, or not a finite one).
 MISSING = "–"

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from tracklstm.artifacts import Model, predict_windows
-from tracklstm.baselines import NOMINAL_FIELD, Propagator, baselines, check_field
 from tracklstm.constants import N_PLANES
 from tracklstm.evaluate.metrics import (
     EVAL_BATCH,
@@ -40,9 +38,13 @@ from tracklstm.evaluate.metrics import (
     window_score,
 )
 from tracklstm.evaluate.plots import write_plots
+from tracklstm.evaluate.real_track import score_real_track
 from tracklstm.evaluate.report import summary_html
-from tracklstm.io import atomic_path, write_json
-from tracklstm.real_track import score_real_track
+from tracklstm.export.loading import Model, predict_windows
+from tracklstm.files import atomic_path, write_json
+from tracklstm.physics.baselines import baselines
+from tracklstm.physics.helix import Propagator
+from tracklstm.physics.helix_field import NOMINAL_FIELD, check_field
 
 log = logging.getLogger(__name__)
 

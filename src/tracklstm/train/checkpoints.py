@@ -29,7 +29,7 @@ from torch import nn
 
 import tracklstm
 from tracklstm.constants import N_FEATURES
-from tracklstm.io import atomic_path, sha256_file
+from tracklstm.files import atomic_path, sha256_file
 from tracklstm.train.config import RUNTIME_KEYS, settings_hash
 from tracklstm.train.errors import TrainingInputError
 from tracklstm.train.runtime import gather_rng, set_rng_state

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from tracklstm.model import build_model
+from tracklstm.models.build import build_model
 from tracklstm.settings import ConfigError, defaults, stage_defaults
 from tracklstm.train.errors import TrainingInputError
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tracklstm.constants import N_FEATURES
-from tracklstm.io import sha256_file
+from tracklstm.files import sha256_file
 from tracklstm.train.errors import TrainingInputError
 from tracklstm.train.runtime import Dist
 

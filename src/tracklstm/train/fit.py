@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tracklstm.io import show_progress, write_json
-from tracklstm.model import build_model, count_parameters, physical_units
+from tracklstm.files import write_json
+from tracklstm.models.build import build_model, count_parameters, physical_units
+from tracklstm.stage_cli import show_progress
 from tracklstm.train.checkpoints import (
     CHECKPOINT_NAME,
     PARTIAL_METRICS_NAME,

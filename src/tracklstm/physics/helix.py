@@ -1,23 +1,14 @@
-"""Track propagation without a network: the baselines the model is judged against.
+"""Track propagation without a network and without material: the straight line and the helix.
 
 Both take the last known state ``(x, y, z, px, py, pz)`` (cm, GeV/c) and the z of the plane to
 reach, and return the full state there (z set to the target z):
 
 - ``straight_line``: along the momentum direction, momentum unchanged.
-- ``helix``: a helix about z in a piecewise-uniform solenoid field, momentum magnitude unchanged.
-- ``field_only`` (not in :func:`baselines`; it needs the simulator): the simulator's own field
-  map without material, the noise floor on simulated tracks.
+- ``helix``: a helix about z in a piecewise-uniform solenoid field (``tracklstm.physics.
+  helix_field``), momentum magnitude unchanged.
 
-The nominal field (:data:`NOMINAL_FIELD`) is one value, q·Bz = 2.0 T everywhere: the GlueX
-solenoid's central field. The per-region values implied by the turning of (px, py) in real tracks
-(:data:`TURNING_FIELD`: 2.3 T up to z = 241 cm, 2.1 T up to 299.4 cm, 0 beyond; region ends in the
-middle of the plane groups, where the data cannot tell) are a worse helix field: they absorb the
-sideways kicks of the radial field at the magnet's ends. On the real track in
-``tracklstm/data/mlchallenge2_track3.csv`` the uniform 2.0 T helix scores 3.3 per step (challenge
-score over its 23 steps) against 4.0 for the per-region field and 8.5 for the straight line, and
-on simulated tracks 1.2 against 2.3 and 9.3.
-
-Everything is vectorised numpy over any leading shape, in float64.
+Everything is vectorised numpy over any leading shape, in float64. ``tracklstm.physics.
+helix_prior`` is the same helix in torch, for the models.
 """
 
 from __future__ import annotations
@@ -26,25 +17,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tracklstm.field import CURVATURE_PER_CM, NOMINAL_FIELD, TURNING_FIELD, check_field
+from tracklstm.physics.helix_field import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
 
-__all__ = [
-    "CURVATURE_PER_CM",
-    "NOMINAL_FIELD",
-    "TURNING_FIELD",
-    "baselines",
-    "check_field",
-    "field_only",
-    "helix",
-    "helix_uniform",
-    "nominal_helix",
-    "straight_line",
-]
-
+#: A propagation: (states (..., 6), target z (...)) -> states at the target z (..., 6).
 Propagator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _split(states: np.ndarray, z_target: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+def split_states(states: np.ndarray, z_target: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """``states`` as float64 (..., 6) and ``z_target`` broadcast to their leading shape."""
     s = np.asarray(states, dtype=np.float64)
     if s.shape[-1] != 6:
         raise ValueError(f"states must have 6 values (x, y, z, px, py, pz) last, got {s.shape}")
@@ -56,7 +36,7 @@ def _split(states: np.ndarray, z_target: np.ndarray | float) -> tuple[np.ndarray
 
 def straight_line(states: np.ndarray, z_target: np.ndarray | float) -> np.ndarray:
     """Move each state along its momentum direction to ``z_target``; momentum unchanged."""
-    s, z1 = _split(states, z_target)
+    s, z1 = split_states(states, z_target)
     out = s.copy()
     dz = z1 - s[..., 2]
     out[..., 0] += s[..., 3] / s[..., 5] * dz
@@ -73,7 +53,7 @@ def helix_uniform(
     The momentum turns about z by ``a = -0.003 qbz dz / pz`` (dz in cm); x and y advance along
     the chord, which stays finite (a straight line) as the field goes to 0.
     """
-    s, z1 = _split(states, z_target)
+    s, z1 = split_states(states, z_target)
     x, y, z, px, py, pz = np.moveaxis(s, -1, 0)
     dz = z1 - z
     a = CURVATURE_PER_CM * np.asarray(qbz, dtype=np.float64) * dz / pz
@@ -104,7 +84,7 @@ def helix(
     minus infinity and the last to plus infinity. Propagation backwards in z works too.
     """
     regions = check_field(field)
-    s, z1 = _split(states, z_target)
+    s, z1 = split_states(states, z_target)
     if len(regions) == 1:
         return helix_uniform(s, z1, regions[0][1])
     starts = [-np.inf] + [z for z, _ in regions[1:]]
@@ -136,33 +116,3 @@ def nominal_helix(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> Propagato
         return helix(states, z_target, regions)
 
     return propagate
-
-
-def baselines(field: Sequence[Sequence[float]] = NOMINAL_FIELD) -> dict[str, Propagator]:
-    """The baselines by name: ``straight``, ``helix`` (in ``field``) and ``field_only`` (the
-    simulator's field map, no material: the noise floor on simulated tracks, the best physics
-    a user has on real ones)."""
-    return {"straight": straight_line, "helix": nominal_helix(field), "field_only": field_only}
-
-
-def field_only(states: np.ndarray, z_target: np.ndarray | float) -> np.ndarray:
-    """The simulator's own field map with no material: the noise floor of a propagator.
-
-    Each state (any leading shape, 6 values last) is followed through
-    ``simulate.GLUEX_FIELD`` (Runge-Kutta, Bz(z) and its radial part) to its own ``z_target``
-    with ``simulate.propagate(..., material=False)``; what remains of the error on simulated
-    tracks is the multiple scattering and energy loss that no deterministic propagator can
-    know. Rows are grouped by target z (``propagate`` takes one list of planes for all rows).
-    Forward in z only (``z_target >= z``), as in the simulator. float64 out, z = ``z_target``.
-    """
-    from tracklstm import simulate  # lazily: the baselines do not need the simulator otherwise
-
-    s, z1 = _split(states, z_target)
-    flat = s.reshape(-1, 6)
-    goal = np.ascontiguousarray(z1).reshape(-1)
-    out = np.empty_like(flat)
-    for z in np.unique(goal):
-        rows = goal == z
-        out[rows] = simulate.propagate(flat[rows], [float(z)], material=False)[:, 0]
-    out[:, 2] = goal
-    return out.reshape(s.shape)

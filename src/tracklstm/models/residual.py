@@ -1,12 +1,12 @@
 """A network that corrects a helix step: the residual propagator.
 
-The reference model learns the whole next state from min-max-normalized absolute coordinates
-and ends up a hundred times worse than physics. Here the physics is built in: a float64 helix
-step (:func:`tracklstm.prior.helix_step`) from the window's last state to the next plane is the
-prior, and the network only learns the correction ``truth - prior`` for x, y, px, py, pz (the
+The reference model learns the whole next state from min-max-normalized absolute coordinates and
+ends up a hundred times worse than physics. Here the physics is built in: a float64 helix step
+(:func:`tracklstm.physics.helix_prior.helix_step`) from the window's last state to the next plane is
+the prior, and the network only learns the correction ``truth - prior`` for x, y, px, py, pz (the
 field's deviation from the nominal helix field, its radial part at the magnet's ends, the mean
-energy loss). Its inputs are relative: the last state's position, direction and momentum, the
-step of the prior, and the differences between consecutive states of the window.
+energy loss). Its inputs are relative: the last state's position, direction and momentum, the step
+of the prior, and the differences between consecutive states of the window.
 
 Everything the model needs at run time is a registered buffer (the field and plane tables and
 the training-split statistics set by :meth:`ResidualPropagator.fit_statistics`), so it travels
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from tracklstm.constants import N_FEATURES, PLANE_Z
-from tracklstm.field import NOMINAL_FIELD
-from tracklstm.prior import field_tables, helix_step
+from tracklstm.physics.helix_prior import field_tables, helix_step
+from tracklstm.settings import defaults
 
 #: The corrected features: x, y, px, py, pz (z is the plane's, not learned).
 CORRECTED: tuple[int, ...] = (0, 1, 3, 4, 5)
@@ -51,6 +51,18 @@ STATIC_FEATURES: tuple[str, ...] = (
     "prior_dpy",
 )
 BODIES: tuple[str, ...] = ("mlp", "lstm", "gru")
+#: The settings of the residual kind (config ``model:``; the other keys are the reference's).
+RESIDUAL_KEYS: tuple[str, ...] = (
+    "body",
+    "hidden_sizes",
+    "head_sizes",
+    "history",
+    "field",
+    "dropout",
+)
+#: Their defaults: the config schema's ``model`` section, the one place they are written (the
+#: ``residual`` variant of config.yaml sets the sizes that measured best, MLP 128-128).
+DEFAULTS: dict[str, Any] = {k: v for k, v in defaults("model").items() if k in RESIDUAL_KEYS}
 
 
 class MLPBody(nn.Module):
@@ -118,14 +130,14 @@ class ResidualPropagator(nn.Module):
 
     def __init__(
         self,
-        body: str = "mlp",
-        hidden_sizes: Sequence[int] = (128, 128),
+        body: str = DEFAULTS["body"],
+        hidden_sizes: Sequence[int] = tuple(DEFAULTS["hidden_sizes"]),
         *,
-        head_sizes: Sequence[int] = (64,),
-        history: int = 6,
+        head_sizes: Sequence[int] = tuple(DEFAULTS["head_sizes"]),
+        history: int = DEFAULTS["history"],
         window: int = 7,
-        field: Sequence[Sequence[float]] = NOMINAL_FIELD,
-        dropout: float = 0.0,
+        field: Sequence[Sequence[float]] = tuple(map(tuple, DEFAULTS["field"])),
+        dropout: float = DEFAULTS["dropout"],
     ) -> None:
         super().__init__()
         if body not in BODIES:
@@ -228,8 +240,7 @@ class ResidualPropagator(nn.Module):
     def loss_pair(
         self, states: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted, target) scaled corrections (B, 5) for a loss (the measured choice: see
-        ``DEFAULT_LOSS``)."""
+        """(predicted, target) scaled corrections (B, 5) for the training loss."""
         if not bool(self.fitted):
             raise RuntimeError("ResidualPropagator: call fit_statistics on the training split")
         steps, static, prior = self.encode(states)
@@ -297,41 +308,8 @@ def _int_list(key: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
     return tuple(value)
 
 
-RESIDUAL_KEYS: tuple[str, ...] = (
-    "body",
-    "hidden_sizes",
-    "head_sizes",
-    "history",
-    "field",
-    "dropout",
-)
-#: The default settings, chosen by measurement (``benchmarks/residual_demo.py --sweep`` on the
-#: demo data: every MLP reaches the field-only floor; recurrent bodies come close, slower).
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "body": "mlp",
-    "hidden_sizes": [128, 128],
-    "head_sizes": [64],
-    "history": 6,
-    "field": [[65.0, 2.0]],
-    "dropout": 0.0,
-}
-#: The training recipe that measured best (see ``residual_train.train_residual``): Adam at 3e-3
-#: with a cosine decay over 40 epochs, batch 256, the best validation epoch kept (longer runs fit
-#: the scattering noise of the demo set), MSE on the scaled corrections: L1 and MSE are equal
-#: within the spread over seeds, and MSE is the one that minimises the RMS that is scored.
-DEFAULT_TRAINING: dict[str, Any] = {
-    "loss": "mse",
-    "lr": 3e-3,
-    "batch_size": 256,
-    "epochs": 40,
-    "max_seconds": 60.0,
-}
-#: The training loss on the scaled corrections that measured best: "l1" or "mse".
-DEFAULT_LOSS: str = DEFAULT_TRAINING["loss"]
-
-
 def build_residual(settings: dict[str, Any]) -> ResidualPropagator:
-    """The residual propagator described by ``settings`` (missing keys: ``DEFAULT_SETTINGS``).
+    """The residual propagator described by ``settings`` (missing keys: ``DEFAULTS``).
 
     Raises ``ValueError`` naming the key (``residual.<key>``) for an unknown key or a bad value.
     """
@@ -340,7 +318,7 @@ def build_residual(settings: dict[str, Any]) -> ResidualPropagator:
         raise ValueError(
             f"residual.{unknown[0]}: not a residual setting (known: {', '.join(RESIDUAL_KEYS)})"
         )
-    s = {**DEFAULT_SETTINGS, **settings}
+    s = {**DEFAULTS, **settings}
     if s["body"] not in BODIES:
         raise ValueError(f"residual.body: {s['body']!r} is not one of {', '.join(BODIES)}")
     hidden = _int_list("hidden_sizes", s["hidden_sizes"], allow_empty=s["body"] == "mlp")

@@ -1,12 +1,15 @@
 """Reading exported model files back: one loader for every format, one batched predictor.
 
-The export stage (``tracklstm.export``) writes TorchScript (``.ts``), ONNX (``.onnx``) and
-torch.export (``.pt2``) files that take ``(batch, window, 6)`` states in cm and GeV/c and return
-``(batch, 6)``, each with its metadata as JSON under ``METADATA_NAME``. This module owns those
-file-format names and everything that reads the files: ``read_metadata``, ``load_torchscript``,
-``OnnxModel`` (onnxruntime), ``load_model`` (any of them, by suffix) and ``predict_windows``
-(physical-unit windows through a loaded model, in batches). ``predict``, ``evaluate`` and the
-parity checks of ``export`` all load and run models through here.
+The export stage writes TorchScript (``model.ts``), ONNX (``model.onnx``) and torch.export
+(``model.pt2``) files (``tracklstm.export.formats``) and AOTInductor packages
+(``model.aoti.pt2``, ``tracklstm.export.aoti``) that take ``(batch, window, 6)`` states in cm and
+GeV/c and return ``(batch, 6)``, each with its metadata as JSON. This module owns the names of
+those files' parts (``METADATA_NAME``, ``ONNX_INPUT``, ``ONNX_OUTPUT``, the package metadata
+keys) and everything that reads the files: ``read_metadata`` (any of them, without running it),
+``load_torchscript``, ``OnnxModel`` (onnxruntime), ``load_package`` (AOTInductor),
+``load_model`` (any of them) and ``predict_windows`` (physical-unit windows through a loaded
+model, in batches). ``predict``, ``evaluate`` and the parity checks of the export stage all load
+and run models through here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 #: Name of the JSON metadata inside every exported file (extra file or ONNX metadata key).
 METADATA_NAME = "metadata.json"
@@ -31,12 +35,27 @@ ONNX_OUTPUT = "next_state"
 #: Rows per model call: small enough for the LSTM's working set to stay in the CPU caches.
 DEFAULT_BATCH = 256
 
+#: File name ending of an AOTInductor package: ``model.aoti.pt2``.
+PACKAGE_SUFFIX = ".aoti.pt2"
+#: Package metadata key of the whole metadata dict as JSON.
+METADATA_KEY = "tracklstm_metadata"
+#: Package metadata key of the input shape (``-1`` for the dynamic batch).
+INPUT_SHAPE_KEY = "tracklstm_input_shape"
+#: Prefix of the flat (one item, as text) package metadata keys.
+FLAT_PREFIX = "tracklstm."
+_AOTI_DIR = "data/aotinductor/"
+
 #: A loaded model: (batch, window, 6) float32 tensor in physical units -> (batch, 6).
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ModelFileError(ValueError):
     """A file that is not an exported model this project can load; the message names it."""
+
+
+class PackageError(RuntimeError):
+    """A compile that failed, a package that does not reproduce the eager module, or one that
+    cannot run here (a CUDA package without CUDA)."""
 
 
 @contextlib.contextmanager
@@ -62,7 +81,8 @@ def _metadata(path: str | Path, text: str | None, required: bool) -> dict[str, A
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata stored inside an exported file (.ts TorchScript, .onnx or .pt2)."""
+    """The metadata stored inside an exported file (TorchScript, ONNX, torch.export program or
+    AOTInductor package), read without running the model."""
     path = Path(path)
     if path.suffix == ".onnx":
         import onnx
@@ -70,6 +90,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
         return json.loads(props[METADATA_NAME])
+    if path.name.endswith(PACKAGE_SUFFIX) or is_aoti_package(path):
+        return _package_tracklstm_metadata(path, read_package_metadata(path))
     extra = {METADATA_NAME: ""}
     if path.suffix == ".pt2":
         torch.export.load(str(path), extra_files=extra)
@@ -167,12 +189,136 @@ def is_aoti_package(path: str | Path) -> bool:
 def _load_aoti(path: str | Path) -> tuple[Model, dict[str, Any]]:
     """An AOTInductor package and its metadata, on the kind of device it was compiled for
     (``model.aoti.pt2``: the CPU; ``model.cuda.aoti.pt2``: the current GPU)."""
-    from tracklstm.aoti import PackageError, load_package
-
     try:
         return load_package(path)
     except (ValueError, PackageError) as err:
         raise ModelFileError(str(err)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# AOTInductor packages
+
+
+def package_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PackageError(f"device {device!r}: CUDA is not available in this torch build")
+    return dev
+
+
+def _package_root(path: Path) -> tuple[str, list[str]]:
+    """The package's root folder and entry names; ValueError naming the file if it is not one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not an AOTInductor package (not a zip archive)") from None
+    root = names[0].split("/", 1)[0] if names else ""
+    inner = [n[len(root) + 1 :] for n in names if n.startswith(root + "/")]
+    if any(n.startswith(_AOTI_DIR) for n in inner):
+        return root, names
+    if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
+        what = "a TorchScript file (load it with torch.jit.load)"
+    elif any(n.startswith("models/") for n in inner):
+        what = "a torch.export program (torch.export.load), not a compiled package"
+    else:
+        what = "no data/aotinductor/ folder inside"
+    raise ValueError(f"{path}: not an AOTInductor package: {what}")
+
+
+def read_package_metadata(path: str | Path, model_name: str = "model") -> dict[str, str]:
+    """The package's string metadata, read from the archive without loading its code."""
+    path = Path(path)
+    root, names = _package_root(path)
+    prefix = f"{root}/{_AOTI_DIR}{model_name}/"
+    candidates = [n for n in names if n.startswith(prefix) and n.endswith("_metadata.json")]
+    with zipfile.ZipFile(path) as zf:
+        for name in sorted(candidates, key=lambda n: "wrapper" not in n):
+            meta = json.loads(zf.read(name))
+            if isinstance(meta, dict):
+                return {str(k): str(v) for k, v in meta.items()}
+    raise ValueError(f"{path}: no metadata for model {model_name!r} in the package")
+
+
+def _package_tracklstm_metadata(path: Path, stored: dict[str, str]) -> dict[str, Any]:
+    if METADATA_KEY not in stored:
+        raise ValueError(f"{path}: no {METADATA_KEY} inside; not written by tracklstm")
+    return json.loads(stored[METADATA_KEY])
+
+
+class PackagedModel:
+    """A loaded package: ``model(x)`` with x (batch, ...) -> the module's output.
+
+    Checks the input's shape against the one stored in the package (the compiled code does not)
+    and moves it to the package's device as contiguous float32.
+    """
+
+    #: The package's runner serializes concurrent calls: ``predict_windows`` gives each batch
+    #: all of torch's threads instead (twice as fast on 2 cores as two one-thread callers).
+    one_call_at_a_time = True
+
+    def __init__(self, path: Path, compiled: Any, device: torch.device) -> None:
+        self.path = path
+        self.device = device
+        self.loader = compiled.loader
+        self.package_metadata: dict[str, str] = dict(self.loader.get_metadata())
+        shape = self.package_metadata.get(INPUT_SHAPE_KEY, "")
+        self.input_shape = [int(d) for d in shape.split(",")] if shape else []
+        self._run = self.loader.run
+
+    def _bad_shape(self, x: Tensor) -> str | None:
+        if not self.input_shape:
+            return None
+        if x.dim() != len(self.input_shape) or any(
+            want >= 0 and got != want for got, want in zip(x.shape, self.input_shape, strict=True)
+        ):
+            dims = ", ".join("batch" if d < 0 else str(d) for d in self.input_shape)
+            return f"{self.path.name}: expected input ({dims}), got {list(x.shape)}"
+        return None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        problem = self._bad_shape(x)
+        if problem:
+            raise ValueError(problem)
+        if x.device != self.device or x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.to(self.device, torch.float32).contiguous()
+        if x.size(0) == 0:
+            raise ValueError(f"{self.path.name}: empty batch (the package needs 1 row or more)")
+        return self._run([x])[0]
+
+
+def load_package(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[PackagedModel, dict[str, Any]]:
+    """A compiled package, callable on tensors, and its tracklstm metadata dict.
+
+    ``device``: where to run it (default: the kind of device it was compiled for, ``cuda``
+    meaning the current GPU). Raises FileNotFoundError for a missing file, ValueError naming the
+    file for one that is not an AOTInductor package, has no tracklstm metadata, or was compiled
+    for another device, and PackageError for a CUDA package where torch has no CUDA.
+    """
+    path = Path(path)
+    stored = read_package_metadata(path)
+    meta = _package_tracklstm_metadata(path, stored)
+    built_for = stored.get("AOTI_DEVICE_KEY", "cpu")
+    try:
+        dev = package_device(built_for if device is None else device)
+    except PackageError as err:
+        raise PackageError(f"{path}: compiled for {built_for}: {err}") from None
+    if built_for != dev.type:
+        raise ValueError(f"{path}: compiled for {built_for}, cannot be loaded on {dev}")
+    index = dev.index if dev.index is not None else -1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            compiled = torch._inductor.aoti_load_package(str(path), device_index=index)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: AOTInductor cannot load the package: {err}") from err
+    return PackagedModel(path, compiled, dev), meta
 
 
 def predict_windows(

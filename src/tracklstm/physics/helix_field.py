@@ -1,8 +1,8 @@
 """The solenoid field of the helix propagators (the baselines and the residual model's prior).
 
 A field is q·Bz (T) per z region, ``((first z of the region in cm, q·Bz), ...)``; the first
-region starts at minus infinity whatever its z says. Kept apart from ``baselines`` so that the
-models' prior depends on these facts only, not on the evaluation's propagators.
+region starts at minus infinity whatever its z says. Kept apart from the propagators so that the
+models' prior depends on these facts only, not on the evaluation's baselines.
 """
 
 from __future__ import annotations

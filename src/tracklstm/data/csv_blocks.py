@@ -4,7 +4,7 @@ The file (plain, or gzip: detected by its magic bytes 1f 8b, whatever its name) 
 blocks of whole lines after the header; each block knows the file line it starts at.
 :func:`read_block` parses a block with pyarrow and checks it column by column, with NumPy over
 whole columns (the fast path): every value a finite float32, every present z its plane's z,
-every state within the physical bounds (:mod:`tracklstm.bounds`). A block that fails is cut
+every state within the physical bounds (:mod:`tracklstm.data.bounds`). A block that fails is cut
 into small pieces that are tried the same way, and only a failing piece is read line by line
 (the slow path) to name each bad line, so a bad line costs a few kilobytes of slow reading.
 
@@ -25,15 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from tracklstm.bounds import Bounds
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z, Z_TOLERANCE
-from tracklstm.dataio import (
-    GZIP_ERRORS,
-    float32_values,
-    gzip_error,
-    input_file,
-    open_maybe_gzip,
-)
+from tracklstm.data.arrow_columns import float32_values
+from tracklstm.data.bounds import Bounds
+from tracklstm.files import GZIP_ERRORS, gzip_error, input_file, open_maybe_gzip
 
 SCHEMA = pa.schema([(name, pa.float32()) for name in COLUMNS])
 #: Cell texts read as a missing value (null) besides the NaN spellings.

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from tracklstm.challenge import challenge_score
 from tracklstm.constants import ANSWER_INDEX, N_FEATURES
+from tracklstm.data.challenge import challenge_score
 
 #: The file, inside the package.
-REAL_TRACK_FILE: Path = Path(__file__).with_name("data") / "mlchallenge2_track3.csv"
+REAL_TRACK_FILE: Path = Path(__file__).parents[1] / "data" / "mlchallenge2_track3.csv"
 
 
 def load_real_track(path: str | Path = REAL_TRACK_FILE) -> np.ndarray:

@@ -1,12 +1,12 @@
 """The helix step of ``baselines.helix`` in torch: a physics prior that exports with the model.
 
-``helix_step`` is the same math as :func:`tracklstm.baselines.helix` (an exact helix about z per
-region of a piecewise-uniform field, momentum magnitude unchanged), written so that it runs
+``helix_step`` is the same math as :func:`tracklstm.physics.baselines.helix` (an exact helix about z
+per region of a piecewise-uniform field, momentum magnitude unchanged), written so that it runs
 inside ``torch.jit.script``, ``torch.export.export`` and the ONNX exporter: no numpy, no Python
-control flow on tensor values, the regions visited by a loop over their (fixed) count, each
-region's share of the step found with clamps. It supports forward propagation in z only
-(``z_target >= z``), which is all a next-plane prior needs; a backward step returns the state
-unchanged except for z. Use float64: it agrees with the numpy helix to about 1e-12 cm.
+control flow on tensor values, the regions visited by a loop over their (fixed) count, each region's
+share of the step found with clamps. It supports forward propagation in z only (``z_target >= z``),
+which is all a next-plane prior needs; a backward step returns the state unchanged except for z. Use
+float64: it agrees with the numpy helix to about 1e-12 cm.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tracklstm.field import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
+from tracklstm.physics.helix_field import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
 
 #: Below this |half turning angle| (rad), sin(h)/h is taken from its series (1 - h^2/6).
 _SINC_SERIES: float = 1e-4

@@ -1,0 +1,135 @@
+"""The module every export writes: a trained run's model in physical units, with its metadata.
+
+``load_physical_model`` rebuilds a training run's eager model from its folder (``training.json``
+and ``weights_{best,last}.pt``); ``ExportedTrackModel`` wraps it with the metadata a host needs
+as attributes and a check of the input shape; ``metadata`` is that metadata, stored inside every
+exported file (``tracklstm.export.loading`` reads it back); ``export_program`` is the
+torch.export of it, with a dynamic batch, that the torch.export, ONNX and AOTInductor files all
+start from.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import tracklstm
+from tracklstm.constants import FEATURES, PLANE_Z, UNITS
+from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT
+from tracklstm.models.build import build_model, model_kind, physical_units
+from tracklstm.models.reference import PhysicalModel
+
+#: The format of the exported files (their metadata's ``format``).
+FORMAT = "tracklstm-export-1"
+
+
+class ExportInputError(ValueError):
+    """A training run folder that cannot be exported (missing file or key)."""
+
+
+class ExportedTrackModel(nn.Module):
+    """The physical-units model with its metadata as attributes and a check of the input shape.
+
+    This is the module that is scripted and exported; its forward is ``PhysicalModel``'s.
+    TorchScript infers the attribute types from the values (int, str, List[str], List[float]).
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.window_length = int(meta["window_length"])
+        self.n_features = len(meta["features"])
+        self.features = list(meta["features"])
+        self.units = [meta["units"][f] for f in meta["features"]]
+        self.plane_z = [float(z) for z in meta["plane_z"]]
+        self.norm_min = [float(v) for v in meta["norm_min"]]
+        self.norm_max = [float(v) for v in meta["norm_max"]]
+        self.data_fingerprint = str(meta["data_fingerprint"])
+        self.version = str(meta["tracklstm_version"])
+        self.metadata_json = json.dumps(meta, sort_keys=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, window_length, 6) in cm and GeV/c -> (batch, 6) in cm and GeV/c."""
+        if x.dim() != 3 or x.size(1) != self.window_length or x.size(2) != self.n_features:
+            raise ValueError(
+                f"tracklstm model: expected input (batch, {self.window_length}, "
+                f"{self.n_features}) in cm and GeV/c, got {list(x.shape)}"
+            )
+        # No autograd history on what a host gets back (the weights do not require grad).
+        return self.model(x).detach()
+
+
+def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, dict]:
+    """The eager model of a training run, in physical units, and its ``training.json``.
+
+    The reference network is wrapped in ``PhysicalModel`` (its normalization); a residual
+    propagator works in physical units itself and carries its statistics, field and plane
+    table as buffers in its weights.
+    """
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "training.json"
+    weights_path = run_dir / f"weights_{weights}.pt"
+    for path in (summary_path, weights_path):
+        if not path.is_file():
+            raise ExportInputError(f"{path}: no such file (is {run_dir} a training run folder?)")
+    summary = json.loads(summary_path.read_text())
+    for key in ("settings", "norm_min", "norm_max", "window_length"):
+        if key not in summary:
+            raise ExportInputError(f"{summary_path}: key {key!r} is missing")
+    settings = summary["settings"].get("model", {})
+    core = build_model(settings)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        core.load_state_dict(state)
+    except Exception as err:  # truncated, corrupt or foreign: one line naming the file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportInputError(
+            f"{weights_path}: not the weights of this run's model ({reason})"
+        ) from None
+    if physical_units(settings):
+        return core.eval(), summary
+    model = PhysicalModel(
+        core, torch.tensor(summary["norm_min"]), torch.tensor(summary["norm_max"])
+    )
+    return model.eval(), summary
+
+
+def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
+    """What a host needs to use the model correctly, stored inside the exported files."""
+    return {
+        "format": FORMAT,
+        "input": "float32 (batch, window_length, 6): x, y, z [cm], px, py, pz [GeV/c]",
+        "output": "float32 (batch, 6): the state at the next plane, same units",
+        "onnx_input": ONNX_INPUT,
+        "onnx_output": ONNX_OUTPUT,
+        "window_length": int(summary["window_length"]),
+        "features": list(FEATURES),
+        "units": dict(UNITS),
+        "plane_z": list(PLANE_Z),
+        "norm_min": [float(v) for v in summary["norm_min"]],
+        "norm_max": [float(v) for v in summary["norm_max"]],
+        "data_fingerprint": summary.get("data_fingerprint", ""),
+        "model": summary["settings"].get("model", {}),
+        "model_kind": model_kind(summary["settings"].get("model", {})),
+        "weights": weights,
+        "tracklstm_version": tracklstm.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export of ``module`` with a dynamic batch dimension (1 and up)."""
+    if example.size(0) < 2:  # a traced batch of 1 would be specialized to 1
+        idx = torch.arange(2, device=example.device) % example.size(0)
+        example = example.index_select(0, idx)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        # nn.LSTM re-assigns its flat weight list while being traced; harmless here.
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
