@@ -2,13 +2,17 @@
 #   make run    creates .venv and runs the whole pipeline on the default (simulated) dataset
 #   make test   creates .venv and runs the whole test suite (what CI runs)
 # and the inner loop while developing:
-#   make check  ruff and the fast tests (no pipeline runs), in about a minute
+#   make check  ruff and the fast tests (no pipeline runs), in under a minute
+# The tests run in CORES processes (pytest-xdist); `make test` gives each a whole test module
+# at a time, so that a module's fixtures are built once (the session's shared ones, such as the
+# finished tiny project, are built once for all by the first process that needs them).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch that CI and local installs use; the package itself accepts a range.
 TORCH ?= torch==2.13.0
 CORES ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(CORES)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test check lint format report dag clean
@@ -26,13 +30,13 @@ run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest --durations=15
+	$(PYTEST) --dist loadscope --durations=15
 
 # The fast tier: every test not marked workflow, slow or slurm.
 check: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -q -m "not workflow and not slow and not slurm"
+	$(PYTEST) --dist load -q -m "not workflow and not slow and not slurm"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

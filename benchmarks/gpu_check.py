@@ -57,21 +57,36 @@ TARGET_100_EPOCHS_S = 120.0
 FULL_TRAIN, FULL_VAL = 2_802_254, 350_282
 VARIANTS = "tf32,bf16,graphs,bf16+graphs"
 TEST_FILES = ("tests/test_cuda.py", "tests/test_cpp.py", "tests/test_aoti.py")
-#: What the tests and the benchmark import (module names), to say early what is missing.
-MODULES = (
-    "torch", "numpy", "h5py", "yaml", "jsonschema", "pandas", "pyarrow", "tqdm", "onnx",
-    "onnxruntime", "onnxscript", "pytest",
-)  # fmt: skip
+PYPROJECT = ROOT / "pyproject.toml"
 LABELS = {
     "a_trainer": "fp32 (trainer)",
     "b_naive_dataloader": "naive DataLoader port",
     "c_bare_loop": "fp32 bare loop (limit)",
 }
 
+
+def required_distributions(pyproject: Path = PYPROJECT) -> list[str]:
+    """What the package, its tests and this check need (distribution names): pyproject.toml's
+    dependencies and its ``test`` extra, the one list of them."""
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    specs = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    return [re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0] for spec in specs]
+
+
 ENV_SCRIPT = r"""
-import importlib.util, json, platform, sys
+import importlib.metadata, json, platform, sys
 info = {"python": platform.python_version(), "executable": sys.executable}
-info["missing_modules"] = [m for m in MODULES if importlib.util.find_spec(m) is None]
+
+def installed(name):
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+info["missing_packages"] = [d for d in DISTRIBUTIONS if not installed(d)]
 try:
     import torch
 except Exception as err:
@@ -219,7 +234,7 @@ def quick(command: list[str], timeout_s: float = 15) -> str | None:
 
 def machine_info(python: str, env: dict, log_dir: Path, timeout_s: float) -> tuple[dict, Step]:
     """GPUs, versions and tools; the torch facts come from a process of the checked Python."""
-    script = f"MODULES = {list(MODULES)!r}\n{ENV_SCRIPT}"
+    script = f"DISTRIBUTIONS = {required_distributions()!r}\n{ENV_SCRIPT}"
     step = run_step("environment", [python, "-c", script], timeout_s, log_dir, env)
     info: dict[str, Any] = {}
     for line in reversed(step.output_tail.splitlines()):
@@ -484,8 +499,8 @@ def summary_table(report: dict) -> str:
             lines.append(f"  nvidia-smi: {row}")
     if env.get("reason"):
         lines.append(f"  CUDA not usable: {env['reason']}")
-    if env.get("missing_modules"):
-        lines.append(f"  MISSING Python modules: {', '.join(env['missing_modules'])}")
+    if env.get("missing_packages"):
+        lines.append(f"  MISSING Python packages: {', '.join(env['missing_packages'])}")
     if tests is not None:
         c, step = tests["counts"], tests["step"]
         state = "timed out" if step["timed_out"] else f"exit {step['returncode']}"
@@ -568,7 +583,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"JSON (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--workdir", type=Path, help="logs and reports (default: a temp folder)")
     parser.add_argument("--setup-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--missing-packages",
+        action="store_true",
+        help="print the packages this Python lacks (space-separated) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.missing_packages:
+        script = f"DISTRIBUTIONS = {required_distributions()!r}\n{ENV_SCRIPT}"
+        info = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        print(" ".join(info["missing_packages"]))
+        return 0
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -607,8 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch cannot use a CUDA GPU here: %s",
             machine.get("reason") or machine.get("torch_error") or "unknown",
         )
-    if machine.get("missing_modules"):
-        log.error("missing Python modules: %s", ", ".join(machine["missing_modules"]))
+    if machine.get("missing_packages"):
+        log.error("missing Python packages: %s", ", ".join(machine["missing_packages"]))
 
     if "tests" in steps:
         forget_stale_cpp_build(machine)

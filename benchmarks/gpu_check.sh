@@ -31,17 +31,9 @@ done
 torch_cuda() { "$1" -c 'import torch; print(torch.version.cuda)' 2>/dev/null; }
 torch_version() { "$1" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "none"; }
 
-# The distributions whose modules the tests and the benchmark import and a Python lacks.
-missing_packages() {
-    "$1" - <<'PY'
-import importlib.util
-wanted = {"torch": "torch", "numpy": "numpy", "h5py": "h5py", "yaml": "pyyaml",
-          "jsonschema": "jsonschema", "pandas": "pandas", "pyarrow": "pyarrow", "tqdm": "tqdm",
-          "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript",
-          "pytest": "pytest"}
-print(" ".join(dist for mod, dist in wanted.items() if importlib.util.find_spec(mod) is None))
-PY
-}
+# The distributions a Python lacks of those the package and its tests need (pyproject.toml's
+# dependencies and its `test` extra: benchmarks/gpu_check.py reads them).
+missing_packages() { "$1" benchmarks/gpu_check.py --missing-packages; }
 
 manage=1
 if [[ -n ${GPU_CHECK_PYTHON:-} ]]; then

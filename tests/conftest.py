@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from tracklstm.constants import COLUMNS, N_PLANES, PLANE_Z  # noqa: E402
+
+# Several test processes (pytest-xdist) share the cores: each gets its share of torch's threads
+# (more threads than cores make torch's workers wait on each other, many times slower).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
 def toy_tracks(n: int, seed: int = 0) -> np.ndarray:
@@ -78,17 +89,42 @@ def windows_h5(tmp_path: Path, tracks_csv: Path) -> Path:
     return out
 
 
+def session_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of the whole test session, the same for every pytest-xdist worker (each has a
+    temporary folder of its own below the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / name
+
+
+@contextlib.contextmanager
+def session_lock(folder: Path) -> Iterator[None]:
+    """Holds ``folder/.lock`` (created) while one worker builds what the others share."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project (Snakefile, workflow/, src/, profiles/) with the tiny test config,
-    the whole pipeline built once by the real Snakemake and shared by the workflow, export and
-    rerun tests. Read-only: a test that changes anything works on ``copy_project`` of it."""
-    from workflow_runs import copy_workflow, snakemake
+    the whole pipeline built once per session (by the first worker that needs it; the others
+    wait for it) by the real Snakemake and shared by the workflow, export and rerun tests.
+    Read-only: a test that changes anything works on ``copy_project`` of it."""
+    from workflow_runs import TINY_CONFIG, copy_workflow, snakemake
 
-    work = copy_workflow(
-        tmp_path_factory.mktemp("tiny_project"), ROOT / "tests" / "data" / "tiny_config.yaml"
-    )
-    snakemake(work, "--cores", "2")
+    shared = session_dir(tmp_path_factory, "tiny_project")
+    work = shared / "project"
+    with session_lock(shared):
+        if not (shared / "built").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            snakemake(copy_workflow(work, TINY_CONFIG), "--cores", "2")
+            (shared / "built").touch()
     return work
 
 
@@ -96,3 +132,19 @@ def copy_project(src: Path, dst: Path) -> Path:
     """``cp -a src dst``: a finished project moved elsewhere, modification times kept."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def farm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The Slurm test's pipeline run (tests/slurm/farmrun.py), started in the background when
+    the session begins (once, by the first worker) if that test is selected, so that its
+    waiting overlaps the other tests; ``tests/test_slurm.py`` waits for it and checks it."""
+    if not any(item.get_closest_marker("slurm") for item in request.session.items):
+        return None
+    from farmrun import FarmRun
+
+    run = FarmRun(session_dir(tmp_path_factory, "farm_run"))
+    with session_lock(run.root):
+        if not run.started:
+            run.start()
+    return run

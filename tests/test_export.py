@@ -344,6 +344,7 @@ def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     assert "no file was written: onnx batch 1" in log
 
 
+@pytest.mark.slow  # several seconds: whole exports
 def test_same_weights_give_the_same_bytes_and_outputs_carry_no_autograd(tmp_path: Path) -> None:
     """Two exports of one run are byte for byte the same (no temporary name or process id
     inside the archives), and the TorchScript output has no grad_fn."""
@@ -386,6 +387,7 @@ def test_truncated_or_foreign_weights_are_one_line_naming_the_file(
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # several seconds: whole exports
 def test_residual_variant_exports_with_the_plane_z_exactly(tmp_path: Path) -> None:
     """The helix-correcting variant exports like the reference: every file passes its parity
     check, and the z it answers is the next plane's z exactly (float32), in every format."""

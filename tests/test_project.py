@@ -50,10 +50,14 @@ def test_snakefmt_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_snakemake_lint_clean() -> None:
-    result = run([tool("snakemake"), "--lint", "--cores", "1"])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
+@pytest.mark.workflow
+def test_snakemake_lint_clean(tmp_path: Path) -> None:
+    """``snakemake --lint`` of the workflow with the project's config, in a copy of it."""
+    from workflow_runs import copy_workflow, snakemake
+
+    workdir = copy_workflow(tmp_path, ROOT / "config.yaml")
+    out = snakemake(workdir, "--lint", "--cores", "1").stdout
+    assert "Lints for" not in out and "good condition" in out, out
 
 
 def test_readme_opens_with_two_setup_commands() -> None:

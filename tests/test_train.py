@@ -558,6 +558,7 @@ def test_every_configured_run_has_valid_settings() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+@pytest.mark.slow  # several seconds: two training processes
 def test_granted_gpu_without_cuda_torch_fails_at_once(wfile: Path, tmp_path: Path) -> None:
     """A job Slurm gave a GPU never trains quietly on the CPU with `device: auto`."""
     env = {**os.environ, "SLURM_JOB_GPUS": "0", "SLURM_GPUS_ON_NODE": "1"}
