@@ -214,7 +214,7 @@ def run(
     stages: dict[str, Any] = {}
     if simulator == "auto":
         try:
-            import tracklstm.simulate  # noqa: F401
+            import tracklstm.data.simulate  # noqa: F401
 
             simulator = "tracklstm"
         except ImportError:

@@ -6,17 +6,17 @@ Usage::
     PYTHONPATH=src python benchmarks/bench_engines.py --threads 2 --rounds 11
     PYTHONPATH=src python benchmarks/bench_engines.py --no-compile-compare   # one compile only
 
-The reference-size model (LSTM 128 -> 64 -> 32, random weights: the speed does not depend on
-the values) is exported by ``tracklstm.export.export`` (model.ts, model.onnx) and compiled by
-``tracklstm.aoti`` (model.aoti.pt2), then timed on the same simulated windows at batch 1
-(per-track latency) and batch 1,024 (rows per second), N CPU threads (torch, onnxruntime and the
-C++ program limited to N; the numpy helix is single-threaded):
+The reference-size model (LSTM 128 -> 64 -> 32, random weights: the speed does not depend on the
+values) is exported by ``tracklstm.export.formats.export`` (model.ts, model.onnx) and compiled by
+``tracklstm.export.aoti`` (model.aoti.pt2), then timed on the same simulated windows at batch 1
+(per-track latency) and batch 1,024 (rows per second), N CPU threads (torch, onnxruntime and the C++
+program limited to N; the numpy helix is single-threaded):
 
 - from Python: eager PyTorch, TorchScript (``torch.jit.load``), the AOTInductor packages
-  (``tracklstm.aoti.load_package``; ``aotinductor``: the default, oneDNN's fused RNN layers;
-  ``aotinductor_decomposed``: ``rnn_kernels="decomposed"``, matrix products and inductor's cell
-  kernels), onnxruntime (CPU provider) and the numpy helix (``tracklstm.physics.baselines.helix``,
-  nominal field) on the windows' last states;
+  (``tracklstm.export.loading.load_package``; ``aotinductor``: the default, oneDNN's fused RNN
+  layers; ``aotinductor_decomposed``: ``rnn_kernels="decomposed"``, matrix products and inductor's
+  cell kernels), onnxruntime (CPU provider) and the numpy helix
+  (``tracklstm.physics.helix.helix``, nominal field) on the windows' last states;
 - from C++: ``cpp/build/tracklstm_predict --bench`` with each file (TorchScript and the two
   packages), when built (cpp/README.md).
 
@@ -54,9 +54,8 @@ import numpy as np
 import torch
 
 from tracklstm.constants import PLANE_Z
-from tracklstm.export import aoti
 from tracklstm.export.formats import export
-from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT, load_torchscript
+from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT, load_package, load_torchscript
 from tracklstm.export.module import load_physical_model
 from tracklstm.files import write_json
 from tracklstm.physics.helix import nominal_helix
@@ -113,13 +112,13 @@ def windows_of(tracks: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, n
 
 
 def compile_cold(run: Path, out: Path, threads: int, cache: Path, *extra: str) -> dict[str, Any]:
-    """``python -m tracklstm.aoti`` in a fresh process with the inductor cache ``cache``.
+    """``python -m tracklstm.export.aoti`` in a fresh process with the inductor cache ``cache``.
 
     Cold when ``cache`` is empty (inductor's compiled kernels and headers are not reused).
     """
     state = "warm" if any(cache.iterdir()) else "cold"
     report = out.with_suffix(".json")
-    cmd = [sys.executable, "-m", "tracklstm.aoti", "--run", str(run), "--out", str(out)]
+    cmd = [sys.executable, "-m", "tracklstm.export.aoti", "--run", str(run), "--out", str(out)]
     cmd += ["--report", str(report), "--threads", str(threads)]
     cmd += extra
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
@@ -163,8 +162,8 @@ def python_engines(files: dict[str, Path], threads: int) -> dict[str, Callable[.
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(files["onnx"]), opts, providers=["CPUExecutionProvider"])
     script, _ = load_torchscript(files["torchscript"])
-    package, _ = aoti.load_package(files["aotinductor"])
-    decomposed, _ = aoti.load_package(files["aotinductor_decomposed"])
+    package, _ = load_package(files["aotinductor"])
+    decomposed, _ = load_package(files["aotinductor_decomposed"])
     eager, _ = load_physical_model(files["run"])
     propagate = nominal_helix()
 

@@ -1,10 +1,10 @@
 """Training throughput: samples per second of one training epoch, three ways, in one run.
 
-(a) this trainer: ``tracklstm.train.Trainer.train_epoch`` on device-resident tensors (randperm
-    batches on the device, running metric sums on the device, stop-request checks);
-(b) the naive loop of the published port: ``DataLoader(TensorDataset(x, y), batch_size=1256,
+(a) this trainer: ``tracklstm.train.trainer.Trainer.train_epoch`` on device-resident tensors
+    (randperm batches on the device, running metric sums on the device, stop-request checks); (b)
+    the naive loop of the published port: ``DataLoader(TensorDataset(x, y), batch_size=1256,
     shuffle=True)`` over host tensors, each batch copied to the device, ``loss.item()`` per step;
-(c) the limit: the bare zero_grad/forward/backward/clip/step loop on batches made beforehand.
+    (c) the limit: the bare zero_grad/forward/backward/clip/step loop on batches made beforehand.
 
 All three train the reference model (132,038 parameters) with the same optimizer, loss and
 clipping; the variants run in interleaved rounds (a, b, c, a, b, c, ...) so that a machine whose
@@ -37,10 +37,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tracklstm import train as tr
 from tracklstm.files import write_json
 from tracklstm.models.build import build_model, count_parameters
 from tracklstm.stage_cli import setup_logging
+from tracklstm.train.config import resolve_settings
+from tracklstm.train.data import DeviceWindows
+from tracklstm.train.runtime import configure_backends, pick_device
+from tracklstm.train.trainer import Trainer, make_optimizer
 
 log = logging.getLogger("train_throughput")
 
@@ -66,7 +69,7 @@ def sync(device: torch.device) -> None:
 def settings(device: torch.device, batch_size: int, **options: Any) -> dict[str, Any]:
     """The reference training settings with ``batch_size`` and the runtime ``options``, as one
     mapping."""
-    resolved = tr.resolve_settings(
+    resolved = resolve_settings(
         {"training": {"batch_size": batch_size}, "runtime": {"device": str(device), **options}}
     )
     return {**resolved["training"], **resolved["runtime"]}
@@ -99,13 +102,13 @@ def make_trainer(
     model0: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any]
 ) -> Callable[[int], None]:
     device = x.device
-    tr.configure_backends(cfg, device)
+    configure_backends(cfg, device)
     model = copy.deepcopy(model0).to(device)
-    trainer = tr.Trainer(model, cfg, device, runtime=cfg)
-    source = tr.DeviceWindows(x, y)
+    trainer = Trainer(model, cfg, device, runtime=cfg)
+    source = DeviceWindows(x, y)
 
     def epoch(e: int) -> None:
-        tr.configure_backends(cfg, device)  # the options are process-wide: set them per run
+        configure_backends(cfg, device)  # the options are process-wide: set them per run
         trainer.set_sums()
         trainer.train_epoch(source, e, seed=0)
         trainer.global_sums()  # the trainer's one sync per epoch
@@ -118,12 +121,12 @@ def make_naive(
 ) -> Callable[[int], None]:
     device = x.device
     model = copy.deepcopy(model0).to(device)
-    optimizer = tr.make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
     loss_fn = nn.L1Loss()
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch, shuffle=True)
 
     def epoch(e: int) -> None:
-        tr.configure_backends(cfg, device)
+        configure_backends(cfg, device)
         model.train()
         running = 0.0
         for xb, yb in loader:
@@ -143,7 +146,7 @@ def make_bare(
 ) -> Callable[[int], None]:
     device = x.device
     model = copy.deepcopy(model0).to(device)
-    optimizer = tr.make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
     loss_fn = nn.L1Loss()
     perm = torch.randperm(len(x), device=device)
     xs, ys = x[perm], y[perm]
@@ -151,7 +154,7 @@ def make_bare(
     params = list(model.parameters())
 
     def epoch(e: int) -> None:
-        tr.configure_backends(cfg, device)
+        configure_backends(cfg, device)
         model.train()
         for xb, yb in batches:
             optimizer.zero_grad(set_to_none=True)
@@ -168,8 +171,8 @@ def validation_seconds(model0: nn.Module, n_val: int, device: torch.device, cfg:
     x = torch.rand(n_val, 7, 6, device=device)
     y = torch.rand(n_val, 6, device=device)
     model = copy.deepcopy(model0).to(device)
-    trainer = tr.Trainer(model, cfg, device, runtime=cfg)
-    source = tr.DeviceWindows(x, y)
+    trainer = Trainer(model, cfg, device, runtime=cfg)
+    source = DeviceWindows(x, y)
     trainer.evaluate(source)  # warm-up
     times = []
     for _ in range(3):
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = tr.pick_device(args.device)
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     n = FULL_TRAIN if args.full_size else args.windows or (502_400 if cuda else 10_048)
     variants = [v for v in args.variants.split(",") if v]
