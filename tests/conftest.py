@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -137,8 +138,9 @@ def copy_project(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def farm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """The Slurm test's pipeline run (tests/slurm/farmrun.py), started in the background when
-    the session begins (once, by the first worker) if that test is selected, so that its
-    waiting overlaps the other tests; ``tests/test_slurm.py`` waits for it and checks it."""
+    the session begins (once, by the first test process, while the others wait: it sizes the
+    training on a quiet machine) if that test is selected, so that its waiting overlaps the
+    other tests; ``tests/test_slurm.py`` waits for it and checks it."""
     if not any(item.get_closest_marker("slurm") for item in request.session.items):
         return None
     from farmrun import FarmRun
@@ -147,4 +149,21 @@ def farm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     with session_lock(run.root):
         if not run.started:
             run.start()
+    # The tests yield the CPU to the run's Slurm jobs, so that its training runs at the speed
+    # it was sized at (it must outlast its time limit, and should not run much longer).
+    os.nice(10)
     return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order of the modules for several test processes (``make test`` gives each one module
+    at a time): those with the most workflow runs and slow tests first, so that the processes
+    end at about the same time instead of one starting a long module last; the module of the
+    Slurm run last, so that the run started with the session has ended when its test looks."""
+    slurm = {item.module.__name__ for item in items if item.get_closest_marker("slurm")}
+    heavy = collections.Counter(
+        item.module.__name__
+        for item in items
+        if item.get_closest_marker("workflow") or item.get_closest_marker("slow")
+    )
+    items.sort(key=lambda item: (item.module.__name__ in slurm, -heavy[item.module.__name__]))

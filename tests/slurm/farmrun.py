@@ -6,16 +6,18 @@ the executor's status checks (10 s further apart each time no job has ended). St
 a process of its own, that waiting overlaps the other tests (whichever pytest-xdist worker runs
 them); the test itself waits for the run at the end and checks what it did, as before.
 
-``FarmRun(root).start()`` starts ``python tests/slurm/farmrun.py ROOT``, which
-1. sizes the training on this machine: a short training of the same size (the tiny dataset's
-   300 tracks, the small model, one thread) gives the wall time of an epoch (step, validation
-   and checkpoint); the run's training gets ``TRAINING_SECONDS`` of it, enough to outlast the
-   first attempt's time limit (stopped 60 to 90 s after it starts) even if the tests that run
-   beside it now, and slow it down, end before it does;
-2. starts the local Slurm if it does not answer (``slurm-up.sh``; as root);
-3. runs ``snakemake --profile slurm`` on a copy of the workflow with the tiny config,
-and writes, in ROOT, ``state.json`` (the epochs, the environment, or why it cannot run) and,
-when snakemake ends, ``rc`` (its exit code); its output goes to ``snakemake.log``.
+``FarmRun(root).start()``, called by the first test process while the others wait for it:
+1. sizes the training on this machine, still quiet: a short training of the same size (the tiny
+   dataset's 300 tracks, the small model, one thread) gives the wall time of an epoch (step,
+   validation and checkpoint); the run's training gets ``TRAINING_SECONDS`` of it, which
+   outlasts the first attempt's time limit (stopped 60 to 90 s after it starts). The test
+   processes then lower their priority (``nice``), so that the tests that run beside it hardly
+   slow the Slurm jobs (started by Slurm's daemons, at the usual priority) down;
+2. starts ``python tests/slurm/farmrun.py ROOT EPOCHS`` in a process of its own, which starts
+   the local Slurm if it does not answer (``slurm-up.sh``; as root) and runs
+   ``snakemake --profile slurm`` on a copy of the workflow with the tiny config, writing, in
+   ROOT, ``state.json`` (the epochs, the environment, or why it cannot run) and, when
+   snakemake ends, ``rc`` (its exit code); its output goes to ``snakemake.log``.
 """
 
 from __future__ import annotations
@@ -42,15 +44,15 @@ from workflow_runs import TINY_CONFIG, copy_workflow, run_env  # noqa: E402
 #: The profile, and status checks from the first second (the plugin's default waits 40 s).
 FAST: tuple[str, ...] = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
 #: Wall seconds of training the run is given, at the speed measured before it starts.
-TRAINING_SECONDS = 150.0
+TRAINING_SECONDS = 120.0
 #: The longest the run may take, whatever the machine's load.
 RUN_TIMEOUT = 1500
 
 
-def seconds_per_epoch(workdir: Path, settings: dict[str, Any], epochs: int = 12) -> float:
+def seconds_per_epoch(workdir: Path, settings: dict[str, Any], epochs: int = 40) -> float:
     """Wall seconds per epoch of a training of the tiny dataset's size, one thread: the step,
     the validation and the checkpoint written after every epoch, from the times of the
-    training's own log lines (start-up left out)."""
+    training's own log lines (its second half: the first epochs are slower)."""
     from test_train import make_windows_file
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -73,20 +75,30 @@ def seconds_per_epoch(workdir: Path, settings: dict[str, Any], epochs: int = 12)
     ]
     if len(stamps) != epochs:
         raise RuntimeError(f"calibration: {len(stamps)} epochs logged:\n{done.stderr[-3000:]}")
-    return (stamps[-1] - stamps[1]).total_seconds() / (epochs - 2)
+    half = epochs // 2
+    return (stamps[-1] - stamps[half]).total_seconds() / (epochs - 1 - half)
 
 
-def run(root: Path) -> int:
-    """The run itself (``python tests/slurm/farmrun.py ROOT``)."""
-    state: dict[str, Any] = {"workdir": str(root / "project")}
+def tiny_config() -> dict[str, Any]:
+    return yaml.safe_load(TINY_CONFIG.read_text())
+
+
+def training_epochs(root: Path) -> tuple[int, float]:
+    """The epochs of ``TRAINING_SECONDS`` at this machine's speed now, and the seconds of one."""
+    config = tiny_config()
+    settings = {
+        "model": config["models"]["small"]["model"],
+        "training": config["datasets"]["tiny"]["training"],
+    }
+    per_epoch = seconds_per_epoch(root / "calibration", settings)
+    return min(5000, max(20, math.ceil(TRAINING_SECONDS / max(per_epoch, 1e-3)))), per_epoch
+
+
+def run(root: Path, epochs: int) -> int:
+    """The run itself (``python tests/slurm/farmrun.py ROOT EPOCHS``)."""
+    state: dict[str, Any] = {"workdir": str(root / "project"), "epochs": epochs}
     try:
-        config = yaml.safe_load(TINY_CONFIG.read_text())
-        settings = {
-            "model": config["models"]["small"]["model"],
-            "training": config["datasets"]["tiny"]["training"],
-        }
-        per_epoch = seconds_per_epoch(root / "calibration", settings)
-        epochs = min(5000, max(20, math.ceil(TRAINING_SECONDS / max(per_epoch, 1e-3))))
+        config = tiny_config()
         config["datasets"]["tiny"]["training"].update(
             epochs=epochs, early_stopping={"patience": None}
         )
@@ -104,7 +116,7 @@ def run(root: Path) -> int:
             TRACKLSTM_SLURM_TRAIN_RUNTIME="1 + 9 * min(attempt - 1, 1)",
             **slurm_env(),
         )
-        state.update(epochs=epochs, seconds_per_epoch=per_epoch, env=env)
+        state["env"] = env
         (root / "state.json").write_text(json.dumps(state))
         with open(root / "snakemake.log", "w") as out:
             code = subprocess.run(
@@ -138,12 +150,16 @@ class FarmRun:
         return (self.root / "started").exists()
 
     def start(self) -> None:
-        """Start the run in a process of its own (it outlives the test process that starts
-        it, which may end first when several run the tests)."""
+        """Size the training now, then start the run in a process of its own (it outlives the
+        test process that starts it, which may end first when several run the tests)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        epochs, per_epoch = training_epochs(self.root)
+        (self.root / "calibration.json").write_text(
+            json.dumps({"epochs": epochs, "seconds_per_epoch": per_epoch})
+        )
         with open(self.root / "runner.log", "w") as log:
             subprocess.Popen(
-                [sys.executable, __file__, str(self.root)],
+                [sys.executable, __file__, str(self.root), str(epochs)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -168,4 +184,4 @@ class FarmRun:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(Path(sys.argv[1])))
+    raise SystemExit(run(Path(sys.argv[1]), int(sys.argv[2])))
