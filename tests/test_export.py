@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -344,32 +345,43 @@ def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     assert "no file was written: onnx batch 1" in log
 
 
-@pytest.mark.slow  # several seconds: whole exports
-def test_same_weights_give_the_same_bytes_and_outputs_carry_no_autograd(tmp_path: Path) -> None:
-    """Two exports of one run are byte for byte the same (no temporary name or process id
-    inside the archives), and the TorchScript output has no grad_fn."""
+@pytest.mark.slow  # two whole exports, each in a process of its own
+def test_exports_are_the_same_bytes_in_two_folders_and_two_processes(tmp_path: Path) -> None:
+    """One run exported from two copies of the package (two project folders), in two processes
+    with different hash seeds: every file is the same, byte for byte, and holds no path of
+    either folder, of the environment, or of a temporary file. The TorchScript output carries
+    no autograd history."""
     run = make_run(tmp_path / "run")
-    files = {}
-    for name in ("a", "b"):
-        out = tmp_path / name
-        files[name] = export(
-            run,
-            torchscript=out / "model.ts",
-            onnx=out / "model.onnx",
-            program=out / "model.pt2",
-        )
-        assert (out / "model.ts").is_file()
-    for file in ("model.ts", "model.onnx", "model.pt2"):
-        a, b = (tmp_path / "a" / file).read_bytes(), (tmp_path / "b" / file).read_bytes()
-        assert a == b, file
-        # The temporary name (io.atomic_path: .model.ts.<pid>.tmp) or its stem, which archives
-        # take as their root folder. (The bare process id can occur in the weights' bytes.)
-        temporary = f"{file}.{os.getpid()}".encode()
-        assert b".tmp" not in a and temporary not in a, file
-    model = torch.jit.load(tmp_path / "a" / "model.ts")
+    package = Path(tracklstm.__file__).parent
+    names = ("model.ts", "model.onnx", "model.pt2")
+    made: dict[str, dict[str, bytes]] = {}
+    for folder, seed in (("a", "1"), ("b", "2")):
+        src = tmp_path / folder / "src"
+        shutil.copytree(package, src / "tracklstm", ignore=shutil.ignore_patterns("__pycache__"))
+        env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": seed}
+        where = subprocess.run(
+            [sys.executable, "-c", "import tracklstm; print(tracklstm.__file__)"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert where.stdout.startswith(str(src)), where.stdout
+        out = tmp_path / folder / "out"
+        command = [sys.executable, "-m", "tracklstm.export", "--run", str(run)]
+        command += ["--out", str(out / names[0]), "--onnx", str(out / names[1])]
+        command += ["--program", str(out / names[2])]
+        done = subprocess.run(command, env=env, cwd=tmp_path / folder, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        made[folder] = {name: (out / name).read_bytes() for name in names}
+    for name in names:
+        data = made["a"][name]
+        assert data == made["b"][name], name
+        for place in (tmp_path, package, Path(sys.prefix), Path(sys.base_prefix)):
+            assert str(place).encode() not in data, (name, place)
+        assert b"site-packages" not in data and b".tmp" not in data, name
+    model = torch.jit.load(tmp_path / "a" / "out" / "model.ts")
     x = example_inputs(json.loads((run / "training.json").read_text()), n=3)
     y = model(x)
     assert y.grad_fn is None and not y.requires_grad
+    assert torch.equal(y, load_physical_model(run)[0](x))
 
 
 def test_truncated_or_foreign_weights_are_one_line_naming_the_file(
@@ -378,12 +390,19 @@ def test_truncated_or_foreign_weights_are_one_line_naming_the_file(
     run = make_run(tmp_path / "run")
     weights = run / "weights_best.pt"
     whole = weights.read_bytes()
-    for data in (whole[: len(whole) // 2], b"", b"junk" * 100):
+    foreign = make_run(tmp_path / "other", hidden_sizes=(5,)) / "weights_best.pt"
+    cases = [
+        (whole[: len(whole) // 2], "not a readable weights file (", "corrupt or truncated"),
+        (b"", "not a readable weights file (", "an empty file"),
+        (b"junk" * 100, "not a readable weights file (", "400 bytes, corrupt or truncated"),
+        (foreign.read_bytes(), "not the weights of this run's model", "Missing key(s)"),
+    ]
+    for data, says, why in cases:
         weights.write_bytes(data)
         rc = main(["--run", str(run), "--out", str(tmp_path / "out" / "model.ts")])
         err = capfd.readouterr().err
         assert rc == 1 and not (tmp_path / "out" / "model.ts").exists()
-        assert f"{weights}: not the weights of this run's model" in err, err
+        assert f"{weights}: {says}" in err and why in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 

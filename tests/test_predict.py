@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import re
 from pathlib import Path
 
@@ -176,16 +177,25 @@ def test_error_lists_first_bad_rows_and_counts_the_rest(tmp_path: Path, threads:
     assert "line 12" not in text and "(and 1 more)" in text
 
 
-def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path: Path) -> None:
+def test_a_blank_line_between_rows_is_an_error_naming_it(
+    model_ts: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The answers keep the input's lines one for one: a blank line between rows would shift
+    every answer after it, so it stops the run (blank lines at the end answer nothing)."""
     tracks = toy_tracks(3, seed=4)
-    lines = [row_text(tracks[0], 9), "", row_text(tracks[1], 8), "  ", row_text(tracks[2], 6)]
-    path = write_rows(tmp_path / "in.csv", [*lines, "", ""])
-    with pytest.raises(ChallengeInputError, match=r"1 of 3 rows .*line 5: 6 states"):
+    lines = [row_text(tracks[0], 9), "", row_text(tracks[1], 8), "  ", row_text(tracks[2], 7)]
+    path = write_rows(tmp_path / "in.csv", lines)
+    with pytest.raises(ChallengeInputError, match=r"in\.csv, line 2: blank line between rows"):
         read_challenge_rows(path)
-    write_rows(path, lines[:4])
+    out = tmp_path / "out.csv"
+    rc = main(["--model", str(model_ts), "--inputs", str(path), "--out", str(out)])
+    err = capfd.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert "line 2: blank line between rows" in err and "Traceback" not in err
+    write_rows(path, [lines[0], lines[2], lines[4], "", " "])
     rows = read_challenge_rows(path)
-    assert rows.lines.tolist() == [1, 3]
-    assert rows.target_plane.tolist() == [9, 8]
+    assert rows.lines.tolist() == [1, 2, 3]
+    assert rows.target_plane.tolist() == [9, 8, 7]
 
 
 def test_chunks_give_the_same_windows(tmp_path: Path) -> None:
@@ -277,8 +287,8 @@ def test_impossible_states_non_utf8_and_bad_models_are_named(
         "utf8": line.encode() + b"\n\xff\xfe,1,2\n",
     }
     expected = {
-        "px": ":? ?.*line 2: state 1 of the window",
-        "x": ".*line 3: state 1 of the window",
+        "px": r":? ?.*line 2: state 1 \(z = 65 cm\): momentum",
+        "x": r".*line 3: state 1 \(z = 65 cm\): radius",
         "utf8": ":2: not UTF-8 text",
     }
     for name, data in cases.items():
@@ -333,3 +343,45 @@ def test_cli(model_ts: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> No
 
     assert main([*args, "--inputs", str(tmp_path / "missing.csv")]) == 1
     assert "missing.csv" in capfd.readouterr().err
+
+
+def test_every_state_of_a_row_is_within_bounds_not_only_the_window(
+    model_ts: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """One bounds rule for every state of a row: a negative pz three states before the window
+    is refused, naming the line and the state, as inside the window."""
+    track = toy_tracks(1, seed=5)[0].copy()
+    track[2, 5] = -1.5  # state 3 of the row; with 12 states the window is states 6..12
+    lines = [row_text(toy_tracks(1, seed=6)[0], 9), row_text(track, 12)]
+    path = write_rows(tmp_path / "in.csv", lines)
+    out = tmp_path / "out.csv"
+    rc = main(["--model", str(model_ts), "--inputs", str(path), "--out", str(out)])
+    err = capfd.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert re.search(r"line 2: state 3 \(z = [\d.]+ cm\): pz = -1\.5 GeV/c", err), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_answering_nan_is_refused_and_writes_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """NaN or infinite answers are never written: exit 1, one line naming the model and how
+    many rows."""
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x[:, -1].clone()
+            out[1:, 0] = float("nan")  # every row but the first
+            return out
+
+    model = tmp_path / "broken.ts"
+    torch.jit.script(Broken()).save(
+        str(model), _extra_files={"metadata.json": json.dumps({"window_length": 7})}
+    )
+    tracks = toy_tracks(3, seed=7)
+    path = write_rows(tmp_path / "in.csv", [row_text(t, 8) for t in tracks])
+    out = tmp_path / "out.csv"
+    assert main(["--model", str(model), "--inputs", str(path), "--out", str(out)]) == 1
+    err = capfd.readouterr().err
+    assert f"{model}: the model's answer is NaN or infinite for 2 of 3 rows" in err, err
+    assert "line 2 of" in err and "Traceback" not in err and not out.exists()

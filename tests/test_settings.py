@@ -115,6 +115,48 @@ def test_non_finite_numbers_and_cross_key_rules_are_refused(config: dict, edit, 
         settings.check_config(bad, SCHEMA)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: c["datasets"]["demo"].update(windows={"length": 3}),
+            r"windows\.length \(dataset demo, model residual.*\): 3 states hold 2 differences, "
+            r"fewer than the 6 the residual model sees \(model\.history\)",
+        ),
+        (
+            lambda c: c["windows"].update(split={"train": 0.9, "validation": 0.5, "test": 0.5}),
+            r"windows\.split .*: the fractions \(train 0\.9, validation 0\.5, test 0\.5\) add up "
+            r"to 1\.9, not 1",
+        ),
+        (
+            lambda c: c["models"]["residual"]["model"].update(field=[[200.0, 2.0], [100.0, 1.0]]),
+            r"model\.field \(dataset demo, model residual.*\): the regions' z_from must increase",
+        ),
+        (
+            lambda c: c["evaluation"].update(helix_field=[[65.0, 2.0], [65.0, 1.0]]),
+            r"evaluation\.helix_field .*: the regions' z_from must increase",
+        ),
+    ],
+)
+def test_settings_a_job_would_fail_on_are_refused_before_any_job(
+    config: dict, edit, message: str
+) -> None:
+    """A window too short for the residual model's history, split fractions that do not add
+    up to 1, decreasing field tables: refused by the config check, naming the key."""
+    bad = copy.deepcopy(config)
+    edit(bad)
+    with pytest.raises(settings.ConfigError, match=message):
+        settings.prepare(bad)
+
+
+def test_a_stage_run_by_hand_is_held_to_the_same_rules() -> None:
+    split = {"train": 0.9, "validation": 0.5, "test": 0.5}
+    with pytest.raises(settings.ConfigError, match=r"windows\.split: .*add up to 1\.9"):
+        settings.stage_defaults("windows", {"windows": {"split": split}})
+    with pytest.raises(settings.ConfigError, match=r"evaluation\.helix_field: .*must increase"):
+        settings.stage_defaults("evaluate", {"evaluation": {"helix_field": [[9, 1], [3, 1]]}})
+
+
 def test_prepare_fills_the_schema_defaults(config: dict) -> None:
     del config["runtime"], config["windows"]["seed"], config["export"]
     settings.prepare(config)

@@ -130,6 +130,55 @@ def test_profile_site_settings_from_the_environment(workflow_copy: Path) -> None
     assert cpu_only["train"].resources["gpu"] == "0"  # no --gpus for sbatch
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "accepts"),
+    [
+        ("TRACKLSTM_SLURM_ACCOUNT", '__import__("os").system("touch {marker}")', "account"),
+        ("TRACKLSTM_SLURM_PARTITION", "short;rm -rf", "partition"),
+        ("TRACKLSTM_SLURM_QOS", "'normal'", "QOS"),
+        ("TRACKLSTM_SLURM_GPU_MODEL", "a100:2", "GPU type"),
+        ("TRACKLSTM_SLURM_CONSTRAINT", "x' + open('{marker}', 'w').name + '", "constraint"),
+        ("TRACKLSTM_SLURM_GPUS", "abc", "whole number"),
+        ("TRACKLSTM_SLURM_GPUS", "", "whole number"),
+        ("TRACKLSTM_SLURM_TRAIN_CPUS", "0", "whole number of 1 or more"),
+        ("TRACKLSTM_SLURM_TRAIN_RUNTIME", '__import__("os").system("touch {marker}")', "attempt"),
+        ("TRACKLSTM_SLURM_TRAIN_RUNTIME", "attempt.bit_length()", "attempt"),
+        ("TRACKLSTM_SLURM_TRAIN_RUNTIME", "60 - 60 * attempt", "minutes at attempt 1"),
+        ("TRACKLSTM_SLURM_STATUS", "ps", "sacct, squeue"),
+    ],
+)
+def test_profile_setting_that_is_not_a_value_stops_with_one_line(
+    workflow_copy: Path, tmp_path: Path, variable: str, value: str, accepts: str
+) -> None:
+    """A site setting is a value, never code: a wrong one stops `snakemake --profile slurm -n`
+    before it plans anything, with one line naming the variable, and runs nothing."""
+    marker = tmp_path / "ran"
+    value = value.format(marker=marker)
+    env = run_env(workflow_copy, **{variable: value})
+    result = snakemake(workflow_copy, "--profile", "slurm", "-n", env=env, check=False)
+    lines = [line for line in result.stdout.splitlines() if variable in line]
+    assert result.returncode != 0 and len(lines) == 1, result.stdout[-3000:]
+    assert f"{variable}={value!r}" in lines[0] and accepts in lines[0], lines[0]
+    assert "Traceback" not in result.stdout and "usage:" not in result.stdout
+    assert "Job stats" not in result.stdout and not marker.exists()
+
+
+def test_profile_names_stay_names_and_runtime_stays_arithmetic(workflow_copy: Path) -> None:
+    """Values Python would read as something else reach Slurm as typed; the runtime keeps
+    its arithmetic in the attempt number (min and max too)."""
+    jobs = dry_run(
+        workflow_copy,
+        "slurm",
+        TRACKLSTM_SLURM_ACCOUNT="0x10",
+        TRACKLSTM_SLURM_PARTITION="None",
+        TRACKLSTM_SLURM_GPU_CONSTRAINT="a100|h100",
+        TRACKLSTM_SLURM_TRAIN_RUNTIME="min(120 * attempt, 600) + 30",
+    )
+    train = jobs["train"].resources
+    assert (train["slurm_account"], train["slurm_partition"]) == ("0x10", "None")
+    assert (train["constraint"], train["runtime"]) == ("a100|h100", "150")
+
+
 def test_cuda_package_job_gets_a_gpu_like_train(tmp_path: Path) -> None:
     """`export.aoti_cuda: true` adds rule export_aoti_cuda, which the profile gives one GPU
     (even where train runs on CPUs) and the GPU partition, type, QOS and constraint."""

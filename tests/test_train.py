@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import torch
 from conftest import toy_tracks
 
+from tracklstm.data.checksums import stamp_checksums
 from tracklstm.models.build import build_model
 from tracklstm.models.reference import PhysicalModel
 from tracklstm.train.checkpoints import CHECKPOINT_NAME, METRIC_COLUMNS
@@ -96,6 +98,7 @@ def make_windows_file(
                 "data_fingerprint": fingerprint,
             }
         )
+        stamp_checksums(h5)  # as the windows stage does
     return path
 
 
@@ -202,8 +205,10 @@ def test_cuda_device_without_gpu(wfile: Path, tmp_path: Path) -> None:
 
 
 def _edit(path: Path, fn: Any) -> Path:
+    """A windows file the windows stage would have written so (its checksums updated)."""
     with h5py.File(path, "a") as h5:
         fn(h5)
+        stamp_checksums(h5)
     return path
 
 
@@ -263,9 +268,15 @@ def test_not_an_hdf5_file(tmp_path: Path) -> None:
 # --- outputs and learning -------------------------------------------------------------------
 
 
-def test_outputs_and_learning(wfile: Path, tmp_path: Path) -> None:
+def test_outputs_and_learning(wfile: Path, tmp_path: Path, caplog: Any) -> None:
     run = tmp_path / "run"
-    summary = train(wfile, run, tiny(epochs=4))
+    with caplog.at_level(logging.INFO, logger="tracklstm.train"):
+        summary = train(wfile, run, tiny(epochs=4))
+    # Each epoch line says the time spent so far and the time left.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == [f"epoch {e}/4" for e in (1, 2, 3, 4)]
+    assert all(re.search(r"\| elapsed \d+s, ETA \d+s$", line) for line in lines), lines
+    assert lines[-1].endswith("ETA 0s")
     assert sorted(p.name for p in run.iterdir()) == [
         "metrics.csv",
         "training.json",
@@ -427,8 +438,12 @@ def test_init_from_another_run(wfile: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingInputError, match="init_from"):
         train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "nothing")))
     (tmp_path / "junk.pt").write_text("not weights")
-    with pytest.raises(TrainingInputError, match=r"junk\.pt is not a weights file"):
+    with pytest.raises(TrainingInputError, match=r"junk\.pt: not a readable weights file \(11 "):
         train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "junk.pt")))
+    whole = (tmp_path / "pre" / "weights_best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TrainingInputError, match=r"cut\.pt: .* bytes, corrupt or truncated"):
+        train(other, tmp_path / "bad", tiny(init_from=str(tmp_path / "cut.pt")))
     assert not (tmp_path / "bad").exists()
 
 

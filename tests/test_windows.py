@@ -329,3 +329,54 @@ def test_reading_ahead_stops_with_the_consumer() -> None:
         for i in gen:
             if i == 10:
                 raise RuntimeError("the consumer fails")
+
+
+def test_every_reader_refuses_a_windows_file_changed_after_it_was_written(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """windows.h5 records each dataset's checksum; four values set to 1e4 cm afterwards are
+    refused by the training, the evaluation and the challenge files, each naming the file and
+    the dataset (exit 1, one line), and nothing is written."""
+    from test_evaluate import untrained_model
+
+    from tracklstm.data import challenge
+    from tracklstm.evaluate import cli as evaluate_cli
+    from tracklstm.train import cli as train_cli
+
+    part = write_parquet(toy_tracks(120, seed=3).astype(np.float32), tmp_path / "t.parquet")
+    h5_path = tmp_path / "windows.h5"
+    assert main(["--parquet", str(part), "--out", str(h5_path)]) == 0
+    model = untrained_model(tmp_path / "m.ts", h5_path)
+    with h5py.File(h5_path) as h5:
+        datasets: list[str] = []
+        h5.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(datasets) == 15 and all(len(h5[n].attrs["sha256"]) == 64 for n in datasets)
+    with h5py.File(h5_path, "a") as h5:
+        for split in ("train", "test"):
+            h5[f"{split}/inputs"][0, :2, 0] = 1e4
+        h5["tracks/test"][0] = 10**6
+    capfd.readouterr()
+    out = tmp_path / "out"
+    runs = {
+        "train/inputs": train_cli.main(["--windows", str(h5_path), "--out", str(out / "run")]),
+        "test/inputs": evaluate_cli.main(
+            ["--model", str(model), "--windows", str(h5_path), "--out", str(out)]
+        ),
+        "tracks/test": challenge.main(
+            [
+                "--parquet",
+                str(part),
+                "--windows",
+                str(h5_path),
+                "--inputs-out",
+                str(out / "i.csv"),
+                "--answers-out",
+                str(out / "a.csv"),
+            ]
+        ),
+    }
+    err = capfd.readouterr().err.strip().splitlines()
+    assert list(runs.values()) == [1, 1, 1] and len(err) == 3, err
+    for line, (name, _) in zip(err, runs.items(), strict=True):
+        assert f"{h5_path}: {name} does not match its checksum" in line, line
+    assert not out.exists() or not any(out.rglob("*.*")), list(out.rglob("*"))

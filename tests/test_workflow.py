@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import copy_project
 from workflow_runs import ROOT, TINY_CONFIG, copy_workflow, snakemake
 
@@ -178,3 +179,40 @@ def test_jobs_run_the_python_that_runs_snakemake(tmp_path: Path) -> None:
     done = snakemake(workdir, "--cores", "1", "results/tiny/raw/shard000.csv", env=env, check=False)
     assert done.returncode == 0, done.stdout[-6000:]
     assert (workdir / "results" / "tiny" / "raw" / "shard000.csv").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (
+            lambda c: (
+                c["datasets"]["tiny"].update(windows={"length": 3}),
+                c["models"]["small"]["model"].update(kind="residual"),
+            ),
+            "windows.length",
+        ),
+        (
+            lambda c: c.update(windows={"split": {"train": 0.9, "validation": 0.5, "test": 0.5}}),
+            "windows.split",
+        ),
+        (
+            lambda c: c.update(evaluation={"helix_field": [[200, 2.0], [100, 1.0]]}),
+            "evaluation.helix_field",
+        ),
+    ],
+)
+def test_settings_a_job_would_fail_on_stop_snakemake_before_it_removes_anything(
+    tiny_project: Path, tmp_path: Path, edit, key: str
+) -> None:
+    """A finished project, then settings that only a job would have found wrong: Snakemake
+    stops at once with one line naming the key, and the model built before is still there."""
+    work = copy_project(tiny_project, tmp_path / "project")
+    weights = work / "results" / "tiny" / "small" / "weights_best.pt"
+    before = weights.read_bytes()
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    edit(config)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert key in result.stdout and "Select jobs" not in result.stdout, result.stdout[-3000:]
+    assert weights.read_bytes() == before

@@ -1,5 +1,6 @@
 """Files in and out, for every stage: one way to write under a temporary name, input checks that
-name the file, gzip found by its magic bytes, JSON and hashing.
+name the file, the refusal to write over an input, gzip found by its magic bytes, JSON and
+hashing.
 
 Writing: a file is written under a temporary path and renamed to its final name only when it is
 complete (:func:`atomic_path`, and :func:`atomic_paths` for files that appear together or not at
@@ -19,9 +20,13 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+#: Paths a command names, by the option that names them: ``{"--out": path}``; a value may be
+#: None (not given) or several paths.
+Named = Mapping[str, "str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None"]
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -38,7 +43,7 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
 def atomic_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Temporary paths for ``paths``: all renamed to their final names when the block succeeds,
     none left behind when it fails (a rename that fails half-way takes back the ones done)."""
-    finals = [Path(p) for p in paths]
+    finals = [output_file(p) for p in paths]
     tmps = [temporary_path(p) for p in finals]
     for tmp in tmps:
         shutil.rmtree(tmp.parent, ignore_errors=True)  # a dead writer's, same process id
@@ -79,9 +84,48 @@ def output_file(path: str | os.PathLike[str], what: str = "output") -> Path:
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"{p}: {parent} is not a directory ({what})")
+                raise ValueError(f"{p}: {parent} is a file, not a directory ({what})")
             break
     return p
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same path once resolved (``./a.csv``, symbolic
+    links), or, both existing, the same file (hard links)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _paths(named: Named) -> list[tuple[str, Path]]:
+    out = []
+    for what, value in named.items():
+        if value is None:
+            continue
+        values = [value] if isinstance(value, str | os.PathLike) else list(value)
+        out += [(what, Path(v)) for v in values]
+    return out
+
+
+def check_outputs(outputs: Named, inputs: Named | None = None) -> None:
+    """Before anything is read or written: no two outputs are one file, and no output is one
+    of the inputs (which writing it would destroy). A ValueError names the options and paths.
+    (Whether an output can be a file at all is checked when it is written: ``atomic_paths``.)"""
+    outs = _paths(outputs)
+    ins = _paths(inputs or {})
+    for i, (what, path) in enumerate(outs):
+        for other_what, other in outs[:i]:
+            if same_file(path, other):
+                raise ValueError(f"{what} {path} and {other_what} {other} are the same file")
+        for in_what, source in ins:
+            if same_file(path, source):
+                raise ValueError(
+                    f"{what} {path} is the input {in_what} {source}: writing it would destroy "
+                    "the input; give another path"
+                )
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ to other entries, and the rules between keys. Every error is a ``ConfigError`` n
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from functools import cache
 from pathlib import Path
@@ -212,13 +213,62 @@ def _fill_defaults(instance: dict[str, Any], node: dict[str, Any]) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def field_problem(field: Any) -> str | None:
+    """What is wrong with a piecewise field ``[[z_from (cm), q·Bz (T)], ...]``, or None: the one
+    check of a field table (the config's, before any job; ``physics.helix_field.check_field``
+    raises it for a field given by hand)."""
+    try:
+        starts = [z for z, _ in ((float(z), float(b)) for z, b in field)]
+    except (TypeError, ValueError):
+        return f"expected a list of [z_from, q·Bz] pairs of numbers, got {field!r}"
+    if not starts:
+        return "the field needs at least one region"
+    if any(b <= a for a, b in itertools.pairwise(starts)):
+        return f"the regions' z_from must increase, got {starts}"
+    return None
+
+
+def _section_rules(section: str, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rules within one section that a schema cannot say: ``(key, what is wrong)``."""
+    out = []
+    if section == "windows":
+        split = values["split"]
+        total = sum(split.values())
+        if abs(total - 1.0) > 1e-9:
+            shares = ", ".join(f"{k} {v:g}" for k, v in split.items())
+            out.append(("windows.split", f"the fractions ({shares}) add up to {total:g}, not 1"))
+    if section == "evaluation":
+        problem = field_problem(values["helix_field"])
+        if problem:
+            out.append(("evaluation.helix_field", problem))
+    if section == "model" and values.get("kind") == "residual":
+        problem = field_problem(values["field"])
+        if problem:
+            out.append(("model.field", problem))
+    return out
+
+
 def _cross_key_rules(config: dict[str, Any], dataset: str, model: str) -> list[tuple[str, str]]:
     """Rules between keys that a schema cannot say: ``(key, what is wrong)`` for one dataset
     and model variant."""
     win = resolve_section(config, "windows", dataset)
     ch = resolve_section(config, "challenge", dataset)
     rt = resolve_section(config, "runtime", dataset, model)
-    out = []
+    md = resolve_section(config, "model", dataset, model)
+    out = [
+        rule
+        for section in ("windows", "evaluation", "model")
+        for rule in _section_rules(section, resolve_section(config, section, dataset, model))
+    ]
+    if md["kind"] == "residual" and md["history"] > win["length"] - 1:
+        out.append(
+            (
+                "windows.length",
+                f"{win['length']} states hold {win['length'] - 1} differences, fewer than the "
+                f"{md['history']} the residual model sees (model.history): set windows.length "
+                f"to {md['history'] + 1} or more, or model.history to {win['length'] - 1} or less",
+            )
+        )
     if win["length"] > win["last_target_plane"]:
         out.append(
             (
@@ -392,8 +442,10 @@ def stage_defaults(stage: str, given: dict[str, Any] | None = None) -> dict[str,
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a setting (known: {', '.join(known)})")
     out: dict[str, Any] = {s: check_section(s, given.get(s)) for s in STAGE_SECTIONS[stage]}
+    rules = [rule for s, values in out.items() for rule in _section_rules(s, values)]
     if "runtime" in out:
-        _raise([f"{key}: {what}" for key, what in _runtime_rules(out["runtime"])])
+        rules += _runtime_rules(out["runtime"])
+    _raise([f"{key}: {what}" for key, what in rules])
     if stage == "train":
         out["window_length"] = given.get("window_length")
     return out

@@ -84,16 +84,17 @@ def show_progress() -> bool:
 def run(
     body: Callable[[], Any],
     log: logging.Logger,
-    errors: tuple[type[BaseException], ...] = EXPECTED_ERRORS,
+    errors: tuple[type[BaseException], ...] = (),
 ) -> int:
-    """Set up logging and run ``body``; an expected error is one log line and exit code 1."""
+    """Set up logging and run ``body``; an expected error (``EXPECTED_ERRORS``, bad paths and
+    values among them, and the stage's own ``errors``) is one log line and exit code 1."""
     setup_logging()
     try:
         code = body()
     except ConfigError as err:
         log.error("%s", str(err).replace("invalid configuration:\n  ", ""))
         return EXIT_BAD_INPUT
-    except errors as err:
+    except (*EXPECTED_ERRORS, *errors) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     return int(code or 0)

@@ -7,6 +7,7 @@
   (``python -m tracklstm.to_parquet``); ``csv_blocks``: its checked block reader; ``bounds``: the
   physical limits of a state; ``arrow_columns``: Parquet columns as NumPy;
 - ``windows``: Parquet to ``windows.h5``, split by track (``python -m tracklstm.windows``);
+  ``checksums``: the checksums of its arrays, written by it and verified by every reader;
 - ``challenge``: challenge-format test files, their reader and the challenge score
   (``python -m tracklstm.challenge``).
 

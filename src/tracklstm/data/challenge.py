@@ -21,8 +21,9 @@ import numpy as np
 
 from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_FEATURES, N_PLANES
+from tracklstm.data.checksums import verify_checksums
 from tracklstm.data.windows import fingerprint, iter_tracks, parquet_parts
-from tracklstm.files import atomic_path
+from tracklstm.files import atomic_path, check_outputs
 from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def write_challenge(
     with h5py.File(windows_h5, "r") as h5:
         if "tracks/test" not in h5:
             raise ChallengeFormatError(f"{windows_h5}: no tracks/test (not a windows file?)")
+        verify_checksums(windows_h5, h5, ["tracks/test"])
         test = h5["tracks/test"][:]
         expected = h5.attrs.get("data_fingerprint")
         n_tracks = int(h5.attrs.get("n_tracks", test.max(initial=-1) + 1))
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        check_outputs(
+            {"--inputs-out": args.inputs_out, "--answers-out": args.answers_out},
+            {"--parquet": parquet_parts(args.parquet), "--windows": args.windows},
+        )
         options = {
             "n_min": args.n_min,
             "n_max": args.n_max,

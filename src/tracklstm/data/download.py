@@ -51,7 +51,7 @@ from typing import Any
 
 from tracklstm import __version__, stage_cli
 from tracklstm.data.download_record import download_record_path
-from tracklstm.files import atomic_path, sha256_file, write_json
+from tracklstm.files import atomic_path, check_outputs, sha256_file, write_json
 from tracklstm.stage_cli import show_progress
 
 log = logging.getLogger("tracklstm.download")
@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--retries must be >= 0")
 
     def body() -> None:
+        check_outputs({"--out": args.out}, {"--path": args.path})
         if args.url is not None:
             download(
                 args.url,

@@ -27,7 +27,7 @@ import numpy as np
 
 from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, N_FEATURES, N_PLANES, PLANE_Z
-from tracklstm.files import atomic_path
+from tracklstm.files import atomic_path, check_outputs
 from tracklstm.physics.material import DETECTOR_MATERIAL
 from tracklstm.physics.solenoid import propagate
 
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        check_outputs({"--out": args.out})
         if args.n_tracks < 1 or args.seed < 0 or args.shard < 0:
             raise SimulationError(
                 "invalid arguments: need --n-tracks >= 1, --seed >= 0, --shard >= 0 "
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             count / seconds if seconds > 0 else float("inf"),
         )
 
-    return stage_cli.run(body, log, errors=(OSError, SimulationError))
+    return stage_cli.run(body, log)  # SimulationError is a ValueError
 
 
 if __name__ == "__main__":

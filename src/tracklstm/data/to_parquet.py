@@ -49,7 +49,7 @@ from tracklstm.data.csv_blocks import (
     read_header,
 )
 from tracklstm.data.download_record import read_download_record
-from tracklstm.files import atomic_path, output_file, write_json
+from tracklstm.files import atomic_path, check_outputs, output_file, write_json
 from tracklstm.settings import defaults
 
 __all__ = ["REASONS", "SCHEMA", "InputFileError", "check_header", "convert", "float32_values"]
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be at least 1")
 
     def body() -> None:
+        check_outputs({"--out": args.out, "--quality": args.quality}, {"--csv": args.csv})
         cfg = stage_cli.settings(
             "to_parquet", args.settings, {"conversion": {"bad_rows": args.bad_rows}}
         )["conversion"]

@@ -6,6 +6,9 @@ Layout of ``windows.h5``:
   ``targets`` (N, 6) float32, ``track`` (N,) int64 (row of the track in the Parquet data) and
   ``target_plane`` (N,) int8; all in physical units (cm, GeV/c).
 - ``tracks/<split>``: the track rows of each split.
+- every dataset's attribute ``sha256``: the checksum of its values as written; every stage that
+  reads the file checks the datasets it reads against it (``verify_checksums``): a file edited
+  afterwards is refused, naming it.
 - root attributes: ``norm_min``/``norm_max`` (6,) fitted on the training split only,
   ``features``, ``plane_z``, ``window_length``, ``stride``, ``last_target_plane``,
   ``split_seed``, ``split_fractions``, ``data_fingerprint``, ``n_tracks``, ``n_windows``
@@ -36,7 +39,8 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from tracklstm import stage_cli
 from tracklstm.constants import COLUMNS, FEATURES, N_FEATURES, N_PLANES, PLANE_Z
 from tracklstm.data.arrow_columns import float32_values
-from tracklstm.files import atomic_path, output_file
+from tracklstm.data.checksums import stamp_checksums
+from tracklstm.files import atomic_path, check_outputs, output_file
 from tracklstm.settings import defaults
 
 #: The schema's defaults of the windows section (config.schema.yaml), for by-hand calls.
@@ -373,6 +377,8 @@ def build(
     the training windows only (inputs and targets), and stored as attributes.
     """
     fractions = fractions or DEFAULTS["split"]
+    total = sum(fractions[s] for s in SPLITS)
+    fractions = {s: fractions[s] / total for s in SPLITS} if total > 0 else fractions
     offsets = window_offsets(length, stride, last_target_plane)  # checks the settings
     out = output_file(out, "windows HDF5 output")
     parts = parquet_parts(parquet)
@@ -431,6 +437,7 @@ def build(
                 "n_windows": json.dumps(counts),
             }
         )
+        stamp_checksums(h5)
     log.info("%s: windows per split %s from %d tracks", out, counts, n_tracks)
     return counts
 
@@ -484,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--split: {args.split!r} is not three numbers")
 
     def body() -> None:
+        check_outputs({"--out": args.out}, {"--parquet": parquet_parts(args.parquet)})
         options = {
             "length": args.length,
             "stride": args.stride,

@@ -9,12 +9,14 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
 from tracklstm import stage_cli
 from tracklstm.evaluate import quality
-from tracklstm.evaluate.run import evaluate
+from tracklstm.evaluate.run import OUTPUT_FILES, evaluate
+from tracklstm.files import check_outputs
 from tracklstm.physics.helix_field import NOMINAL_FIELD, check_field
 
 log = logging.getLogger(__name__)
@@ -62,17 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def body() -> None:
-        try:
-            field = json.loads(args.helix_field) if args.helix_field else None
-        except ValueError as err:
-            raise ValueError(f"--helix-field: {err}") from None
+        inputs = {
+            "--model": args.model,
+            "--windows": args.windows,
+            "--metrics-csv": args.metrics_csv,
+            "--challenge-inputs": args.challenge_inputs,
+            "--challenge-answers": args.challenge_answers,
+            "--challenge-predictions": args.challenge_predictions,
+        }
+        check_outputs({"--out": [Path(args.out) / name for name in OUTPUT_FILES]}, inputs)
+        field = None
+        if args.helix_field:
+            try:
+                field = json.loads(args.helix_field)
+                check_field(field)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--helix-field: {err}") from None
         options = {"bins": args.bins, "momentum_bins": args.momentum_bins, "helix_field": field}
         cfg = stage_cli.settings("evaluate", args.settings, {"evaluation": options})
         cfg = cfg["evaluation"]
-        try:
-            field = check_field(cfg["helix_field"])
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"--helix-field: {err}") from None
+        field = check_field(cfg["helix_field"])
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         evaluate(

@@ -19,6 +19,8 @@ import numpy as np
 
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, FEATURES, N_PLANES, PLANE_Z, UNITS
 from tracklstm.data.challenge import challenge_score, read_challenge_answers, read_challenge_inputs
+from tracklstm.data.checksums import verify_checksums
+from tracklstm.data.windows import make_windows
 from tracklstm.evaluate.methods import LABELS, METHODS, EvaluationInputError
 from tracklstm.export import loading
 from tracklstm.export.loading import Model, ModelFileError, predict_windows
@@ -72,6 +74,8 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
             if "test" not in h5:
                 raise EvaluationInputError(f"{windows}: no test split")
             g = h5["test"]
+            names = ("inputs", "targets", "track", "target_plane")
+            verify_checksums(windows, h5, [f"test/{name}" for name in names])
             inputs = g["inputs"][...]
             targets = g["targets"][...]
             track = g["track"][...]
@@ -79,14 +83,14 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
             attrs = {k: h5.attrs[k] for k in h5.attrs}
     except (OSError, KeyError) as err:
         raise EvaluationInputError(f"{windows}: not a readable windows file ({err})") from err
+    except ValueError as err:
+        raise EvaluationInputError(str(err)) from None
     if len(inputs) == 0:
         raise EvaluationInputError(f"{windows}: the test split is empty")
     if not (np.isfinite(inputs).all() and np.isfinite(targets).all()):
         raise EvaluationInputError(f"{windows}: the test split holds NaN or infinite values")
     ids, tracks = reconstruct_tracks(inputs, targets, track, target_plane)
     if length is not None and length != inputs.shape[1]:
-        from tracklstm.data.windows import make_windows
-
         last = int(attrs.get("last_target_plane", N_PLANES - 1))
         log.info("rebuilding test windows of length %d (the file has %d)", length, inputs.shape[1])
         try:

@@ -45,6 +45,18 @@ CURVES_SIZE = (14, 8.2)
 # Building blocks
 
 
+#: The figures of an evaluation folder, by what they show.
+PLOT_FILES: dict[str, str] = {
+    "residuals": "residuals.png",
+    "truth_vs_prediction": "truth_vs_prediction.png",
+    "per_plane": "resolution_per_plane.png",
+    "vs_momentum": "resolution_vs_momentum.png",
+    "vs_pt": "resolution_vs_pt.png",
+    "walk": "walk.png",
+    "loss_curves": "loss_curves.png",
+}
+
+
 def save_figure(fig: plt.Figure, path: str | Path) -> None:
     """Write ``fig`` as a PNG, atomically, and close it."""
     with atomic_path(path) as tmp:
@@ -331,24 +343,24 @@ def write_plots(
     plot_residuals(
         result["histograms"],
         result["residuals"],
-        out_dir / "residuals.png",
+        out_dir / PLOT_FILES["residuals"],
         f"{title}: residuals on {len(truth):,} held-out test windows",
     )
     plot_truth_vs_prediction(
         truth,
         pred,
-        out_dir / "truth_vs_prediction.png",
+        out_dir / PLOT_FILES["truth_vs_prediction"],
         bins,
         f"{title}: prediction versus truth on {len(truth):,} test windows",
     )
     plot_per_plane(
         result["per_plane"],
-        out_dir / "resolution_per_plane.png",
+        out_dir / PLOT_FILES["per_plane"],
         f"{title}: residual width per target plane",
     )
     for var, label, file in (
-        ("p", "|p|", "resolution_vs_momentum.png"),
-        ("pt", "pt", "resolution_vs_pt.png"),
+        ("p", "|p|", PLOT_FILES["vs_momentum"]),
+        ("pt", "pt", PLOT_FILES["vs_pt"]),
     ):
         plot_vs_momentum(
             result["vs_momentum"][var],
@@ -357,12 +369,16 @@ def write_plots(
             f"{title}: residual width in bins of {label} (equal numbers of windows per bin)",
         )
     if result["walk"].get("n_tracks"):
-        plot_walk(result["walk"], result["per_plane"], out_dir / "walk.png", title)
+        plot_walk(result["walk"], result["per_plane"], out_dir / PLOT_FILES["walk"], title)
     else:
-        placeholder_figure(out_dir / "walk.png", "No test track is complete: nothing to walk.")
+        placeholder_figure(
+            out_dir / PLOT_FILES["walk"], "No test track is complete: nothing to walk."
+        )
     if history:
         plot_loss_curves(
-            history, out_dir / "loss_curves.png", f"Training history of {result['model']['name']}"
+            history,
+            out_dir / PLOT_FILES["loss_curves"],
+            f"Training history of {result['model']['name']}",
         )
     elif metrics_csv is not None:
-        placeholder_figure(out_dir / "loss_curves.png", f"{metrics_csv} holds no epoch.")
+        placeholder_figure(out_dir / PLOT_FILES["loss_curves"], f"{metrics_csv} holds no epoch.")

@@ -34,7 +34,7 @@ from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
 from tracklstm.data.bounds import Bounds
 from tracklstm.export.loading import DEFAULT_BATCH, is_aoti_package, load_model, predict_windows
-from tracklstm.files import atomic_path, read_bytes
+from tracklstm.files import atomic_path, check_outputs, read_bytes
 from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
@@ -122,18 +122,25 @@ def read_challenge_rows(
     """Read and check a test-input file; the last ``window_length`` states of each row.
 
     Raises ChallengeInputError naming the lines of the (first few) rows that cannot be predicted:
-    malformed, off the planes, or with a state beyond the physical limits (``bounds``; default
-    the config schema's ``conversion.bounds``). A file with no row is an error too.
+    malformed, off the planes, or with a state (any of the row's, not only the window's) beyond
+    the physical limits (``bounds``; default the config schema's ``conversion.bounds``). A file
+    with no row, or a blank line before the last row, is an error too.
     ``threads`` chunks of ``chunk_rows`` rows are parsed at a time.
     """
     path = Path(path)
     bounds = bounds or Bounds.from_settings()
-    all_lines = _read_lines(path)
-    lines = np.fromiter((i + 1 for i, row in enumerate(all_lines) if row.strip()), dtype=np.int64)
-    if not len(lines):
+    rows = _read_lines(path)
+    while rows and not rows[-1].strip():  # blank lines at the end answer nothing: fine
+        rows.pop()
+    if not rows:
         raise ChallengeInputError(f"{path}: no rows to predict (the file is empty)")
-    rows = [all_lines[i - 1] for i in lines]
-    del all_lines
+    blank = next((i for i, row in enumerate(rows) if not row.strip()), None)
+    if blank is not None:
+        raise ChallengeInputError(
+            f"{path}, line {blank + 1}: blank line between rows: the answers keep the input's "
+            "lines one for one, so every line before the last must hold a track"
+        )
+    lines = np.arange(1, len(rows) + 1, dtype=np.int64)
     windows = np.empty((len(rows), window_length, N_FEATURES), dtype=np.float32)
     target_plane = np.empty(len(rows), dtype=np.int64)
 
@@ -233,7 +240,14 @@ def _read_chunk(
     flag(~consecutive.all(axis=1), 5)
     next_z = planes[np.minimum(last + 1, len(planes) - 1)]
     flag(~((last + 1 < len(planes)) & (np.abs(target_z - next_z) <= z_tolerance)), 6)
-    flag(bounds.out_of_bounds(windows).any(axis=1), 7)
+    # Every state of the row (not only the window's) within the physical limits: one rule.
+    starts = ends - n_values
+    state_row = np.repeat(np.arange(n), n_states)
+    first_state = np.cumsum(n_states) - n_states
+    offsets = starts[state_row] + N_FEATURES * (np.arange(len(state_row)) - first_state[state_row])
+    states = values[offsets[:, None] + np.arange(N_FEATURES)[None, :]]
+    beyond = bounds.out_of_bounds(states)
+    flag(np.bincount(state_row, weights=beyond, minlength=n) > 0, 7)
 
     windows_out[:] = windows
     target_out[:] = last + 1
@@ -241,7 +255,7 @@ def _read_chunk(
     return len(bad), [
         f"line {lines[i]}: "
         + (
-            _out_of_bounds(windows[i], bounds)
+            _out_of_bounds(values[ends[i] - n_values[i] : ends[i] - 1], bounds)
             if problem[i] == 7
             else _describe(
                 int(problem[i]),
@@ -255,12 +269,12 @@ def _read_chunk(
     ]
 
 
-def _out_of_bounds(window: np.ndarray, bounds: Bounds) -> str:
-    """Which state of a window is beyond the physical limits, and why."""
-    for j, state in enumerate(window):
+def _out_of_bounds(row_states: np.ndarray, bounds: Bounds) -> str:
+    """Which state of a row (its values, 6 per state) is beyond the physical limits, and why."""
+    for j, state in enumerate(row_states.reshape(-1, N_FEATURES)):
         reason = bounds.explain(state)
         if reason is not None:
-            return f"state {j + 1} of the window: {reason[1]}"
+            return f"state {j + 1} (z = {state[2]:g} cm): {reason[1]}"
     return "a state is beyond the physical limits (conversion.bounds)"
 
 
@@ -323,6 +337,13 @@ def predict_file(
     t1 = time.perf_counter()
     states = predict_windows(model, rows.windows, batch)
     t2 = time.perf_counter()
+    broken = ~np.isfinite(states[:, list(ANSWER_INDEX)]).all(axis=1)
+    if broken.any():
+        first = int(rows.lines[np.flatnonzero(broken)[0]])
+        raise ChallengeInputError(
+            f"{model_path}: the model's answer is NaN or infinite for {int(broken.sum())} of "
+            f"{len(states)} rows (the first: line {first} of {inputs_csv}); no answers written"
+        )
     write_answers(out_csv, states)
     t3 = time.perf_counter()
     n = len(rows.windows)
@@ -360,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch must be at least 1")
 
     def body() -> None:
+        check_outputs({"--out": args.out}, {"--model": args.model, "--inputs": args.inputs})
         conversion = stage_cli.settings("predict", args.settings)["conversion"]
         if args.threads > 0:
             torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ from tracklstm import stage_cli
 from tracklstm.constants import FEATURES, UNITS
 from tracklstm.evaluate.methods import EvaluationInputError
 from tracklstm.evaluate.report import html_page, html_table
-from tracklstm.files import atomic_path
+from tracklstm.files import atomic_path, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        check_outputs({"--out": args.out}, {"quality": args.quality})
         quality_table(args.quality, args.out, args.dataset)
 
     return stage_cli.run(body, log)

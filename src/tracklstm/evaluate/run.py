@@ -37,7 +37,7 @@ from tracklstm.evaluate.metrics import (
     walk_stats,
     window_score,
 )
-from tracklstm.evaluate.plots import write_plots
+from tracklstm.evaluate.plots import PLOT_FILES, write_plots
 from tracklstm.evaluate.real_track import score_real_track
 from tracklstm.evaluate.report import summary_html
 from tracklstm.export.loading import Model, predict_windows
@@ -254,6 +254,10 @@ def log_summary(result: dict[str, Any]) -> None:
         )
     for line in result["verdict"]:
         log.info("%s", line)
+
+
+#: Every file an evaluation writes in its folder.
+OUTPUT_FILES: tuple[str, ...] = ("metrics.json", "summary.html", *PLOT_FILES.values())
 
 
 def evaluate(

@@ -6,5 +6,6 @@
 - ``module``: the module every file holds (the run's model in physical units and its metadata);
 - ``parity``: the one parity check every file passes before it is kept;
 - ``loading``: the one loader of every exported format, and the batched predictor;
-- ``tensor_file``: the C++ host's binary tensor files.
+- ``tensor_file``: the C++ host's binary tensor files;
+- ``reproducible``: the same run gives the same bytes in any process and any project folder.
 """

@@ -54,6 +54,7 @@ from tracklstm.export.module import (
     export_program,
     load_physical_model,
     metadata,
+    run_files,
 )
 from tracklstm.export.parity import (
     CHECK_BATCHES,
@@ -62,7 +63,8 @@ from tracklstm.export.parity import (
     example_inputs,
     norm_scale,
 )
-from tracklstm.files import atomic_path, write_json
+from tracklstm.export.reproducible import without_source_locations
+from tracklstm.files import atomic_path, check_outputs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def compile_with_report(
 
     t0 = time.perf_counter()
     try:
-        program = export_program(module, example)
+        program = without_source_locations(export_program(module, example))
     except Exception as err:
         raise PackageError(f"torch.export of the module failed: {err}") from err
     export_seconds = time.perf_counter() - t0
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        check_outputs({"--out": args.out, "--report": args.report}, {"--run": run_files(args.run)})
         options = {"weights": args.weights, "tolerance": args.tolerance}
         cfg = stage_cli.settings("export", args.settings, {"export": options})["export"]
         if args.threads > 0:
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.report:
             write_json(args.report, report.as_dict())
 
-    return stage_cli.run(body, log, errors=(PackageError, ValueError, OSError))
+    return stage_cli.run(body, log, errors=(PackageError,))
 
 
 if __name__ == "__main__":

@@ -44,10 +44,10 @@ from tracklstm import stage_cli
 from tracklstm.export.loading import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, load_model, quiet_jit
 from tracklstm.export.module import (
     ExportedTrackModel,
-    ExportInputError,
     export_program,
     load_physical_model,
     metadata,
+    run_files,
 )
 from tracklstm.export.parity import (
     CHECK_BATCHES,
@@ -57,7 +57,8 @@ from tracklstm.export.parity import (
     norm_scale,
     parity_rows,
 )
-from tracklstm.files import atomic_paths, write_json
+from tracklstm.export.reproducible import canonical_torch_archive, without_source_locations
+from tracklstm.files import atomic_paths, check_outputs, write_json
 from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,12 @@ class ExportCheckError(RuntimeError):
 
 def _save_torchscript(module: ExportedTrackModel, path: Path, meta: dict[str, Any]) -> None:
     """Through a buffer: the archive's inner folder is then "archive", not the temporary file's
-    name, so the same weights give the same bytes."""
+    name; rewritten so that the same weights give the same bytes (``export.reproducible``)."""
     with quiet_jit():
         scripted = torch.jit.script(module)
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer, _extra_files={METADATA_NAME: json.dumps(meta, sort_keys=True)})
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(canonical_torch_archive(buffer.getvalue()))
 
 
 @contextlib.contextmanager
@@ -185,7 +186,7 @@ def export(
         if program is not None or onnx is not None:
             t0 = time.perf_counter()
             try:
-                exported = export_program(module, inputs)
+                exported = without_source_locations(export_program(module, inputs))
             except Exception as err:
                 raise ExportCheckError(f"torch.export of the model failed: {err}") from err
             seconds["torch_export"] = time.perf_counter() - t0
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        outputs = {"--out": args.out, "--onnx": args.onnx, "--program": args.program}
+        check_outputs({**outputs, "--report": args.report}, {"--run": run_files(args.run)})
         options = {"weights": args.weights, "tolerance": args.tolerance, "onnx_opset": args.opset}
         cfg = stage_cli.settings("export", args.settings, {"export": options})["export"]
         if args.threads > 0:
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             opset=cfg["onnx_opset"],
         )
 
-    return stage_cli.run(body, log, errors=(ExportCheckError, ExportInputError, OSError))
+    return stage_cli.run(body, log, errors=(ExportCheckError,))
 
 
 if __name__ == "__main__":

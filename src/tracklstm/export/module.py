@@ -21,7 +21,13 @@ from torch import nn
 import tracklstm
 from tracklstm.constants import FEATURES, PLANE_Z, UNITS
 from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT
-from tracklstm.models.build import build_model, model_kind, physical_units
+from tracklstm.models.build import (
+    WeightsFileError,
+    build_model,
+    model_kind,
+    physical_units,
+    read_weights,
+)
 from tracklstm.models.reference import PhysicalModel
 
 #: The format of the exported files (their metadata's ``format``).
@@ -64,6 +70,15 @@ class ExportedTrackModel(nn.Module):
         return self.model(x).detach()
 
 
+#: The files of a training run folder an export reads.
+RUN_FILES: tuple[str, ...] = ("training.json", "weights_best.pt", "weights_last.pt")
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The files of a training run folder that an export reads."""
+    return [Path(run_dir) / name for name in RUN_FILES]
+
+
 def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, dict]:
     """The eager model of a training run, in physical units, and its ``training.json``.
 
@@ -82,12 +97,15 @@ def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.
         if key not in summary:
             raise ExportInputError(f"{summary_path}: key {key!r} is missing")
     settings = summary["settings"].get("model", {})
-    core = build_model(settings)
+    core = build_model(settings, int(summary["window_length"]))
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        core.load_state_dict(state)
-    except Exception as err:  # truncated, corrupt or foreign: one line naming the file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        core.load_state_dict(read_weights(weights_path))
+    except WeightsFileError as err:
+        raise ExportInputError(str(err)) from None
+    except (RuntimeError, TypeError, AttributeError) as err:  # another model's weights
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        details = [line for line in lines if not line.endswith(":")] or lines
+        reason = details[0] if details else type(err).__name__
         raise ExportInputError(
             f"{weights_path}: not the weights of this run's model ({reason})"
         ) from None

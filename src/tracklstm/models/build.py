@@ -8,8 +8,10 @@ every model here.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tracklstm.models.reference import TrackRNN
@@ -37,9 +39,9 @@ def physical_units(settings: dict[str, Any]) -> bool:
     return model_kind(settings) == "residual"
 
 
-def build_model(settings: dict[str, Any]) -> nn.Module:
+def build_model(settings: dict[str, Any], window_length: int = 7) -> nn.Module:
     """The model described by a config's ``model`` section (missing keys: the schema's
-    defaults, i.e. the reference).
+    defaults, i.e. the reference), for windows of ``window_length`` states.
 
     ``kind: reference`` (the default) builds ``TrackRNN`` from ``cell``, ``hidden_sizes`` and
     ``dropout``; ``kind: residual`` builds ``tracklstm.models.residual.ResidualPropagator`` from
@@ -56,7 +58,8 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
         from tracklstm.models.residual import RESIDUAL_KEYS, build_residual
 
         try:
-            return build_residual({k: settings[k] for k in RESIDUAL_KEYS if k in settings})
+            residual = {k: settings[k] for k in RESIDUAL_KEYS if k in settings}
+            return build_residual(residual, window=window_length)
         except ValueError as err:
             raise ValueError(str(err).replace("residual.", "model.", 1)) from None
     settings = {**defaults("model"), **settings}
@@ -78,3 +81,24 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read: empty, truncated, corrupt, or not a state dict."""
+
+
+def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The state dict saved in ``path`` (``torch.save(model.state_dict())``), or
+    WeightsFileError naming the file and saying it is corrupt or truncated."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # zip, pickle or storage errors: one line, not a traceback
+        lines = str(err).strip().splitlines()
+        reason = lines[0] if lines else type(err).__name__
+        what = "an empty file" if size == 0 else f"{size} bytes, corrupt or truncated"
+        raise WeightsFileError(f"{path}: not a readable weights file ({what}: {reason})") from None
+    if not isinstance(state, dict):
+        raise WeightsFileError(f"{path}: holds a {type(state).__name__}, not a model's weights")
+    return state

@@ -308,8 +308,9 @@ def _int_list(key: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
     return tuple(value)
 
 
-def build_residual(settings: dict[str, Any]) -> ResidualPropagator:
-    """The residual propagator described by ``settings`` (missing keys: ``DEFAULTS``).
+def build_residual(settings: dict[str, Any], window: int = 7) -> ResidualPropagator:
+    """The residual propagator described by ``settings`` (missing keys: ``DEFAULTS``), for
+    windows of ``window`` states (it sees the last ``history`` differences between them).
 
     Raises ``ValueError`` naming the key (``residual.<key>``) for an unknown key or a bad value.
     """
@@ -326,6 +327,11 @@ def build_residual(settings: dict[str, Any]) -> ResidualPropagator:
     history = s["history"]
     if isinstance(history, bool) or not isinstance(history, int) or not 0 <= history <= 6:
         raise ValueError(f"residual.history: expected an integer in 0..6, got {history!r}")
+    if history > window - 1:
+        raise ValueError(
+            f"residual.history: {history} differences need windows of {history + 1} states or "
+            f"more, not {window} (windows.length)"
+        )
     if s["body"] != "mlp" and history < 1:
         raise ValueError(f"residual.history: a {s['body']} body needs at least 1, got {history}")
     dropout = s["dropout"]
@@ -344,6 +350,7 @@ def build_residual(settings: dict[str, Any]) -> ResidualPropagator:
         hidden,
         head_sizes=head,
         history=history,
+        window=window,
         field=field,
         dropout=float(dropout),
     )

@@ -7,8 +7,9 @@ models' prior depends on these facts only, not on the evaluation's baselines.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
+
+from tracklstm.settings import field_problem
 
 #: dphi/dz per cm of z for q·Bz = 1 T and pz = 1 GeV/c: -0.3 (GeV/c per T per m) / 100 cm.
 CURVATURE_PER_CM: float = -0.003
@@ -20,11 +21,9 @@ TURNING_FIELD: tuple[tuple[float, float], ...] = ((65.0, 2.3), (241.0, 2.1), (29
 
 
 def check_field(field: Sequence[Sequence[float]]) -> tuple[tuple[float, float], ...]:
-    """``field`` as ((z_from, qbz), ...) with increasing z; a ValueError says what is wrong."""
-    regions = tuple((float(z), float(b)) for z, b in field)
-    if not regions:
-        raise ValueError("the helix field needs at least one region")
-    zs = [z for z, _ in regions]
-    if any(b <= a for a, b in itertools.pairwise(zs)):
-        raise ValueError(f"the helix field's region starts must increase, got {zs}")
-    return regions
+    """``field`` as ((z_from, qbz), ...) with increasing z; a ValueError says what is wrong
+    (``settings.field_problem``: the same check the config gets before any job)."""
+    problem = field_problem(field)
+    if problem:
+        raise ValueError(problem)
+    return tuple((float(z), float(b)) for z, b in field)

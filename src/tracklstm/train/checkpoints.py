@@ -30,6 +30,7 @@ from torch import nn
 import tracklstm
 from tracklstm.constants import N_FEATURES
 from tracklstm.files import atomic_path, sha256_file
+from tracklstm.models.build import WeightsFileError, read_weights
 from tracklstm.train.config import RUNTIME_KEYS, settings_hash
 from tracklstm.train.errors import TrainingInputError
 from tracklstm.train.runtime import gather_rng, set_rng_state
@@ -44,6 +45,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 #: The epochs so far while a run is going on; renamed to metrics.csv when it completes, so a
 #: killed run leaves no metrics.csv that looks like a finished run's.
 PARTIAL_METRICS_NAME = "metrics.partial.csv"
+#: The files a run writes in its folder (and ``CHECKPOINT_NAME`` while it goes on).
+RUN_OUTPUTS: tuple[str, ...] = (
+    "weights_best.pt",
+    "weights_last.pt",
+    "metrics.csv",
+    PARTIAL_METRICS_NAME,
+    "training.json",
+)
 CHECKPOINT_FORMAT = 2
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -118,11 +127,9 @@ def load_init_weights(
     """Load ``weights`` into ``model``: their sha256, and the normalization of their run (from
     its ``summary``, ``training.json``) when known."""
     try:
-        state = torch.load(weights, map_location=device, weights_only=True)
-    except Exception as err:  # not a weights file: say which file, not a traceback
-        raise TrainingInputError(
-            f"training.init_from: {weights} is not a weights file ({err})"
-        ) from None
+        state = read_weights(weights, device)
+    except WeightsFileError as err:
+        raise TrainingInputError(f"training.init_from: {err}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:

@@ -35,7 +35,7 @@ def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """
     try:
         resolved = stage_defaults("train", settings)
-        build_model(resolved["model"])
+        build_model(resolved["model"], resolved["window_length"] or 7)
     except (ConfigError, ValueError) as err:
         raise TrainingInputError(str(err).replace("invalid configuration:\n  ", "")) from None
     length = resolved["window_length"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tracklstm.constants import N_FEATURES
+from tracklstm.data.checksums import verify_checksums
 from tracklstm.files import sha256_file
 from tracklstm.train.errors import TrainingInputError
 from tracklstm.train.runtime import Dist
@@ -107,6 +108,10 @@ def inspect_windows(path: str | Path) -> WindowsInfo:
             if xs.shape[0] == 0:
                 raise TrainingInputError(f"{path}: the split {split!r} holds no windows")
             sizes[split] = int(xs.shape[0])
+        try:
+            verify_checksums(path, h5, [f"{s}/{n}" for s in sizes for n in ("inputs", "targets")])
+        except ValueError as err:
+            raise TrainingInputError(str(err)) from None
     fingerprint = str(attrs.get("data_fingerprint", "")) or sha256_file(path)
     identity = {
         "data_fingerprint": fingerprint,

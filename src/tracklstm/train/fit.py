@@ -20,12 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tracklstm.files import write_json
+from tracklstm.files import check_outputs, write_json
 from tracklstm.models.build import build_model, count_parameters, physical_units
 from tracklstm.stage_cli import show_progress
 from tracklstm.train.checkpoints import (
     CHECKPOINT_NAME,
     PARTIAL_METRICS_NAME,
+    RUN_OUTPUTS,
     cpu_state,
     device_name,
     find_init_weights,
@@ -192,6 +193,14 @@ def train(
         cfg = settings["training"]
         out_dir = Path(out_dir)
         ckpt_path = Path(checkpoint) if checkpoint else out_dir / CHECKPOINT_NAME
+        init = find_init_weights(cfg["init_from"]) if cfg["init_from"] else None
+        try:
+            check_outputs(
+                {"--out": [out_dir / name for name in RUN_OUTPUTS], "--checkpoint": ckpt_path},
+                {"--windows": windows, "training.init_from": init and [p for p in init if p]},
+            )
+        except ValueError as err:
+            raise TrainingInputError(str(err)) from None
         info = inspect_windows(windows)
         if settings["window_length"] is not None and settings["window_length"] != (
             info.window_length
@@ -200,7 +209,6 @@ def train(
                 f"window_length: the settings expect windows of {settings['window_length']} "
                 f"states but {windows} holds windows of {info.window_length}"
             )
-        init = find_init_weights(cfg["init_from"]) if cfg["init_from"] else None
         dist, device = init_distributed(settings["runtime"]["device"])
         try:
             with stop_on_signals():
@@ -246,7 +254,7 @@ def prepare_model(setup: RunSetup) -> tuple[nn.Module, str | None]:
     seed = int(cfg["seed"])
     configure_backends(setup.settings["runtime"], setup.device)
     torch.manual_seed(seed)
-    model = build_model(setup.settings["model"])
+    model = build_model(setup.settings["model"], setup.info.window_length)
     if physical_units(setup.settings["model"]):
         setup.info.normalized = False
         if setup.init is None:
@@ -324,9 +332,10 @@ def fit(
         save_checkpoint(setup.checkpoint, identity, trainer, run.to_checkpoint())
         if dist.main:
             write_metrics(setup.out_dir / PARTIAL_METRICS_NAME, run.rows)
+        elapsed = sum(r["seconds"] for r in run.rows)
         log.info(
             "epoch %d/%d: train MAE %.5f MSE %.3e | val MAE %.5f MSE %.3e | lr %.2e | "
-            "%.1fs, %.0f samples/s",
+            "%.1fs, %.0f samples/s | elapsed %s, ETA %s",
             epoch,
             epochs,
             row["train_mae"],
@@ -336,6 +345,8 @@ def fit(
             row["lr"],
             seconds,
             row["samples_per_s"],
+            clock(elapsed),
+            clock(elapsed / len(run.rows) * (epochs - epoch)),
         )
         if run.stopped:
             log.info("early stop after epoch %d: best was epoch %d", epoch, run.best_epoch)
@@ -344,6 +355,16 @@ def fit(
             raise TrainingInterrupted(
                 setup.checkpoint, epoch, math.ceil(train_src.n / trainer.batch)
             )
+
+
+def clock(seconds: float) -> str:
+    """A duration as a person reads it: ``42s``, ``7m05s``, ``3h12m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def fit_epoch(
