@@ -18,6 +18,7 @@ min_version("9.0")
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 from tracklstm import settings as tl_settings  # noqa: E402
+from tracklstm.farm import preflight as farm  # noqa: E402
 
 
 configfile: "config.yaml"
@@ -78,3 +79,20 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Under the Slurm profile: a request that no node of its partition can satisfy stops the run
+# before any job is submitted, one line per problem; while the run goes on, jobs that wait for a
+# reason that never clears are named (tracklstm.farm.preflight; docs/farm.md).
+if farm.wanted():
+    FARM_PROBLEMS = farm.preflight(workflow, rules_to_submit())
+    if FARM_PROBLEMS:
+        raise WorkflowError(
+            "Slurm can never start these jobs (TRACKLSTM_SLURM_PREFLIGHT=0 skips this check):\n"
+            + "\n".join(FARM_PROBLEMS)
+        )
+
+
+onstart:
+    if farm.in_use():
+        farm.PendingWatch(farm.snakemake_log, farm.pending_minutes()).start()

@@ -12,8 +12,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from tracklstm.constants import PLANE_Z
 
 sys.path.insert(0, str(Path(__file__).with_name("slurm")))
 from farmrun import FAST, FarmRun
-from farmtest import slurm_job, submissions
+from farmtest import slurm_env, slurm_job, slurm_up, submissions
 from workflow_runs import (
     ROOT,
     Job,
@@ -48,7 +51,9 @@ def workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dry_run(workdir: Path, profile: str, **env: str) -> dict[str, Job]:
-    """``snakemake --profile PROFILE -n`` in ``workdir``: the jobs by rule (one of each)."""
+    """``snakemake --profile PROFILE -n`` in ``workdir``: the jobs by rule (one of each). The
+    requests are checked here, not against the local Slurm (no preflight, unless ``env`` asks)."""
+    env = {"TRACKLSTM_SLURM_PREFLIGHT": "0", **env}
     out = snakemake(workdir, "--profile", profile, "-n", env=run_env(workdir, **env)).stdout
     assert f"Using profiles {profile} " in out, out[:2000]
     return {job.rule: job for job in parse_jobs(out)}
@@ -210,6 +215,170 @@ def test_cuda_package_job_gets_a_gpu_like_train(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The preflight against the local Slurm (one node of 2 CPUs, no GPU; partitions debug, the
+# default, short with a 30-minute limit, and closed, which is down)
+
+
+@pytest.fixture(scope="module")
+def local_slurm() -> dict[str, str]:
+    """The local Slurm, started if needed; the environment its clients need."""
+    try:
+        slurm_up()
+    except RuntimeError as err:
+        pytest.skip(f"no local Slurm: {err}")
+    return slurm_env()
+
+
+def preflight_run(workdir: Path, slurm: dict[str, str], *args: str, **env: str) -> str:
+    """``snakemake --profile slurm ARGS`` that the preflight must stop: its output."""
+    result = snakemake(
+        workdir, "--profile", "slurm", *args, env=run_env(workdir, **slurm, **env), check=False
+    )
+    out = result.stdout
+    assert result.returncode != 0, out[-3000:]
+    assert "Slurm can never start these jobs" in out, out[-3000:]
+    assert "Job stats" not in out and "submitted with SLURM jobid" not in out, out[-3000:]
+    return out
+
+
+@pytest.mark.slurm
+def test_preflight_stops_the_default_profile_on_the_small_node(
+    workflow_copy: Path, local_slurm: dict[str, str]
+) -> None:
+    """The profile's defaults (8 CPUs and a GPU for training) on the 2-CPU node: snakemake
+    stops before it submits anything, in a dry run and in a real one, naming the variable."""
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    for args in (["-n"], []):
+        out = preflight_run(workflow_copy, local_slurm, *args)
+        assert (
+            "train asks 8 CPUs per task; partition debug's nodes have 2: "
+            "set TRACKLSTM_SLURM_TRAIN_CPUS"
+        ) in out, out[-3000:]
+        assert "train asks 1 GPU(s); partition debug's nodes have no GPU: " in out
+        assert "TRACKLSTM_SLURM_GPUS to 0" in out
+    # Only training asks too much: no line for the other rules, and no job was queued.
+    problems = out.split("Slurm can never start these jobs")[1].splitlines()[1:]
+    assert [p.split()[0] for p in problems if " asks " in p] == ["train", "train"], problems
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    assert set(after.split()) <= set(before.split()) | set(_farm_jobs()), (before, after)
+
+
+def _farm_jobs() -> list[str]:
+    """Jobs of the session's farm run (it runs beside these tests)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True
+    ).stdout.splitlines()
+    return [line.split("|")[0] for line in out]
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"TRACKLSTM_SLURM_GPUS": "1", "TRACKLSTM_SLURM_GPU_MODEL": "a100"},
+            "train asks 1 GPU(s) of type a100; partition debug's nodes have no GPU: "
+            "set TRACKLSTM_SLURM_GPU_MODEL",
+        ),
+        (
+            {"TRACKLSTM_SLURM_PARTITION": "short"},
+            "train asks a time limit of 480 min; partition short allows 30 min: "
+            "set TRACKLSTM_SLURM_TRAIN_RUNTIME",
+        ),
+        (
+            {"TRACKLSTM_SLURM_PARTITION": "nosuch"},
+            "simulate asks partition nosuch; Slurm's partitions are closed, debug, short: "
+            "set TRACKLSTM_SLURM_PARTITION",
+        ),
+        (
+            {"TRACKLSTM_SLURM_GPU_PARTITION": "closed"},
+            "train asks partition closed, which is DOWN: set TRACKLSTM_SLURM_GPU_PARTITION",
+        ),
+        (
+            {"TRACKLSTM_SLURM_CONSTRAINT": "bigmem"},
+            "windows asks node features bigmem; partition debug's nodes have none: "
+            "set TRACKLSTM_SLURM_CONSTRAINT",
+        ),
+    ],
+)
+def test_preflight_names_each_request_no_node_can_satisfy(
+    workflow_copy: Path, local_slurm: dict[str, str], env: dict[str, str], line: str
+) -> None:
+    fitting = {"TRACKLSTM_SLURM_GPUS": "0", "TRACKLSTM_SLURM_TRAIN_CPUS": "1"}
+    out = preflight_run(workflow_copy, local_slurm, "-n", **{**fitting, **env})
+    assert line in out, out[-3000:]
+
+
+@pytest.mark.slurm
+def test_preflight_passes_fitting_values_quickly_and_can_be_skipped(
+    workflow_copy: Path, local_slurm: dict[str, str]
+) -> None:
+    """Fitting values pass (the session's farm run runs with them); the check costs well under
+    the 2 seconds allowed; TRACKLSTM_SLURM_PREFLIGHT=0 skips it."""
+    fitting = {"TRACKLSTM_SLURM_GPUS": "0", "TRACKLSTM_SLURM_TRAIN_CPUS": "2", **local_slurm}
+    seconds = {}
+    for switch in ("1", "0"):
+        env = run_env(workflow_copy, TRACKLSTM_SLURM_PREFLIGHT=switch, **fitting)
+        t0 = time.perf_counter()
+        out = snakemake(workflow_copy, "--profile", "slurm", "-n", env=env).stdout
+        seconds[switch] = time.perf_counter() - t0
+        assert "Slurm can never start" not in out and "Job stats" in out
+    assert seconds["1"] - seconds["0"] < 2.0, seconds
+    skipped = run_env(workflow_copy, TRACKLSTM_SLURM_PREFLIGHT="0", **local_slurm)
+    out = snakemake(workflow_copy, "--profile", "slurm", "-n", env=skipped).stdout
+    assert "Slurm can never start" not in out
+
+
+@pytest.mark.slurm
+def test_a_job_that_waits_for_ever_is_named_while_the_run_goes_on(
+    tmp_path: Path, local_slurm: dict[str, str]
+) -> None:
+    """Preflight skipped, every job sent to the partition that is down: the jobs are queued and
+    wait (reason PartitionDown); after TRACKLSTM_SLURM_PENDING_MINUTES the run's log names the
+    job, its rule, the reason and what to do."""
+    work = copy_workflow(tmp_path / "project", copy.deepcopy(TINY))
+    env = run_env(
+        work,
+        TRACKLSTM_SLURM_PREFLIGHT="0",
+        TRACKLSTM_SLURM_PARTITION="closed",
+        TRACKLSTM_SLURM_PENDING_MINUTES="0.05",
+        **local_slurm,
+    )
+    command = [sys.executable, "-m", "snakemake", "--profile", "slurm"]
+    # A session of its own: stopping snakemake must not signal the test process.
+    proc = subprocess.Popen(
+        command,
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line:
+                break
+            seen.append(line)
+            if "which waiting does not clear" in line:
+                break
+    finally:
+        # Its jobs can never run: snakemake would wait for them for ever.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        # Only this test sends jobs to the partition that is down.
+        subprocess.run(["scancel", "--partition", "closed"], check=False)
+    text = "".join(seen)
+    named = [line for line in seen if "which waiting does not clear" in line]
+    assert named, text[-4000:]
+    assert "reason PartitionDown" in named[0] and "(rule_simulate" in named[0], named[0]
+    assert "the partition is down" in named[0] and "scancel" in named[0]
+
+
+# --------------------------------------------------------------------------------------------
 # A real run through the local Slurm
 
 
@@ -224,6 +393,8 @@ def test_pipeline_through_slurm_with_training_at_its_time_limit(farm_run: FarmRu
         pytest.skip(done["skip_reason"])
     log = done["log"]
     assert done["rc"] == 0, log[-8000:]
+    # Its values fit the node: the preflight (on by default) let it through.
+    assert "TRACKLSTM_SLURM_PREFLIGHT" not in done["env"] and "can never start" not in log
     workdir, env, epochs = farm_run.workdir, done["env"], done["epochs"]
     jobs = parse_jobs(log)
     sent = submissions(log)

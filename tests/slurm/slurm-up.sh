@@ -148,6 +148,9 @@ KillWait=10
 Waittime=0
 NodeName=$NODE NodeAddr=127.0.0.1 ${hw_fields}State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# For the preflight's tests: a partition with a time limit, and one that is down.
+PartitionName=short Nodes=$NODE MaxTime=30 State=UP
+PartitionName=closed Nodes=$NODE MaxTime=INFINITE State=DOWN
 EOF
 
 CONF="$STATE_DIR/slurm.conf"

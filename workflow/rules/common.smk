@@ -71,6 +71,22 @@ def all_targets():
     return targets
 
 
+# Rules that run only when a target of the build asks for them (an option, external models);
+# every other rule runs for any build. The Slurm preflight checks the requests of the rules a
+# run may submit: these only when the build asks for their outputs.
+OPTIONAL_RULES = {"export_aoti", "export_aoti_cuda", "predict_external", "evaluate_external"}
+
+
+def rules_to_submit():
+    """The names of the rules the build may submit (not local, not an unused option)."""
+    targets = all_targets()
+    return [
+        each.name
+        for each in workflow.rules
+        if each.name not in OPTIONAL_RULES or any(each.is_producer(t) for t in targets)
+    ]
+
+
 def train_init_inputs(wildcards):
     """Fine-tuning: the weights (and normalization) the run starts from, built first if needed."""
     init = section("training", wildcards.dataset, wildcards.model).get("init_from")

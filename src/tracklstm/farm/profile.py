@@ -36,6 +36,21 @@ _RUNTIME_NODES = (
 )  # fmt: skip
 _RUNTIME_NAMES = {"attempt", "min", "max"}
 STATUS_COMMANDS = ("sacct", "squeue")
+#: The rules the profile gives the GPU settings (``TRACKLSTM_SLURM_GPU_*``).
+GPU_RULES: tuple[str, ...] = ("train", "export_aoti_cuda")
+
+_IN_USE = False
+
+
+def mark_in_use() -> None:
+    """Called by the profile when Snakemake loads it: the run submits to Slurm (``in_use``)."""
+    global _IN_USE
+    _IN_USE = True
+
+
+def in_use() -> bool:
+    """Whether this snakemake loaded the Slurm profile (and is not itself inside a job)."""
+    return _IN_USE and "SLURM_JOB_ID" not in os.environ
 
 
 class SettingError(SystemExit):
