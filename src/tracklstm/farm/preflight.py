@@ -371,9 +371,7 @@ def wanted() -> bool:
     return in_use() and switch not in ("0", "no", "false", "off")
 
 
-def preflight(
-    workflow: Any, names: Iterable[str], state: SlurmState | None = None
-) -> list[str]:
+def preflight(workflow: Any, names: Iterable[str], state: SlurmState | None = None) -> list[str]:
     """The problems of the requests of the rules ``names`` (see the module doc); [] when Slurm
     cannot be asked (the submissions then say what is wrong)."""
     try:
