@@ -74,7 +74,12 @@ def all_targets():
 # Rules that run only when a target of the build asks for them (an option, external models);
 # every other rule runs for any build. The Slurm preflight checks the requests of the rules a
 # run may submit: these only when the build asks for their outputs.
-OPTIONAL_RULES = {"export_aoti", "export_aoti_cuda", "predict_external", "evaluate_external"}
+OPTIONAL_RULES = {
+    "export_aoti",
+    "export_aoti_cuda",
+    "predict_external",
+    "evaluate_external",
+}
 
 
 def rules_to_submit():
