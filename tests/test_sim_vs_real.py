@@ -1,0 +1,43 @@
+"""benchmarks/sim_vs_real.py: the test of the simulator against real tracks, itself tested on
+tracks the simulator made (where it must find no mismatch) and run on the real file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tracklstm.constants import PLANE_Z
+from tracklstm.data.simulate import sample_origins
+from tracklstm.physics.material import DETECTOR_MATERIAL
+from tracklstm.physics.solenoid import propagate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import sim_vs_real  # noqa: E402
+
+
+def test_tracks_the_simulator_made_match_it() -> None:
+    """Pseudo-real pairs drawn from the simulator itself: chi2/ndf near 1, about 95 % inside the
+    95 % region, pulls of width near 1 (the statistics are right, not just computed)."""
+    rng = np.random.default_rng(5)
+    origins = sample_origins(60, rng)
+    real24 = propagate(origins, [PLANE_Z[24]], material=DETECTOR_MATERIAL, rng=rng)[:, 0]
+    result = sim_vs_real.compare(origins, real24, draws=300, seed=11)
+    assert 0.5 < result["chi2_ndf_median"] < 1.4, result
+    assert result["inside_95_percent_region"] >= 0.85, result
+    assert all(0.65 < w < 1.4 for w in result["pull_width"].values()), result["pull_width"]
+    assert result["real_tracks_outside_simulated_p_range"] == 0
+
+
+def test_runs_on_the_real_pairs(tmp_path: Path) -> None:
+    out = tmp_path / "svr.json"
+    assert sim_vs_real.main(["--draws", "60", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    result = record["result"]
+    assert result["tracks"] == 31 and set(result["pull_width"]) == {"x", "y", "px", "py", "pz"}
+    loss = result["p_loss_mev_p10_p50_p90"]
+    assert loss["real"] == sorted(loss["real"]) and 0 < loss["real"][1] < 50
+    assert out.with_suffix(".png").stat().st_size > 10_000 and record["plot"].endswith(".png")
