@@ -10,7 +10,7 @@ challenge: the test tracks) and names the file and the dataset on a mismatch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -36,9 +36,16 @@ def stamp_checksums(h5: h5py.File) -> None:
         h5[name].attrs[CHECKSUM_ATTR] = dataset_sha256(h5[name])
 
 
-def verify_checksums(path: str | Path, h5: h5py.File, names: Sequence[str]) -> None:
+def verify_checksums(
+    path: str | Path,
+    h5: h5py.File,
+    names: Sequence[str],
+    loaded: Mapping[str, np.ndarray] | None = None,
+) -> None:
     """ValueError naming the file and the dataset when one of ``names`` does not hold what the
-    windows stage wrote (its checksum), or holds no checksum."""
+    windows stage wrote (its checksum), or holds no checksum. ``loaded``: datasets already read
+    (by name), hashed in memory instead of being read again."""
+    loaded = loaded or {}
     for name in names:
         stored = h5[name].attrs.get(CHECKSUM_ATTR)
         if stored is None:
@@ -46,7 +53,11 @@ def verify_checksums(path: str | Path, h5: h5py.File, names: Sequence[str]) -> N
                 f"{path}: {name} has no checksum (not written by the windows stage of this "
                 "version): build it again"
             )
-        if dataset_sha256(h5[name]) != (stored.decode() if isinstance(stored, bytes) else stored):
+        if name in loaded:
+            actual = hashlib.sha256(np.ascontiguousarray(loaded[name]).tobytes()).hexdigest()
+        else:
+            actual = dataset_sha256(h5[name])
+        if actual != (stored.decode() if isinstance(stored, bytes) else stored):
             raise ValueError(
                 f"{path}: {name} does not match its checksum: the file was changed after the "
                 "windows stage wrote it; build it again"

@@ -74,12 +74,10 @@ def load_test_set(windows: str | Path, length: int | None = None) -> TestSet:
             if "test" not in h5:
                 raise EvaluationInputError(f"{windows}: no test split")
             g = h5["test"]
-            names = ("inputs", "targets", "track", "target_plane")
-            verify_checksums(windows, h5, [f"test/{name}" for name in names])
-            inputs = g["inputs"][...]
-            targets = g["targets"][...]
-            track = g["track"][...]
-            target_plane = g["target_plane"][...].astype(np.int64)
+            test = {f"test/{n}": g[n][...] for n in ("inputs", "targets", "track", "target_plane")}
+            verify_checksums(windows, h5, list(test), loaded=test)
+            inputs, targets, track = test["test/inputs"], test["test/targets"], test["test/track"]
+            target_plane = test["test/target_plane"].astype(np.int64)
             attrs = {k: h5.attrs[k] for k in h5.attrs}
     except (OSError, KeyError) as err:
         raise EvaluationInputError(f"{windows}: not a readable windows file ({err})") from err

@@ -21,6 +21,7 @@ nothing. Two checks, both run by the Snakefile under ``snakemake --profile slurm
 
 from __future__ import annotations
 
+import functools
 import getpass
 import math
 import os
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracklstm.farm.profile import GPU_RULES, SettingError, in_use
+from tracklstm.farm.profile import GPU_RULES, SettingError, accounting_database, in_use
 
 #: Pending reasons that waiting does not clear, and what to look at for each.
 NEVER_CLEARS: dict[str, str] = {
@@ -206,10 +207,9 @@ def slurm_state(run: Callable[[list[str]], str] = _run) -> SlurmState:
 
 def _associations(run: Callable[[list[str]], str]) -> set[tuple[str, str]] | None:
     """The user's (account, partition) associations, or None without an accounting database."""
+    if not accounting_database():
+        return None
     try:
-        conf = run(["scontrol", "show", "config"])
-        if "accounting_storage/none" in conf or "AccountingStorageType" not in conf:
-            return None
         out = run(["sacctmgr", "-nP", "show", "assoc", f"user={getpass.getuser()}",
                    "format=account,partition"])  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -260,7 +260,7 @@ def problems(requests: Iterable[Request], state: SlurmState) -> list[str]:
     lines: list[str] = []
     default = next((p for p in state.partitions.values() if p.default), None)
     for req in requests:
-        rule, fix = req.rule, lambda what, r=req.rule: variable(r, what)
+        rule, fix = req.rule, functools.partial(variable, req.rule)
         part = state.partitions.get(req.partition) if req.partition else default
         if part is None:
             known = ", ".join(sorted(state.partitions)) or "none"
@@ -412,7 +412,6 @@ class PendingWatch:
     run: Callable[[list[str]], str] = _run
     started: float = field(default_factory=time.time)
     reported: set[str] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def interval(self) -> float:
@@ -422,11 +421,9 @@ class PendingWatch:
         threading.Thread(target=self._loop, name="pending-watch", daemon=True).start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:  # a daemon thread: it ends with snakemake
+            time.sleep(self.interval)
             try:
                 self.check()
             except (OSError, subprocess.SubprocessError, ValueError):

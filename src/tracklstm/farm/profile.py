@@ -21,6 +21,7 @@ accepts (``SettingError``; YTE reports a SystemExit's message alone).
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -134,6 +135,22 @@ def train_runtime(var: str = "TRACKLSTM_SLURM_TRAIN_RUNTIME", default: int = 480
     return value
 
 
+@functools.cache
+def accounting_database() -> bool:
+    """Whether Slurm keeps an accounting database (``scontrol show config``; asked once)."""
+    try:
+        conf = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    for line in conf.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "AccountingStorageType":
+            return value.strip() not in ("", "accounting_storage/none")
+    return False
+
+
 def status_command(var: str = "TRACKLSTM_SLURM_STATUS") -> str:
     """``sacct`` needs Slurm's accounting database; without one, ``squeue``."""
     chosen = _value(var)
@@ -141,14 +158,4 @@ def status_command(var: str = "TRACKLSTM_SLURM_STATUS") -> str:
         if chosen not in STATUS_COMMANDS:
             raise SettingError(f"{var}={chosen!r}: not one of {', '.join(STATUS_COMMANDS)}")
         return chosen
-    try:
-        conf = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "squeue"
-    for line in conf.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "AccountingStorageType":
-            return "squeue" if value.strip() in ("", "accounting_storage/none") else "sacct"
-    return "squeue"
+    return "sacct" if accounting_database() else "squeue"
