@@ -180,5 +180,5 @@ def test_docs_reruns_table_is_the_generated_one() -> None:
     )
     doc = (ROOT / "docs" / "reruns.md").read_text()
     assert done.stdout in doc, "docs/reruns.md: regenerate the table (see its text)"
-    assert "| `data/simulate.py` | `simulate` |" in done.stdout
+    assert "| `data/simulate.py` | `simulate`, `simulator_vs_real` |" in done.stdout
     assert "| `settings.py` | none: plumbing" in done.stdout

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tracklstm.constants import PLANE_Z
 from tracklstm.data.simulate import sample_origins
@@ -41,3 +42,29 @@ def test_runs_on_the_real_pairs(tmp_path: Path) -> None:
     loss = result["p_loss_mev_p10_p50_p90"]
     assert loss["real"] == sorted(loss["real"]) and 0 < loss["real"][1] < 50
     assert out.with_suffix(".png").stat().st_size > 10_000 and record["plot"].endswith(".png")
+
+
+def test_bad_pairs_files_are_named(tmp_path: Path) -> None:
+    from tracklstm.evaluate import sim_vs_real as svr
+
+    missing = tmp_path / "missing_column.csv"
+    missing.write_text("x,y,z,px,py,pz,x24,y24,z24,px24,py24\n1,2,65,0.1,0.1,1,2,3,343,0.1,0.1\n")
+    with pytest.raises(ValueError, match=r"missing_column.csv: columns \['pz24'\]"):
+        svr.read_pairs(missing)
+    bad = tmp_path / "bad_value.csv"
+    header = ",".join(svr._NEED)
+    bad.write_text(f"# comment\n{header}\n" + ",".join(["1"] * 11) + ",oops\n")
+    with pytest.raises(ValueError, match=r"bad_value\.csv, line 3"):
+        svr.read_pairs(bad)
+
+
+def test_the_stage_writes_the_page_files(tmp_path: Path) -> None:
+    """The workflow's command: JSON and plot, and a clear exit for a bad option."""
+    from tracklstm.evaluate import sim_vs_real as svr
+
+    out, png = tmp_path / "vs_real.json", tmp_path / "vs_real.png"
+    assert svr.main(["--draws", "40", "--out-json", str(out), "--out-plot", str(png)]) == 0
+    result = json.loads(out.read_text())["result"]
+    assert result["tracks"] == 31 and 0 < result["chi2_ndf_median"] < 100
+    assert png.stat().st_size > 10_000
+    assert svr.main(["--draws", "3", "--out-json", str(out), "--out-plot", str(png)]) == 1

@@ -70,7 +70,7 @@ def test_field_is_divergence_free_and_radial_part_follows_the_gradient() -> None
 
 def test_field_profile_is_in_the_calibrated_range() -> None:
     bz, _ = solenoid.GLUEX_FIELD.profile(np.linspace(65, 345, 300))
-    assert bz.min() > 1.5 and bz.max() < 2.1
+    assert bz.min() > 1.6 and bz.max() < 2.2  # the fit to the real track and 31 real flights
 
 
 # --- integrator without material --------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_uniform_field_gives_the_exact_helix() -> None:
     out = solenoid.propagate(states, PLANE_Z, field=uniform)
     pt0 = np.hypot(states[:, 3], states[:, 4])
     pt = np.hypot(out[:, :, 3], out[:, :, 4])
-    assert np.max(np.abs(pt / pt0[:, None] - 1)) < 1e-9
+    assert np.max(np.abs(pt / pt0[:, None] - 1)) < 1e-8  # pz down to 0.55 GeV/c: several turns
     np.testing.assert_allclose(out[:, :, 5], states[:, 5:6].repeat(N_PLANES, 1), rtol=1e-12)
     # closed form: p_T turns by -omega*dz, omega = c q B / pz
     dz = np.asarray(PLANE_Z) - PLANE_Z[0]
@@ -150,7 +150,11 @@ def test_material_acts_only_downstream_of_each_start() -> None:
     )
     p = np.linalg.norm(out[:, :, 3:], axis=2)
     p_start = np.linalg.norm(mixed[:, 3:], axis=1)
-    assert np.all(p_start[:4] - p[:4, 0] > 3e-3)  # crossed the upstream material
+    endplate = next(ly for ly in DETECTOR_MATERIAL.layers if ly.name == "CDC endplate")
+    at_endplate = solenoid.propagate(states[:4], [endplate.z])[:, 0]
+    crossed = np.hypot(at_endplate[:, 0], at_endplate[:, 1]) >= endplate.r_min
+    assert crossed.sum() >= 2  # the others pass through the beam hole
+    assert np.all((p_start[:4] - p[:4, 0] > 3e-3)[crossed])  # crossed the upstream material
     np.testing.assert_array_equal(out[4:, 0], at7[4:])  # recorded before the plane's material
     assert np.all(p_start[4:] - p[4:, -1] < 1e-3)  # only planes and gas after plane 7
     assert np.all(p_start[4:] - p[4:, -1] > 0)
@@ -239,7 +243,8 @@ def test_turning_of_the_real_track_is_reproduced(real_track: np.ndarray) -> None
     sim_track = np.vstack([real_track[:1], out])
     for a, b, expected in ((6, 7, 2.3), (12, 13, 2.1), (18, 19, 0.0)):
         assert abs(apparent(real_track, a, b) - expected) < 0.25
-        assert abs(apparent(sim_track, a, b) - apparent(real_track, a, b)) < 0.25
+        # 0.26 T at most since the field was refitted on 31 real flights as well (0.2 before)
+        assert abs(apparent(sim_track, a, b) - apparent(real_track, a, b)) < 0.3
 
 
 @pytest.mark.parametrize("start", [0, 1])
@@ -264,14 +269,18 @@ def test_simulate_tracks_shape_and_ranges(small_sample: np.ndarray) -> None:
     assert t.shape == (300, N_PLANES, 6) and t.dtype == np.float64
     assert np.all(np.isfinite(t))
     np.testing.assert_array_equal(t[:, :, 2], np.broadcast_to(PLANE_Z, t.shape[:2]))
-    pt0 = np.hypot(t[:, 0, 3], t[:, 0, 4])
-    assert t[:, 0, 5].min() >= 0.95 and t[:, 0, 5].max() <= 2.6
-    assert pt0.min() >= 0.014 and pt0.max() <= 0.45
+    p0 = np.linalg.norm(t[:, 0, 3:], axis=1)
+    theta0 = np.arctan2(np.hypot(t[:, 0, 3], t[:, 0, 4]), t[:, 0, 5])
+    lo, hi = sim.P_FLAT[0], sim.P_FLAT[1] + sim.P_RAMP
+    assert lo <= p0.min() < 0.8 and 3.3 < p0.max() <= hi  # the real tracks' 0.58 to 3.46
+    assert sim.THETA_RANGE[0] - 1e-12 <= theta0.min() and theta0.max() <= sim.THETA_RANGE[1]
     assert np.abs(t[:, 0, :2]).max() <= 30.0
     assert np.hypot(t[:, 1:, 0], t[:, 1:, 1]).max() <= sim.ACCEPT_RADIUS_CM
     p = np.linalg.norm(t[:, :, 3:], axis=2)
     first_loss = p[:, 0] - p[:, 1]
-    assert 4e-3 < np.median(first_loss) < 10e-3 and first_loss.min() > 3e-3
+    # 5-14 MeV/c before the first plane (the reference notes), less through the beam hole
+    assert 5e-3 < np.median(first_loss) < 12e-3 and np.quantile(first_loss, 0.9) < 25e-3
+    assert np.all(first_loss > 0)
     per_plane = -np.diff(p[:, 1:], axis=1)
     assert np.median(per_plane) < 1e-4 and np.quantile(per_plane, 0.99) < 1e-3
     jitter = np.abs(np.diff(t[:, 1:7, 3], axis=1))

@@ -84,6 +84,11 @@ def evaluation_files(folder: str, loss_curves: bool = True) -> list[str]:
     return files
 
 
+def is_simulated(config: dict[str, Any], dataset: str) -> bool:
+    """Whether the dataset's tracks come from the simulator (not a real file)."""
+    return config["datasets"][dataset]["source"] == "simulate"
+
+
 def quality_jsons(config: dict[str, Any], dataset: str) -> list[str]:
     """The data-quality summaries of a dataset's CSV parts."""
     return [f"results/{dataset}/quality/{part}.json" for part in raw_parts(config, dataset)]
@@ -106,6 +111,7 @@ def targets(config: dict[str, Any]) -> list[str]:
         out.append(f"results/{ds}/quality/summary.html")
     for ds in config["build"]["datasets"]:
         out.append(f"results/{ds}/summary/models.html")
+        out += [f"results/{ds}/simulator/vs_real.{ext}" for ext in ("png", "json")]
     for name in comparisons(config):
         out += [f"results/compare/{name}/{f}" for f in COMPARE_FILES]
     return out

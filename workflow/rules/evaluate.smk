@@ -255,3 +255,43 @@ rule compare:
     shell:
         "python -m tracklstm.evaluate.compare {params.runs} --out {params.out_dir}"
         " --labels {params.labels} 2> {log}"
+
+
+rule simulator_vs_real:
+    """The simulator against real tracks: each real origin propagated {params.draws} times with
+    the simulator's material, the real plane-24 state judged against the draws (chi2, pulls,
+    95 % region, momentum loss and spectrum). A simulated dataset is judged on the real tracks
+    shipped with the package, a real one on its own first tracks."""
+    input:
+        tracks=lambda w: (
+            [] if tl_plan.is_simulated(config, w.dataset) else parquet_parts(w)
+        ),
+        code=code("evaluate.sim_vs_real"),
+    output:
+        json="results/{dataset}/simulator/vs_real.json",
+        plot=report(
+            "results/{dataset}/simulator/vs_real.png",
+            caption="../report/sim_vs_real.rst",
+            category="Simulator",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "simulator against real tracks"},
+        ),
+    log:
+        "results/{dataset}/logs/simulator_vs_real.log",
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        draws=config["simulator_check"]["draws"],
+        real=lambda w, input: (
+            f"--tracks-parquet {' '.join(shlex.quote(f) for f in input.tracks)}"
+            f" --max-tracks {config['simulator_check']['real_tracks']}"
+            if input.tracks
+            else ""
+        ),
+    shell:
+        "python -m tracklstm.evaluate.sim_vs_real --out-json {output.json}"
+        " --out-plot {output.plot} --draws {params.draws} {params.real} 2> {log}"

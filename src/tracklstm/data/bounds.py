@@ -7,7 +7,7 @@ of bounds when its transverse distance from the beam line ``sqrt(x^2 + y^2)`` ex
 Missing values (NaN) never count as out of bounds: they are a separate matter (nulls).
 
 The limits come from the ``conversion.bounds`` settings (config schema); the defaults are
-generous for real data (|x|, |y| within about 30 cm at z = 65, pz 0.95 to 2.6 GeV/c, a detector
+generous for real data (|x|, |y| within about 30 cm at z = 65, |p| 0.55 to 3.5 GeV/c, a detector
 of about 65 cm radius), so they refuse only values no track can have (a px of 1e30, a negative
 pz), which would otherwise become the normalization's extremes.
 

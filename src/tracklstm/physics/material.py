@@ -2,87 +2,184 @@
 
 The material half of the simulator (``tracklstm.data.simulate``): ``tracklstm.physics.solenoid``
 propagates tracks through the field and, when it is given a ``Material``, lets it act at its
-layers along z and on the gas in between. Units: cm and GeV/c.
+layers along z and on the gas in between. Units: cm and GeV/c (MeV and eV where named).
 
-Between the origin and the first plane the track crosses heavy material (gas,
-straws, an endplate): the momentum falls by 5-14 MeV/c (Moyal-distributed loss times a per-track
-geometry factor) and the track scatters by about 4.5 MeV/c per transverse component. Each
-detector plane costs about 0.016 MeV/c (Moyal-distributed) and scatters by 0.35 MeV/c per
-component; the gas between planes costs 2.2 keV/c per cm. Losses and scattering grow with the
-path length through the material (|p|/pz) and scattering with 1/beta (pion mass). A plane's
-material acts just after the state at that plane is recorded.
+Physics, per layer and per track (PDG Review of Particle Physics, "Passage of particles through
+matter"; the track is taken to be a charged pion):
+
+- path length: the layer's areal density times |p|/pz (the track crosses it at an angle);
+- mean energy loss: the Bethe formula with the density effect at high energy;
+- straggling: Landau-distributed loss (most probable value and width xi from the PDG), drawn by
+  the Chambers-Mallows-Stuck method and capped at the largest energy one collision can transfer
+  (T_max); thick layers are then Landau-like with their long tail of delta rays;
+- multiple scattering: the Highland width theta_0 for the layer's thickness in radiation
+  lengths, with a single-scattering tail: a share ``TAIL_WEIGHT`` of the crossings scatters
+  ``TAIL_WIDTH`` times wider (a two-Gaussian approximation of Moliere's distribution);
+- the momentum falls by the energy lost over beta (dE = beta dp).
+
+The detector, by region (z of each layer, what it is and how thick). The parameters marked
+"fitted" were fitted on the 31 real flights of ``data/mlchallenge2_origin_plane24.csv`` (origin
+to plane 24) with ``benchmarks/sim_vs_real.py``: the median |p| loss (10.0 MeV/c), its 10 % to
+90 % spread (5.9 to 15.5 MeV/c), the pull widths of x, y, px, py and the chi2 of the flights:
+
+- the central drift chamber's straws (CDC, 10 < r < 56 cm, z up to 167 cm): five equal slices
+  of Mylar-equivalent material at z = 75 ... 155, 1.5 g/cm^2 in all (fitted; the straws' walls,
+  crossed at grazing incidence by these forward tracks, and the gas); only tracks inside the
+  straw volume at a slice cross it (the beam hole inside r = 10 cm is empty);
+- the CDC's downstream endplate and its readout at z = 167 (an annulus from 6 to 59 cm): a mix
+  of aluminium, G10 boards and cables (``ENDPLATE_MIX``, X0 36 g/cm^2, fitted between
+  aluminium's 24 and plastic's 44), 4.0 g/cm^2 on average (fitted). Its areal density is not
+  uniform (frame, cards, cables, gas plenum): per track it is the mean times a log-normal
+  factor of width 0.3 (fitted: the spread of the real losses, which Landau straggling alone
+  makes three times too narrow). The inner radius lies between 4.0 cm (the real track that lost
+  only 0.95 MeV/c passes the endplate there) and 7.9 cm (the innermost of those that lost 5-7);
+- the forward drift chamber's planes (FDC, the 24 detector planes): each a copper-equivalent
+  layer of 0.016 g/cm^2 (0.12 % of a radiation length) acting just after the state at the
+  plane is recorded; fitted on the plane-to-plane kicks of px, py (0.39 and 0.32 MeV/c rms, 4
+  of 44 beyond three times the core: the scattering tail) of the real track
+  ``data/mlchallenge2_track3.csv``;
+- the chamber gas (Ar/CO2) from the endplate on: mean Bethe loss only, 2.5 keV per cm;
+- the scattering tail: 3 % of the crossings scatter 5 times wider (fitted, with the real
+  track's kicks and the flights' 95 % region);
+- the Landau tail is cut at 40 MeV per layer (``MAX_LAYER_LOSS``; T_max is 100-400 MeV here):
+  the rare larger losses would dominate the simulated variance of pz; the largest of the 31
+  real losses is 33 MeV/c.
+
+``python -m tracklstm.physics.material`` prints the table of layers.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tracklstm.constants import PLANE_Z
 
-#: Mass (GeV/c^2) used for beta in energy loss and scattering: the charged pion.
+#: Mass (GeV/c^2) of the tracked particle: the charged pion.
 PION_MASS: float = 0.13957
-
-#: Layers of the material between the origin and the first plane: z (cm) and share of the total.
-UPSTREAM_LAYERS: tuple[tuple[float, float], ...] = (
-    (75.0, 0.06),
-    (95.0, 0.06),
-    (115.0, 0.06),
-    (135.0, 0.06),
-    (155.0, 0.06),
-    (167.0, 0.70),
-)
-#: Upstream energy loss (GeV): geometry factor U(lo, hi) * (most probable + width * Moyal).
-UPSTREAM_LOSS_MPV: float = 6.6e-3
-UPSTREAM_LOSS_WIDTH: float = 0.4e-3
-UPSTREAM_GEOMETRY: tuple[float, float] = (0.75, 1.35)
-#: Upstream multiple scattering: transverse momentum kick per component (GeV/c), all layers.
-UPSTREAM_SCATTER: float = 4.5e-3
-#: Per detector plane: most probable loss and Moyal width (GeV), and scattering kick (GeV/c).
-PLANE_LOSS_MPV: float = 0.011e-3
-PLANE_LOSS_WIDTH: float = 0.004e-3
-PLANE_SCATTER: float = 0.35e-3
-#: Gas between the planes, from the upstream endplate on: loss per cm (GeV/cm).
-GAS_START_Z: float = 167.0
-GAS_LOSS_PER_CM: float = 2.2e-6
-
-#: Kinds of the material's events along z (the propagation records planes as kind 0 first).
-UPSTREAM_LAYER: int = 1
-DETECTOR_PLANE: int = 2
+#: Electron mass (GeV/c^2) and the Bethe constant K = 4 pi N_A r_e^2 m_e c^2 (GeV cm^2/mol).
+ELECTRON_MASS: float = 0.51099895e-3
+BETHE_K: float = 0.307075e-3
+#: Landau variates: the standard Landau mode, and the shift from the stable variate to Landau's.
+LANDAU_MODE: float = -0.22278
+_LANDAU_SHIFT: float = math.log(math.pi / 2.0)
+#: Single-scattering tail of the angle distribution: share of crossings and relative width.
+TAIL_WEIGHT: float = 0.03
+TAIL_WIDTH: float = 5.0
+#: Largest energy loss (GeV) drawn in one layer (see the module notes on the Landau tail).
+MAX_LAYER_LOSS: float = 0.040
 
 
-def _moyal(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Standard Moyal variates (mode 0), an approximation of the Landau energy-loss shape."""
-    return -2.0 * np.log(np.abs(rng.standard_normal(n)) + 1e-300)
+@dataclass(frozen=True)
+class Medium:
+    """A material's constants (PDG atomic and nuclear properties tables)."""
+
+    name: str
+    z_over_a: float  # mol/g
+    excitation_ev: float  # mean excitation energy I
+    radiation_length: float  # X0, g/cm^2
+    plasma_ev: float  # plasma energy, for the density effect
+
+    def density_effect(self, log_bg: np.ndarray) -> np.ndarray:
+        """delta/2 of the Bethe formula, high-energy form, never below 0."""
+        return np.maximum(math.log(self.plasma_ev / self.excitation_ev) + log_bg - 0.5, 0.0)
+
+
+ALUMINIUM = Medium("aluminium", 0.48181, 166.0, 24.01, 32.86)
+MYLAR = Medium("mylar", 0.52037, 78.7, 39.95, 24.55)
+COPPER = Medium("copper", 0.45636, 322.0, 12.86, 58.27)
+ARGON_CO2 = Medium("argon-CO2", 0.46, 170.0, 20.0, 0.8)
+#: The CDC endplate with its readout: aluminium, G10 boards and cables (X0 between aluminium's
+#: 24 and plastic's 44 g/cm^2, fitted; the other constants of a G10-aluminium mix).
+ENDPLATE_MIX = Medium("endplate mix", 0.50, 120.0, 36.0, 28.0)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer at ``z``: ``areal_density`` (g/cm^2 at normal incidence) of ``medium`` for the
+    tracks at a radius in [r_min, r_max) there; ``spread``: log-normal width of its per-track
+    areal density (0: uniform)."""
+
+    name: str
+    z: float
+    medium: Medium
+    areal_density: float
+    r_min: float = 0.0
+    r_max: float = math.inf
+    spread: float = 0.0
 
 
 def _kinematics(s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """|p|, path factor |p|/pz and 1/beta (pion) of the current states."""
+    """|p|, path factor |p|/pz and beta^2 (pion) of the current states."""
     p2 = s[2] * s[2] + s[3] * s[3] + s[4] * s[4]
     p = np.sqrt(p2)
-    return p, p / s[4], np.sqrt(1.0 + (PION_MASS * PION_MASS) / p2)
+    return p, p / s[4], p2 / (p2 + PION_MASS * PION_MASS)
 
 
-def _lose(s: list[np.ndarray], p: np.ndarray, loss: np.ndarray) -> None:
-    """Lower |p| by ``loss`` (GeV/c) keeping the direction (in place)."""
-    scale = np.maximum(1.0 - loss / p, 0.05)
-    for k in (2, 3, 4):
-        s[k] = s[k] * scale
+def _pion(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """beta^2, (beta gamma)^2 and T_max (GeV), the largest energy one collision gives an
+    electron, of a pion of momentum ``p``."""
+    beta2 = p * p / (p * p + PION_MASS * PION_MASS)
+    bg2 = (p / PION_MASS) ** 2
+    ratio = ELECTRON_MASS / PION_MASS
+    t_max = 2 * ELECTRON_MASS * bg2 / (1 + 2 * np.sqrt(1.0 + bg2) * ratio + ratio * ratio)
+    return beta2, bg2, t_max
+
+
+def bethe_mean_loss(medium: Medium, grams: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Mean energy lost (GeV) by a pion of momentum ``p`` crossing ``grams`` (g/cm^2)."""
+    beta2, bg2, t_max = _pion(p)
+    i_gev = medium.excitation_ev * 1e-9
+    log_term = 0.5 * np.log(2 * ELECTRON_MASS * bg2 * t_max / (i_gev * i_gev))
+    delta_half = medium.density_effect(0.5 * np.log(bg2))
+    return BETHE_K * medium.z_over_a * grams / beta2 * (log_term - beta2 - delta_half)
+
+
+def landau(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Standard Landau variates (mode ``LANDAU_MODE``), Chambers-Mallows-Stuck (alpha = 1)."""
+    u = rng.uniform(-0.5 * math.pi, 0.5 * math.pi, n)
+    w = rng.exponential(1.0, n)
+    a = np.maximum(0.5 * math.pi + u, 1e-300)
+    return a * np.tan(u) - np.log(0.5 * math.pi * w * np.cos(u) / a) + _LANDAU_SHIFT
+
+
+def landau_loss(
+    medium: Medium, grams: np.ndarray, p: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Energy lost (GeV), Landau-distributed about the PDG most probable value, capped at T_max."""
+    beta2, bg2, t_max = _pion(p)
+    i_gev = medium.excitation_ev * 1e-9
+    xi = 0.5 * BETHE_K * medium.z_over_a * grams / beta2
+    safe_xi = np.maximum(xi, 1e-30)
+    delta = 2.0 * medium.density_effect(0.5 * np.log(bg2))
+    mpv = xi * (
+        np.log(2 * ELECTRON_MASS * bg2 / i_gev) + np.log(safe_xi / i_gev) + 0.2 - beta2 - delta
+    )
+    loss = mpv + xi * (landau(rng, len(p)) - LANDAU_MODE)
+    return np.clip(loss, 0.0, np.minimum(mpv + t_max, MAX_LAYER_LOSS))
+
+
+def highland(medium: Medium, grams: np.ndarray, p: np.ndarray, beta2: np.ndarray) -> np.ndarray:
+    """Highland's theta_0 (rad) for ``grams`` of ``medium`` (path length included)."""
+    x = np.maximum(grams / medium.radiation_length, 1e-12)
+    return 0.0136 / (np.sqrt(beta2) * p) * np.sqrt(x) * (1.0 + 0.038 * np.log(x / beta2))
 
 
 def _lose_and_scatter(
-    s: list[np.ndarray], loss: np.ndarray, sigma: np.ndarray, rng: np.random.Generator
+    s: list[np.ndarray], loss: np.ndarray, theta: np.ndarray, rng: np.random.Generator
 ) -> None:
-    """Lower |p| by ``loss``, then kick the direction by Gaussian angles sigma/|p| in two
-    planes normal to p (in place)."""
+    """Lower |p| by ``loss`` (GeV/c), then turn the direction by Gaussian angles of width
+    ``theta`` in two planes normal to p (in place on ``s``)."""
     px, py, pz = s[2], s[3], s[4]
     n = len(px)
     pt2 = px * px + py * py
     p0 = np.sqrt(pt2 + pz * pz)
     p = np.maximum(p0 - loss, 0.05 * p0)
     pt = np.maximum(np.sqrt(pt2), 1e-300)
+    sigma = theta * p0
     # unit vectors normal to p: e1 = (-py, px, 0)/pt, e2 = p x e1 / |p|
     t1 = rng.standard_normal(n) * sigma / pt
     t2 = rng.standard_normal(n) * sigma / (pt * p0)
@@ -94,63 +191,98 @@ def _lose_and_scatter(
 
 
 class Crossing:
-    """One propagation's passage through the material: what is drawn once per track (the
-    upstream loss, on the first upstream layer) and the generator every draw comes from."""
+    """One propagation's passage of ``n`` tracks through a ``Material``, drawing from ``rng``."""
 
-    def __init__(self, n: int, rng: np.random.Generator) -> None:
+    def __init__(self, material: Material, n: int, rng: np.random.Generator) -> None:
+        self.material = material
         self.n = n
         self.rng = rng
-        self.upstream_loss: np.ndarray | None = None
 
     def travel(self, s: list[np.ndarray], z_from: float | np.ndarray, z_to: float) -> None:
-        """The gas between ``z_from`` (one z, or one per track) and ``z_to``: a loss per cm of
-        path from ``GAS_START_Z`` on (in place on ``s``: x, y, px, py, pz)."""
+        """The gas between ``z_from`` (one z, or one per track) and ``z_to``: its mean loss per
+        cm of path from ``gas_start_z`` on (in place on ``s``: x, y, px, py, pz)."""
+        start = self.material.gas_start_z
         if np.ndim(z_from) == 0:
-            gas: float | np.ndarray = max(0.0, z_to - max(float(z_from), GAS_START_Z))
+            length: float | np.ndarray = max(0.0, z_to - max(float(z_from), start))
         else:
-            gas = np.clip(z_to - np.maximum(z_from, GAS_START_Z), 0.0, None)
-        if np.any(gas > 0):
-            p, path, inv_beta = _kinematics(s)
-            _lose(s, p, GAS_LOSS_PER_CM * gas * path * inv_beta)
+            length = np.clip(z_to - np.maximum(z_from, start), 0.0, None)
+        if np.any(length > 0):
+            p, path, beta2 = _kinematics(s)
+            grams = self.material.gas_density * length * path
+            loss = bethe_mean_loss(self.material.gas, grams, p) / np.sqrt(beta2)
+            scale = np.maximum(1.0 - loss / p, 0.05)
+            for k in (2, 3, 4):
+                s[k] = s[k] * scale
 
     def act(self, s: list[np.ndarray], kind: int, share: float, here: np.ndarray | None) -> None:
-        """A layer's loss and scattering (in place on ``s``); ``here``: the tracks that have
-        reached it (None: all)."""
+        """Layer ``kind - 1``'s loss and scattering (in place on ``s``); ``here``: the tracks
+        that have reached it (None: all). ``share`` is not used."""
+        layer = self.material.layers[kind - 1]
         rng, n = self.rng, self.n
-        _, path, inv_beta = _kinematics(s)
-        if kind == UPSTREAM_LAYER:
-            if self.upstream_loss is None:
-                lo, hi = UPSTREAM_GEOMETRY
-                geometry = rng.uniform(lo, hi, n)
-                self.upstream_loss = geometry * (
-                    UPSTREAM_LOSS_MPV + UPSTREAM_LOSS_WIDTH * _moyal(rng, n)
-                )
-            loss = (share * inv_beta) * self.upstream_loss * path
-            sigma = (UPSTREAM_SCATTER * math.sqrt(share)) * np.sqrt(path) * inv_beta
-        else:
-            loss = (PLANE_LOSS_MPV + PLANE_LOSS_WIDTH * _moyal(rng, n)) * path * inv_beta
-            sigma = PLANE_SCATTER * np.sqrt(path) * inv_beta
+        p, path, beta2 = _kinematics(s)
+        grams = layer.areal_density * path
+        if layer.spread > 0:
+            grams = grams * np.exp(layer.spread * rng.standard_normal(n) - 0.5 * layer.spread**2)
+        r2 = s[0] * s[0] + s[1] * s[1]
+        inside = (r2 >= layer.r_min**2) & (r2 < layer.r_max**2)
         if here is not None:
-            loss = np.where(here, loss, 0.0)
-            sigma = np.where(here, sigma, 0.0)
-        _lose_and_scatter(s, loss, sigma, rng)
+            inside &= here
+        grams = np.where(inside, grams, 0.0)
+        loss = landau_loss(layer.medium, grams, p, rng) / np.sqrt(beta2)
+        theta = highland(layer.medium, grams, p, beta2)
+        theta = np.where(rng.uniform(size=n) < TAIL_WEIGHT, TAIL_WIDTH * theta, theta)
+        _lose_and_scatter(s, np.where(inside, loss, 0.0), np.where(inside, theta, 0.0), rng)
+
+
+def _cdc_straws(total: float) -> tuple[Layer, ...]:
+    zs = (75.0, 95.0, 115.0, 135.0, 155.0)
+    return tuple(Layer("CDC straws", z, MYLAR, total / len(zs), 10.0, 56.0) for z in zs)
+
+
+def _fdc_planes(grams: float) -> tuple[Layer, ...]:
+    return tuple(Layer(f"FDC plane {i}", z, COPPER, grams) for i, z in enumerate(PLANE_Z[1:], 1))
 
 
 @dataclass(frozen=True)
 class Material:
-    """The simulated detector's material along z (see the module notes)."""
+    """The simulated detector's material: its layers along z and the gas (see the module notes)."""
+
+    layers: tuple[Layer, ...] = field(
+        default_factory=lambda: (
+            *_cdc_straws(1.5),
+            Layer("CDC endplate", 167.0, ENDPLATE_MIX, 4.0, 6.0, 59.0, spread=0.3),
+            *_fdc_planes(0.016),
+        )
+    )
+    gas: Medium = ARGON_CO2
+    gas_density: float = 1.6e-3  # g/cm^3
+    gas_start_z: float = 167.0
 
     def events(self, z_lo: float, z_hi: float) -> list[tuple[float, int, float]]:
-        """``(z, kind, share)`` of the layers with ``z_lo <= z <= z_hi``: the upstream layers
-        (their share of the upstream material) and the detector planes after the first."""
-        out = [(z, UPSTREAM_LAYER, share) for z, share in UPSTREAM_LAYERS if z_lo <= z <= z_hi]
-        out += [(z, DETECTOR_PLANE, 0.0) for z in PLANE_Z[1:] if z_lo <= z <= z_hi]
-        return out
+        """``(z, kind, 1.0)`` of the layers with ``z_lo <= z <= z_hi``; kind = 1 + layer index."""
+        return [(ly.z, i + 1, 1.0) for i, ly in enumerate(self.layers) if z_lo <= ly.z <= z_hi]
 
     def crossing(self, n: int, rng: np.random.Generator) -> Crossing:
         """A passage of ``n`` tracks through this material, drawing from ``rng``."""
-        return Crossing(n, rng)
+        return Crossing(self, n, rng)
 
 
 #: The material of the simulated GlueX-like detector.
 DETECTOR_MATERIAL = Material()
+
+
+def table(material: Material = DETECTOR_MATERIAL) -> str:
+    """The layers as a Markdown table: z, region, medium, g/cm^2, % X0, radii, spread."""
+    rows = ["| z (cm) | layer | medium | g/cm^2 | % X0 | radius (cm) | spread |", "|" + "---|" * 7]
+    for ly in material.layers:
+        radius = f"{ly.r_min:g} to {ly.r_max:g}"
+        x0 = 100 * ly.areal_density / ly.medium.radiation_length
+        rows.append(
+            f"| {ly.z:g} | {ly.name} | {ly.medium.name} | {ly.areal_density:.4g} | "
+            f"{x0:.3g} | {radius} | {ly.spread:g} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table() + "\n")
