@@ -73,6 +73,7 @@ localrules:
     use_local,
     quality_table,
     models_table,
+    simulator_vs_real,
 
 
 rule all:
