@@ -28,7 +28,7 @@ def test_shipped_config_is_valid(config: dict) -> None:
                 "train", settings.stage_settings(prepared, "train", dataset, model)
             )
             assert train["window_length"] == prepared["windows"]["length"]
-    assert prepared["build"]["models"] == ["lstm", "residual"]  # the demo: both, side by side
+    assert prepared["build"]["models"] == ["lstm", "residual", "residual_markov"]  # side by side
 
 
 def test_config_defaults_are_the_reference(config: dict) -> None:

@@ -60,3 +60,8 @@ def column_names() -> list[str]:
 
 
 COLUMNS: tuple[str, ...] = tuple(column_names())
+
+#: Quantiles of the chi2 distribution with 5 degrees of freedom (x, y, px, py, pz): the regions
+#: that hold 68.3 % and 95 % of a 5-dimensional Gaussian.
+CHI2_5DOF_68: float = 5.8876
+CHI2_5DOF_95: float = 11.0705

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tracklstm.constants import N_PLANES
+from tracklstm.evaluate.calibration import covariance_metrics, has_covariance
 from tracklstm.evaluate.metrics import (
     EVAL_BATCH,
     EvaluationInputError,
@@ -252,6 +253,18 @@ def log_summary(result: dict[str, Any]) -> None:
             real["helix"],
             real["field_only"],
         )
+    cov = result.get("covariance")
+    if cov:
+        log.info(
+            "covariance: pull widths %s; chi2/ndf mean %.3f; inside the 68.3 %% / 95 %% regions "
+            "%.3f / %.3f; not positive definite %d of %d",
+            ", ".join(f"{k} {v:.3f}" for k, v in cov["pull_width"].items()),
+            cov["chi2_ndf_mean"],
+            cov["coverage_68"],
+            cov["coverage_95"],
+            cov["not_positive_definite"],
+            cov["windows"],
+        )
     for line in result["verdict"]:
         log.info("%s", line)
 
@@ -299,6 +312,8 @@ def evaluate(
     truth, preds = predict_one_step(inputs, propagators, batch)
     result = one_step_metrics(inputs, truth, preds, field, bins, n_momentum_bins)
     result["walk"] = walk_metrics(inputs, propagators, batch)
+    if has_covariance(inputs.model):
+        result["covariance"] = covariance_metrics(inputs.model, inputs.test.inputs, truth, batch)
     if challenge_inputs and challenge_answers and challenge_predictions:
         result["challenge"] = score_challenge_file(
             challenge_inputs, challenge_answers, challenge_predictions, propagators

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tracklstm import stage_cli
+from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_95
 from tracklstm.data.simulate import simulate_tracks
 from tracklstm.files import atomic_path, check_outputs
 from tracklstm.physics.material import DETECTOR_MATERIAL
@@ -42,10 +43,8 @@ log = logging.getLogger(__name__)
 #: The real pairs shipped with the package.
 REAL_PAIRS_FILE: Path = Path(__file__).parents[1] / "data" / "mlchallenge2_origin_plane24.csv"
 #: The compared features at plane 24 (z is the plane's), and their columns in a state.
-COMPARED: tuple[str, ...] = ("x", "y", "px", "py", "pz")
-INDEX: list[int] = [0, 1, 3, 4, 5]
-#: chi2 quantile of 5 degrees of freedom holding 95 % of a Gaussian.
-CHI2_95_5DOF: float = 11.0705
+COMPARED: tuple[str, ...] = ANSWER_FEATURES
+INDEX: list[int] = list(ANSWER_INDEX)
 #: Simulated tracks (kept by the detector's acceptance) whose origin momenta give the spectrum.
 SPECTRUM_TRACKS: int = 20_000
 _NEED = ("x", "y", "z", "px", "py", "pz", "x24", "y24", "z24", "px24", "py24", "pz24")
@@ -128,7 +127,7 @@ def compare(origins: np.ndarray, real24: np.ndarray, draws: int, seed: int) -> d
         "draws_per_track": draws,
         "chi2_ndf_mean": round(float(chi2_ndf.mean()), 3),
         "chi2_ndf_median": round(float(np.median(chi2_ndf)), 3),
-        "inside_95_percent_region": round(float(np.mean(np.array(chi2) < CHI2_95_5DOF)), 3),
+        "inside_95_percent_region": round(float(np.mean(np.array(chi2) < CHI2_5DOF_95)), 3),
         "pull_width": {f: round(float(pull[:, i].std()), 3) for i, f in enumerate(COMPARED)},
         "pull_mean": {f: round(float(pull[:, i].mean()), 3) for i, f in enumerate(COMPARED)},
         "p_loss_mev_p10_p50_p90": {

@@ -45,6 +45,7 @@ from tracklstm.export.loading import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, loa
 from tracklstm.export.module import (
     ExportedTrackModel,
     export_program,
+    exported_module,
     load_physical_model,
     metadata,
     run_files,
@@ -52,6 +53,7 @@ from tracklstm.export.module import (
 from tracklstm.export.parity import (
     CHECK_BATCHES,
     DEFAULT_TOLERANCE,
+    covariance_rows,
     example_inputs,
     failures,
     norm_scale,
@@ -155,7 +157,7 @@ def export(
     """
     eager, summary = load_physical_model(run_dir, weights)
     meta = metadata(summary, weights)
-    module = ExportedTrackModel(eager, meta).eval().requires_grad_(False)
+    module = exported_module(eager, meta).eval().requires_grad_(False)
     inputs = example_inputs(summary, n=max(CHECK_BATCHES))
     finals = [Path(torchscript)]
     if onnx is not None:
@@ -181,6 +183,8 @@ def export(
         if meta_back != json.loads(json.dumps(meta)):
             raise ExportCheckError(f"{torchscript}: the metadata read back differs")
         checks += check("torchscript", reloaded)
+        if hasattr(reloaded, "forward_with_covariance"):
+            checks += covariance_rows("torchscript", reloaded, eager, inputs, tolerance=tolerance)
         seconds["torchscript"] = time.perf_counter() - t0
 
         if program is not None or onnx is not None:

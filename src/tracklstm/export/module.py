@@ -59,15 +59,39 @@ class ExportedTrackModel(nn.Module):
         self.version = str(meta["tracklstm_version"])
         self.metadata_json = json.dumps(meta, sort_keys=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (batch, window_length, 6) in cm and GeV/c -> (batch, 6) in cm and GeV/c."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """A ValueError naming the expected shape and units, for any other input."""
         if x.dim() != 3 or x.size(1) != self.window_length or x.size(2) != self.n_features:
             raise ValueError(
                 f"tracklstm model: expected input (batch, {self.window_length}, "
                 f"{self.n_features}) in cm and GeV/c, got {list(x.shape)}"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, window_length, 6) in cm and GeV/c -> (batch, 6) in cm and GeV/c."""
+        self.check_input(x)
         # No autograd history on what a host gets back (the weights do not require grad).
         return self.model(x).detach()
+
+
+class ExportedCovarianceModel(ExportedTrackModel):
+    """An exported model with a covariance head: ``forward`` as any other, and a second method
+    (TorchScript) that also returns the covariance of x, y, px, py, pz at the next plane."""
+
+    @torch.jit.export
+    def forward_with_covariance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` as ``forward`` -> (the state (batch, 6) float32, its covariance (batch, 5, 5)
+        float64 in cm^2, cm GeV/c and (GeV/c)^2, for x, y, px, py, pz)."""
+        self.check_input(x)
+        state, cov = self.model.forward_with_covariance(x)
+        return state.detach(), cov.detach()
+
+
+def exported_module(model: nn.Module, meta: dict[str, Any]) -> ExportedTrackModel:
+    """The module to export: with ``forward_with_covariance`` when the model has a head."""
+    if getattr(model, "has_covariance", False):
+        return ExportedCovarianceModel(model, meta)
+    return ExportedTrackModel(model, meta)
 
 
 #: The files of a training run folder an export reads.
@@ -123,6 +147,12 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
         "format": FORMAT,
         "input": "float32 (batch, window_length, 6): x, y, z [cm], px, py, pz [GeV/c]",
         "output": "float32 (batch, 6): the state at the next plane, same units",
+        "covariance": (
+            "TorchScript method forward_with_covariance: (state, float64 (batch, 5, 5) covariance"
+            " of x, y, px, py, pz)"
+            if summary["settings"].get("model", {}).get("covariance")
+            else None
+        ),
         "onnx_input": ONNX_INPUT,
         "onnx_output": ONNX_OUTPUT,
         "window_length": int(summary["window_length"]),

@@ -200,3 +200,27 @@ def check_parity(
     if failed:
         raise ParityError(failed)
     return max(r["max_diff"] for r in rows)
+
+
+def covariance_rows(
+    name: str, loaded: Any, eager: Any, inputs: Tensor, *, tolerance: float = DEFAULT_TOLERANCE
+) -> list[dict[str, Any]]:
+    """``parity_rows`` of the covariance of ``forward_with_covariance``: both files' (batch, 5, 5)
+    covariances divided by the eager one's sigma_i sigma_j (so every entry weighs alike)."""
+
+    def scaled(method: Callable[[Tensor], Any]) -> Callable[[Tensor], Tensor]:
+        def run(x: Tensor) -> Tensor:
+            ref = eager.forward_with_covariance(x)[1].to(torch.float64)
+            sigma = torch.sqrt(torch.diagonal(ref, dim1=1, dim2=2))
+            cov = torch.as_tensor(method(x)[1]).to(torch.float64)
+            return (cov / (sigma.unsqueeze(2) * sigma.unsqueeze(1))).flatten(1)
+
+        return run
+
+    return parity_rows(
+        f"{name} covariance",
+        scaled(loaded.forward_with_covariance),
+        scaled(eager.forward_with_covariance),
+        inputs,
+        tolerance=tolerance,
+    )

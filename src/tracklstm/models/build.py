@@ -21,7 +21,7 @@ from tracklstm.settings import defaults
 KINDS: tuple[str, ...] = ("reference", "residual")
 #: Settings of the reference kind, and of the residual kind (``tracklstm.models.residual``).
 REFERENCE_KEYS: tuple[str, ...] = ("cell", "hidden_sizes", "dropout")
-RESIDUAL_ONLY_KEYS: tuple[str, ...] = ("body", "head_sizes", "history", "field")
+RESIDUAL_ONLY_KEYS: tuple[str, ...] = ("body", "head_sizes", "history", "field", "covariance")
 MODEL_KEYS: tuple[str, ...] = ("kind", *REFERENCE_KEYS, *RESIDUAL_ONLY_KEYS)
 
 

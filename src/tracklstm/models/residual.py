@@ -58,8 +58,11 @@ RESIDUAL_KEYS: tuple[str, ...] = (
     "head_sizes",
     "history",
     "field",
+    "covariance",
     "dropout",
 )
+#: Hidden layers of the covariance head (``CovarianceHead``).
+COVARIANCE_HIDDEN: tuple[int, ...] = (32, 32)
 #: Their defaults: the config schema's ``model`` section, the one place they are written (the
 #: ``residual`` variant of config.yaml sets the sizes that measured best, MLP 128-128).
 DEFAULTS: dict[str, Any] = {k: v for k, v in defaults("model").items() if k in RESIDUAL_KEYS}
@@ -120,6 +123,55 @@ class RNNBody(nn.Module):
         return self.head(steps, torch.cat([x[:, -1], static], dim=1))
 
 
+#: Entries of a 5x5 lower-triangular Cholesky factor: 5 on the diagonal, then 10 below it.
+N_CHOLESKY: int = len(CORRECTED) * (len(CORRECTED) + 1) // 2
+#: Smallest diagonal entry of the factor, in units of the correction's spread: keeps every
+#: predicted covariance positive definite, however far out of range the input.
+MIN_CHOLESKY_DIAGONAL: float = 1e-3
+#: Largest entry below the diagonal of the factor's unit-triangular part (correlations up to
+#: about 0.995).
+MAX_UNIT_ENTRY: float = 10.0
+
+
+class CovarianceHead(nn.Module):
+    """The covariance of the corrected features at the next plane, as a Cholesky factor.
+
+    A small MLP on the same inputs as the body gives 15 numbers; the factor is L = D U: D the
+    diagonal of spreads (softplus, plus ``MIN_CHOLESKY_DIAGONAL``), U unit lower-triangular
+    with its 10 entries below the diagonal bounded by ``MAX_UNIT_ENTRY`` (tanh). L L^T is then
+    positive definite by construction and, whatever the input, the correlations it implies are
+    never so close to +-1 that float64 arithmetic loses them. L is in units of the correction's
+    spread (``corr_std``); ``ResidualPropagator.forward_with_covariance`` scales it to cm and
+    GeV/c.
+    """
+
+    def __init__(self, n_static: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        sizes = [n_static, *hidden_sizes]
+        layers: list[nn.Module] = []
+        for i in range(len(hidden_sizes)):
+            layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], N_CHOLESKY))
+        self.net = nn.Sequential(*layers)
+        self.n = len(CORRECTED)
+        self.max_unit = MAX_UNIT_ENTRY
+        self.min_diagonal = MIN_CHOLESKY_DIAGONAL
+        rows, cols = torch.tril_indices(len(CORRECTED), len(CORRECTED), offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, static: torch.Tensor) -> torch.Tensor:
+        """``static`` (B, F): the last state and the step to the target plane (the noise of a
+        step does not depend on the earlier states) -> lower-triangular L (B, 5, 5), float64."""
+        raw = self.net(static)
+        raw = raw.to(torch.float64)
+        n = self.n
+        unit = torch.eye(n, dtype=torch.float64, device=raw.device).repeat(raw.shape[0], 1, 1)
+        unit[:, self.rows, self.cols] = self.max_unit * torch.tanh(raw[:, n:] / self.max_unit)
+        spread = nn.functional.softplus(raw[:, :n]) + self.min_diagonal
+        return spread.unsqueeze(2) * unit
+
+
 class ResidualPropagator(nn.Module):
     """Next-plane state = float64 helix step of the last state + a learned, scaled correction.
 
@@ -138,6 +190,7 @@ class ResidualPropagator(nn.Module):
         window: int = 7,
         field: Sequence[Sequence[float]] = tuple(map(tuple, DEFAULTS["field"])),
         dropout: float = DEFAULTS["dropout"],
+        covariance: bool = DEFAULTS["covariance"],
     ) -> None:
         super().__init__()
         if body not in BODIES:
@@ -166,6 +219,10 @@ class ResidualPropagator(nn.Module):
             self.body = MLPBody(n_static, history, hidden_sizes, dropout)
         else:
             self.body = RNNBody(body, n_static, history, hidden_sizes, head_sizes, dropout)
+        # The covariance head (trained after the body, on its errors: train.covariance).
+        self.has_covariance = bool(covariance)
+        if self.has_covariance:
+            self.cov_head = CovarianceHead(n_static, COVARIANCE_HIDDEN)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
         """Float64 helix step from the window's last state to the next plane: (B, 6).
@@ -236,6 +293,31 @@ class ResidualPropagator(nn.Module):
         out = prior[:, :2] + corr[:, :2]
         mom = prior[:, 3:] + corr[:, 2:]
         return torch.cat([out, prior[:, 2:3], mom], dim=1).to(torch.float32)
+
+    def forward_with_covariance(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``states`` (batch, window, 6) -> (the state at the next plane (batch, 6) float32, as
+        ``forward``; the covariance of its x, y, px, py, pz (batch, 5, 5) float64, cm and GeV/c:
+        the scattering and energy-loss noise on the way plus the model's own error)."""
+        steps, static, prior = self.encode(states)
+        corr = self.body(steps, static).to(torch.float64) * self.corr_std + self.corr_mean
+        out = prior[:, :2] + corr[:, :2]
+        mom = prior[:, 3:] + corr[:, 2:]
+        state = torch.cat([out, prior[:, 2:3], mom], dim=1).to(torch.float32)
+        factor = self.cov_head(static) * self.corr_std.unsqueeze(1)
+        return state, factor @ factor.transpose(1, 2)
+
+    def covariance_nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean Gaussian negative log-likelihood (constant dropped) of the scaled correction's
+        error under the head's covariance; the body's prediction is held fixed (no gradient)."""
+        steps, static, prior = self.encode(states)
+        with torch.no_grad():
+            error = self.scaled_target(targets, prior) - self.body(steps, static)
+        factor = self.cov_head(static)
+        white = torch.linalg.solve_triangular(
+            factor, error.to(torch.float64).unsqueeze(2), upper=False
+        ).squeeze(2)
+        log_det = torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
+        return (0.5 * (white * white).sum(1) + log_det).mean()
 
     def loss_pair(
         self, states: torch.Tensor, targets: torch.Tensor
@@ -353,4 +435,5 @@ def build_residual(settings: dict[str, Any], window: int = 7) -> ResidualPropaga
         window=window,
         field=field,
         dropout=float(dropout),
+        covariance=bool(s["covariance"]),
     )

@@ -41,6 +41,7 @@ from tracklstm.train.checkpoints import (
     write_metrics,
 )
 from tracklstm.train.config import resolve_settings
+from tracklstm.train.covariance import fit_covariance, has_covariance
 from tracklstm.train.data import (
     WindowsInfo,
     WindowSource,
@@ -234,6 +235,8 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
             run = start_or_resume(setup, trainer, identity)
             started = time.perf_counter()
             fit(setup, trainer, run, train_src, val_src, placement, identity)
+            if has_covariance(model):
+                run.best_weights = fit_covariance(model, run.best_weights, val_src, setup.cfg)
             summary = summarize(setup, trainer, run, train_src, val_src, placement, started)
             write_outputs(setup, trainer, run, summary)
             return summary
