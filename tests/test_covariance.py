@@ -4,7 +4,9 @@ second stage to describe the body's errors, exported as ``forward_with_covarianc
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +15,23 @@ import torch
 from tracklstm.data.simulate import simulate_tracks
 from tracklstm.data.windows import make_windows
 from tracklstm.evaluate.calibration import calibration_metrics, covariance_metrics
+from tracklstm.export.loading import METADATA_NAME
 from tracklstm.export.module import ExportedCovarianceModel, exported_module
 from tracklstm.models.residual import build_residual
 from tracklstm.train.covariance import fit_covariance, split_nll
 from tracklstm.train.data import DeviceWindows
+
+#: The metadata an exported file carries (what the tests need of it).
+META = {
+    "window_length": 7,
+    "features": ["x", "y", "z", "px", "py", "pz"],
+    "units": {f: "cm" for f in "xyz"} | {f: "GeV/c" for f in ("px", "py", "pz")},
+    "plane_z": [0.0],
+    "norm_min": [0.0] * 6,
+    "norm_max": [1.0] * 6,
+    "data_fingerprint": "",
+    "tracklstm_version": "test",
+}
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +133,7 @@ def test_torchscript_export_has_the_second_method(
     windows: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     model = model_with_head(windows, history=0).eval()
-    meta = {
-        "window_length": 7,
-        "features": ["x", "y", "z", "px", "py", "pz"],
-        "units": {f: "cm" for f in "xyz"} | {f: "GeV/c" for f in ("px", "py", "pz")},
-        "plane_z": [0.0],
-        "norm_min": [0.0] * 6,
-        "norm_max": [1.0] * 6,
-        "data_fingerprint": "",
-        "tracklstm_version": "test",
-    }
+    meta = META
     module = exported_module(model, meta)
     assert isinstance(module, ExportedCovarianceModel)
     scripted = torch.jit.script(module)
@@ -139,3 +145,68 @@ def test_torchscript_export_has_the_second_method(
     torch.testing.assert_close(scripted(x), model(x))
     with pytest.raises(Exception, match="expected input"):
         scripted.forward_with_covariance(x[:, :3])
+
+
+def test_predict_writes_the_covariance_beside_the_answers(
+    windows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """``tracklstm predict --covariance``: one line per answer, 15 entries, positive definite;
+    a model without a covariance is refused with one line and writes nothing."""
+    from tracklstm.constants import PLANE_Z
+    from tracklstm.evaluate.predict import covariance_header, main
+
+    model = model_with_head(windows, history=0).eval()
+    meta = {**META, "plane_z": list(PLANE_Z)}
+    path = tmp_path / "model.ts"
+    torch.jit.save(
+        torch.jit.script(exported_module(model, meta)),
+        str(path),
+        _extra_files={METADATA_NAME: json.dumps(meta)},
+    )
+    tracks = simulate_tracks(30, seed=9)
+    lines = [",".join(f"{v:.7g}" for v in t[:8].ravel()) + f",{PLANE_Z[8]}" for t in tracks]
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text("\n".join(lines) + "\n")
+    out, cov = tmp_path / "answers.csv", tmp_path / "cov.csv"
+    args = ["--model", str(path), "--inputs", str(inputs), "--out", str(out)]
+    assert main([*args, "--covariance", str(cov)]) == 0
+    text = cov.read_text().splitlines()
+    assert text[0] == covariance_header() and len(text) == 31
+    values = np.loadtxt(cov, delimiter=",", skiprows=1)
+    full = np.zeros((30, 5, 5))
+    rows, cols = np.triu_indices(5)
+    full[:, rows, cols] = values
+    full[:, cols, rows] = values
+    assert np.all(np.linalg.eigvalsh(full)[:, 0] > 0)
+    plain = model_with_head(windows, history=0).eval()
+    plain.has_covariance = False  # exported as a model without the second method
+    torch.jit.save(
+        torch.jit.script(exported_module(plain, meta)),
+        str(path),
+        _extra_files={METADATA_NAME: json.dumps(meta)},
+    )
+    cov.unlink()
+    assert main([*args, "--covariance", str(cov)]) == 1
+    assert not cov.exists()
+
+
+def test_exported_jacobian_and_the_walk_with_covariance(
+    windows: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """The exported ``jacobian`` method equals autograd through the eager model; the walk
+    carries a growing, positive-definite covariance from plane to plane."""
+    from tracklstm.evaluate.calibration import walk_with_covariance
+    from tracklstm.evaluate.jacobian import model_jacobian
+
+    model = model_with_head(windows, history=0, steps=300).eval()
+    scripted = torch.jit.script(exported_module(model, META))
+    x = windows[0][:50].numpy()
+    np.testing.assert_allclose(
+        model_jacobian(scripted, x), model_jacobian(model, x), rtol=1e-5, atol=1e-6
+    )
+    tracks = simulate_tracks(40, seed=2)
+    walk = walk_with_covariance(scripted, tracks, start=7, length=7)
+    planes = walk["per_plane"]
+    assert [p["plane"] for p in planes] == list(range(7, 25)) and walk["tracks"] == 40
+    assert all(p["not_positive_definite"] == 0 for p in planes)
+    assert all(np.isfinite(p["chi2_ndf_mean"]) for p in planes)

@@ -11,7 +11,9 @@ covariance C the model predicts for it:
 - how many predicted covariances are not positive definite (none, by construction), judged on
   the correlation matrices (so that the features' very different units do not matter).
 
-``evaluate.run`` puts the result under ``covariance`` in ``metrics.json``.
+For a one-state model (``model.history: 0``) the walk too: the model stepped plane by plane on
+its own predictions, the covariance carried along with its Jacobian (``walk_with_covariance``).
+``evaluate.run`` puts the results under ``covariance`` in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -19,49 +21,35 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_68, CHI2_5DOF_95
+from tracklstm.evaluate.jacobian import model_jacobian
+from tracklstm.export.loading import predict_with_covariance
 
 #: Windows per call of the model.
 BATCH: int = 4096
-
-
-def has_covariance(model: Any) -> bool:
-    """Whether a loaded model predicts a covariance (``forward_with_covariance``)."""
-    return hasattr(model, "forward_with_covariance")
-
-
-def predict_with_covariance(
-    model: Any, windows: np.ndarray, batch: int = BATCH
-) -> tuple[np.ndarray, np.ndarray]:
-    """(states (N, 6), covariances (N, 5, 5)), float64, batch by batch."""
-    states = np.empty((len(windows), windows.shape[-1]), dtype=np.float64)
-    covs = np.empty((len(windows), len(ANSWER_INDEX), len(ANSWER_INDEX)), dtype=np.float64)
-    with torch.inference_mode():
-        for start in range(0, len(windows), batch):
-            x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch], np.float32))
-            state, cov = model.forward_with_covariance(x)
-            states[start : start + len(x)] = state.to(torch.float64).numpy()
-            covs[start : start + len(x)] = cov.to(torch.float64).numpy()
-    return states, covs
 
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
     return {f: round(float(pulls[:, i].std()), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
-def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:
-    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5)."""
-    sigma_all = np.sqrt(np.abs(np.diagonal(covs, axis1=1, axis2=2)))
+def chi2_of(errors: np.ndarray, covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chi2 = e^T C^-1 e of the positive-definite ones, which covariances are positive definite:
+    judged on the correlation matrices, so that the features' units do not matter)."""
+    sigma = np.sqrt(np.abs(np.diagonal(covs, axis1=1, axis2=2)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = covs / (sigma_all[:, :, None] * sigma_all[:, None, :])
-    finite = np.isfinite(corr).all(axis=(1, 2))
-    positive = finite.copy()
-    positive[finite] = np.linalg.eigvalsh(corr[finite])[:, 0] > 0
+        corr = covs / (sigma[:, :, None] * sigma[:, None, :])
+    positive = np.isfinite(corr).all(axis=(1, 2))
+    positive[positive] = np.linalg.eigvalsh(corr[positive])[:, 0] > 0
     chol = np.linalg.cholesky(covs[positive])
     white = np.linalg.solve(chol, errors[positive][:, :, None])[:, :, 0]
-    chi2 = (white * white).sum(axis=1)
+    return (white * white).sum(axis=1), positive
+
+
+def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:
+    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5)."""
+    chi2, positive = chi2_of(errors, covs)
     sigma = np.sqrt(np.diagonal(covs[positive], axis1=1, axis2=2))
     pulls = errors[positive] / sigma
     p = momentum[positive]
@@ -82,6 +70,36 @@ def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarr
         "coverage_68": round(float(np.mean(chi2 < CHI2_5DOF_68)), 4),
         "coverage_95": round(float(np.mean(chi2 < CHI2_5DOF_95)), 4),
     }
+
+
+def walk_with_covariance(
+    model: Any, tracks: np.ndarray, start: int, length: int, batch: int = BATCH
+) -> dict[str, Any]:
+    """A one-state model walked on its own predictions from the true state at plane
+    ``start - 1`` (no uncertainty there) to the last plane of ``tracks`` (N, planes, 6),
+    carrying the covariance as a Kalman filter's prediction step does, C' = J C J^T + Q (J its
+    ``jacobian``, Q its covariance); at each plane the chi2/ndf of the walked state's error
+    under C, and the share inside the 95 % region."""
+    index = list(ANSWER_INDEX)
+    state = tracks[:, start - 1].astype(np.float64)
+    cov = np.zeros((len(tracks), len(index), len(index)))
+    planes = []
+    for plane in range(start, tracks.shape[1]):
+        windows = np.repeat(state[:, None].astype(np.float32), length, axis=1)
+        step = model_jacobian(model, windows)
+        state, noise = predict_with_covariance(model, windows, batch)
+        cov = step @ cov @ step.transpose(0, 2, 1) + noise
+        chi2, positive = chi2_of(tracks[:, plane, index] - state[:, index], cov)
+        planes.append(
+            {
+                "plane": plane,
+                "chi2_ndf_mean": round(float(chi2.mean() / len(index)), 4),
+                "chi2_ndf_median": round(float(np.median(chi2) / len(index)), 4),
+                "coverage_95": round(float(np.mean(chi2 < CHI2_5DOF_95)), 4),
+                "not_positive_definite": int((~positive).sum()),
+            }
+        )
+    return {"start_plane": start, "tracks": len(tracks), "per_plane": planes}
 
 
 def covariance_metrics(

@@ -37,14 +37,20 @@ UNITS: np.ndarray = np.array([1.0, 1.0, 100.0, 100.0, 100.0])
 
 def model_jacobian(model: nn.Module, windows: np.ndarray) -> np.ndarray:
     """(N, 5, 5) derivatives of the model's next x, y, px, py, pz with respect to the last
-    state's x, y, px, py, pz, for windows (N, window, 6) in cm and GeV/c."""
-    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-    out = np.empty((len(x), len(INDEX), len(INDEX)))
-    for row, i in enumerate(INDEX):
-        inputs = x.clone().requires_grad_(True)
-        pred = model(inputs)
-        grads = torch.autograd.grad(pred[:, i].sum(), inputs)[0]
-        out[:, row] = grads[:, -1, INDEX].to(torch.float64).numpy()
+    state's x, y, px, py, pz, for windows (N, window, 6) in cm and GeV/c: an exported file's
+    ``jacobian`` method where it has one, else autograd through the (eager) model."""
+    # gradients here even under torch.no_grad (a TorchScript file used under inference mode may
+    # have made constants there that autograd cannot use: evaluate.calibration avoids it)
+    with torch.enable_grad():
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        if hasattr(model, "jacobian"):
+            return model.jacobian(x).to(torch.float64).numpy()
+        out = np.empty((len(x), len(INDEX), len(INDEX)))
+        for row, i in enumerate(INDEX):
+            inputs = x.clone().requires_grad_(True)
+            pred = model(inputs)
+            grads = torch.autograd.grad(pred[:, i].sum(), inputs)[0]
+            out[:, row] = grads[:, -1, INDEX].to(torch.float64).numpy()
     return out
 
 

@@ -31,9 +31,23 @@ import pandas as pd
 import torch
 
 from tracklstm import stage_cli
-from tracklstm.constants import ANSWER_INDEX, FEATURES, N_FEATURES, PLANE_Z, Z_TOLERANCE
+from tracklstm.constants import (
+    ANSWER_FEATURES,
+    ANSWER_INDEX,
+    FEATURES,
+    N_FEATURES,
+    PLANE_Z,
+    Z_TOLERANCE,
+)
 from tracklstm.data.bounds import Bounds
-from tracklstm.export.loading import DEFAULT_BATCH, is_aoti_package, load_model, predict_windows
+from tracklstm.export.loading import (
+    DEFAULT_BATCH,
+    has_covariance,
+    is_aoti_package,
+    load_model,
+    predict_windows,
+    predict_with_covariance,
+)
 from tracklstm.files import atomic_path, check_outputs, read_bytes
 from tracklstm.settings import defaults
 
@@ -318,6 +332,22 @@ def write_answers(path: str | Path, states: np.ndarray) -> None:
             np.savetxt(fh, answers, fmt="%.7g", delimiter=",")
 
 
+def covariance_header() -> str:
+    """The columns of a covariance file: the 15 entries of the upper triangle, row by row."""
+    names = ANSWER_FEATURES
+    return ",".join(f"c_{a}_{b}" for i, a in enumerate(names) for b in names[i:])
+
+
+def write_covariances(path: str | Path, covs: np.ndarray) -> None:
+    """One line per row: the 15 upper-triangle entries of its (5, 5) covariance of x, y, px,
+    py, pz (cm^2, cm GeV/c, (GeV/c)^2), after a header line naming them."""
+    rows, cols = np.triu_indices(len(ANSWER_FEATURES))
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(covariance_header() + "\n")
+        if len(covs):
+            np.savetxt(fh, covs[:, rows, cols], fmt="%.7g", delimiter=",")
+
+
 def predict_file(
     model_path: str | Path,
     inputs_csv: str | Path,
@@ -325,17 +355,29 @@ def predict_file(
     *,
     batch: int = DEFAULT_BATCH,
     bounds: Bounds | None = None,
+    covariance_csv: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict every row of a test-input file; returns counts and timings. A row with a state
-    beyond ``bounds`` (default: the schema's ``conversion.bounds``) is refused."""
+    beyond ``bounds`` (default: the schema's ``conversion.bounds``) is refused. With
+    ``covariance_csv`` (a model with ``forward_with_covariance``), each answer's covariance is
+    written there, line for line."""
     model, meta = load_model(model_path)
+    if covariance_csv is not None and not has_covariance(model):
+        raise ChallengeInputError(
+            f"{model_path}: this model predicts no covariance (export a model built with "
+            "model.covariance: true, as TorchScript)"
+        )
     window_length = int(meta["window_length"])
     t0 = time.perf_counter()
     rows = read_challenge_rows(
         inputs_csv, window_length, bounds=bounds, threads=torch.get_num_threads()
     )
     t1 = time.perf_counter()
-    states = predict_windows(model, rows.windows, batch)
+    covs = None
+    if covariance_csv is None:
+        states = predict_windows(model, rows.windows, batch)
+    else:
+        states, covs = predict_with_covariance(model, rows.windows, batch)
     t2 = time.perf_counter()
     broken = ~np.isfinite(states[:, list(ANSWER_INDEX)]).all(axis=1)
     if broken.any():
@@ -345,6 +387,8 @@ def predict_file(
             f"{len(states)} rows (the first: line {first} of {inputs_csv}); no answers written"
         )
     write_answers(out_csv, states)
+    if covs is not None and covariance_csv is not None:
+        write_covariances(covariance_csv, covs)
     t3 = time.perf_counter()
     n = len(rows.windows)
     stats = {
@@ -376,12 +420,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="answers CSV to write (x,y,px,py,pz)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per model call")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's)")
+    parser.add_argument(
+        "--covariance",
+        help="also write each answer's covariance here (15 values per line, after a header; "
+        "a model with a covariance, TorchScript)",
+    )
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be at least 1")
 
     def body() -> None:
-        check_outputs({"--out": args.out}, {"--model": args.model, "--inputs": args.inputs})
+        check_outputs(
+            {"--out": args.out, "--covariance": args.covariance},
+            {"--model": args.model, "--inputs": args.inputs},
+        )
         conversion = stage_cli.settings("predict", args.settings)["conversion"]
         if args.threads > 0:
             torch.set_num_threads(args.threads)
@@ -391,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             batch=args.batch,
             bounds=Bounds.from_settings(conversion),
+            covariance_csv=args.covariance,
         )
 
     return stage_cli.run(body, log)  # bad rows (ChallengeInputError), files, models

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tracklstm.constants import N_PLANES
-from tracklstm.evaluate.calibration import covariance_metrics, has_covariance
+from tracklstm.evaluate.calibration import covariance_metrics, walk_with_covariance
 from tracklstm.evaluate.metrics import (
     EVAL_BATCH,
     EvaluationInputError,
@@ -41,7 +41,7 @@ from tracklstm.evaluate.metrics import (
 from tracklstm.evaluate.plots import PLOT_FILES, write_plots
 from tracklstm.evaluate.real_track import score_real_track
 from tracklstm.evaluate.report import summary_html
-from tracklstm.export.loading import Model, predict_windows
+from tracklstm.export.loading import Model, has_covariance, predict_windows
 from tracklstm.files import atomic_path, write_json
 from tracklstm.physics.baselines import baselines
 from tracklstm.physics.helix import Propagator
@@ -193,6 +193,19 @@ def one_step_metrics(
     return result
 
 
+def covariance_walk(inputs: Inputs, batch: int = EVAL_BATCH) -> dict[str, Any]:
+    """The one-state model's walk with its covariance over the complete test tracks, from the
+    plane the other walks start at (``calibration.walk_with_covariance``)."""
+    last_plane = int(inputs.test.attrs.get("last_target_plane", N_PLANES - 1))
+    full = complete_tracks(inputs.test.tracks, last_plane)[:, : last_plane + 1]
+    if not len(full):
+        return {"tracks": 0}
+    # a fresh copy: the evaluation's other calls ran under inference mode, and a TorchScript
+    # graph optimized there may hold constants that the Jacobian's autograd cannot use
+    model, _ = load_model(inputs.model_path)
+    return walk_with_covariance(model, full, inputs.length, inputs.length, batch)
+
+
 def walk_metrics(
     inputs: Inputs, propagators: Mapping[str, Propagator], batch: int = EVAL_BATCH
 ) -> dict[str, Any]:
@@ -265,6 +278,15 @@ def log_summary(result: dict[str, Any]) -> None:
             cov["not_positive_definite"],
             cov["windows"],
         )
+        last = (cov.get("walk", {}).get("per_plane") or [None])[-1]
+        if last:
+            log.info(
+                "covariance carried along the walk (J C J^T + Q): chi2/ndf at plane %d %.3f, "
+                "%.3f inside the 95 %% region",
+                last["plane"],
+                last["chi2_ndf_mean"],
+                last["coverage_95"],
+            )
     for line in result["verdict"]:
         log.info("%s", line)
 
@@ -314,6 +336,8 @@ def evaluate(
     result["walk"] = walk_metrics(inputs, propagators, batch)
     if has_covariance(inputs.model):
         result["covariance"] = covariance_metrics(inputs.model, inputs.test.inputs, truth, batch)
+        if inputs.meta.get("model", {}).get("history") == 0:
+            result["covariance"]["walk"] = covariance_walk(inputs, batch)
     if challenge_inputs and challenge_answers and challenge_predictions:
         result["challenge"] = score_challenge_file(
             challenge_inputs, challenge_answers, challenge_predictions, propagators

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tracklstm.constants import ANSWER_INDEX
+
 #: Name of the JSON metadata inside every exported file (extra file or ONNX metadata key).
 METADATA_NAME = "metadata.json"
 #: Input and output names of the ONNX graph.
@@ -357,3 +359,26 @@ def predict_windows(
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def has_covariance(model: Any) -> bool:
+    """Whether a loaded model predicts a covariance (``forward_with_covariance``)."""
+    return hasattr(model, "forward_with_covariance")
+
+
+def predict_with_covariance(
+    model: Any, windows: np.ndarray, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """(states (N, 6), covariances (N, 5, 5)), float64, batch by batch."""
+    n = len(ANSWER_INDEX)
+    states = np.empty((len(windows), windows.shape[-1]), dtype=np.float64)
+    covs = np.empty((len(windows), n, n), dtype=np.float64)
+    # no_grad, not inference mode: a TorchScript file optimizes its graph during a call, and
+    # constants made under inference mode could not serve the Jacobian's autograd later
+    with torch.no_grad():
+        for start in range(0, len(windows), batch):
+            x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch], np.float32))
+            state, cov = model.forward_with_covariance(x)
+            states[start : start + len(x)] = state.to(torch.float64).numpy()
+            covs[start : start + len(x)] = cov.to(torch.float64).numpy()
+    return states, covs

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import tracklstm
-from tracklstm.constants import FEATURES, PLANE_Z, UNITS
+from tracklstm.constants import ANSWER_INDEX, FEATURES, PLANE_Z, UNITS
 from tracklstm.export.loading import ONNX_INPUT, ONNX_OUTPUT
 from tracklstm.models.build import (
     WeightsFileError,
@@ -58,6 +58,7 @@ class ExportedTrackModel(nn.Module):
         self.data_fingerprint = str(meta["data_fingerprint"])
         self.version = str(meta["tracklstm_version"])
         self.metadata_json = json.dumps(meta, sort_keys=True)
+        self.answer_index = list(ANSWER_INDEX)
 
     def check_input(self, x: torch.Tensor) -> None:
         """A ValueError naming the expected shape and units, for any other input."""
@@ -85,6 +86,21 @@ class ExportedCovarianceModel(ExportedTrackModel):
         self.check_input(x)
         state, cov = self.model.forward_with_covariance(x)
         return state.detach(), cov.detach()
+
+    @torch.jit.export
+    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``forward`` -> (batch, 5, 5) float32: the derivatives of the next x, y, px,
+        py, pz with respect to the x, y, px, py, pz of the window's last state (the transport
+        Jacobian of a one-state model), by autograd; call it with gradients enabled."""
+        self.check_input(x)
+        inputs = x.detach().requires_grad_(True)
+        out = self.model(inputs)
+        rows: list[torch.Tensor] = []
+        for i in self.answer_index:
+            grad = torch.autograd.grad([out[:, i].sum()], [inputs], retain_graph=True)[0]
+            assert grad is not None
+            rows.append(grad[:, -1][:, self.answer_index])
+        return torch.stack(rows, 1).detach()
 
 
 def exported_module(model: nn.Module, meta: dict[str, Any]) -> ExportedTrackModel:
@@ -148,8 +164,8 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
         "input": "float32 (batch, window_length, 6): x, y, z [cm], px, py, pz [GeV/c]",
         "output": "float32 (batch, 6): the state at the next plane, same units",
         "covariance": (
-            "TorchScript method forward_with_covariance: (state, float64 (batch, 5, 5) covariance"
-            " of x, y, px, py, pz)"
+            "TorchScript methods forward_with_covariance: (state, float64 (batch, 5, 5) covariance"
+            " of x, y, px, py, pz), and jacobian: float32 (batch, 5, 5) d(next)/d(last state)"
             if summary["settings"].get("model", {}).get("covariance")
             else None
         ),
