@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchlib import machine  # noqa: E402
 
 from tracklstm.constants import PLANE_Z  # noqa: E402
-from tracklstm.evaluate.calibration import chi2_of  # noqa: E402
+from tracklstm.evaluate.gaussian import chi2_of  # noqa: E402
 from tracklstm.export.loading import load_model, predict_with_covariance  # noqa: E402
 
 log = logging.getLogger("covariance_check")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_68, CHI2_5DOF_95
+from tracklstm.evaluate.gaussian import chi2_of
 from tracklstm.evaluate.jacobian import model_jacobian
 from tracklstm.export.loading import predict_with_covariance
 
@@ -32,19 +33,6 @@ BATCH: int = 4096
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
     return {f: round(float(pulls[:, i].std()), 4) for i, f in enumerate(ANSWER_FEATURES)}
-
-
-def chi2_of(errors: np.ndarray, covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(chi2 = e^T C^-1 e of the positive-definite ones, which covariances are positive definite:
-    judged on the correlation matrices, so that the features' units do not matter)."""
-    sigma = np.sqrt(np.abs(np.diagonal(covs, axis1=1, axis2=2)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        corr = covs / (sigma[:, :, None] * sigma[:, None, :])
-    positive = np.isfinite(corr).all(axis=(1, 2))
-    positive[positive] = np.linalg.eigvalsh(corr[positive])[:, 0] > 0
-    chol = np.linalg.cholesky(covs[positive])
-    white = np.linalg.solve(chol, errors[positive][:, :, None])[:, :, 0]
-    return (white * white).sum(axis=1), positive
 
 
 def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:

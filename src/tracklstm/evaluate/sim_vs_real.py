@@ -34,6 +34,7 @@ import numpy as np
 from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_95
 from tracklstm.data.simulate import simulate_tracks
+from tracklstm.evaluate.gaussian import chi2_of
 from tracklstm.files import atomic_path, check_outputs
 from tracklstm.physics.material import DETECTOR_MATERIAL
 from tracklstm.physics.solenoid import propagate
@@ -107,17 +108,17 @@ def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
 def compare(origins: np.ndarray, real24: np.ndarray, draws: int, seed: int) -> dict[str, Any]:
     """The statistics of the module notes; ``_pulls`` holds the (n, 5) pulls for the plot."""
     rng = np.random.default_rng(seed)
-    chi2, pulls, sim_loss = [], [], []
+    errors, covs, sim_loss = [], [], []
     for origin, real in zip(origins, real24, strict=True):
         sim = predicted(origin, float(real[2]), draws, rng)
         x = sim[:, INDEX]
-        mean, cov = x.mean(axis=0), np.cov(x, rowvar=False)
-        d = real[INDEX] - mean
-        chi2.append(float(d @ np.linalg.solve(cov, d)))
-        pulls.append(d / np.sqrt(np.diag(cov)))
+        errors.append(real[INDEX] - x.mean(axis=0))
+        covs.append(np.cov(x, rowvar=False))
         sim_loss.append(np.linalg.norm(origin[3:]) - np.linalg.norm(sim[:, 3:], axis=1))
-    chi2_ndf = np.array(chi2) / len(INDEX)
-    pull = np.array(pulls)
+    error, cov = np.array(errors), np.array(covs)
+    chi2, _ = chi2_of(error, cov)
+    chi2_ndf = chi2 / len(INDEX)
+    pull = error / np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     real_loss = np.linalg.norm(origins[:, 3:], axis=1) - np.linalg.norm(real24[:, 3:], axis=1)
     p_real = np.linalg.norm(origins[:, 3:], axis=1)
     p_sim = np.linalg.norm(simulate_tracks(SPECTRUM_TRACKS, seed=seed)[:, 0, 3:], axis=1)
@@ -127,7 +128,7 @@ def compare(origins: np.ndarray, real24: np.ndarray, draws: int, seed: int) -> d
         "draws_per_track": draws,
         "chi2_ndf_mean": round(float(chi2_ndf.mean()), 3),
         "chi2_ndf_median": round(float(np.median(chi2_ndf)), 3),
-        "inside_95_percent_region": round(float(np.mean(np.array(chi2) < CHI2_5DOF_95)), 3),
+        "inside_95_percent_region": round(float(np.mean(chi2 < CHI2_5DOF_95)), 3),
         "pull_width": {f: round(float(pull[:, i].std()), 3) for i, f in enumerate(COMPARED)},
         "pull_mean": {f: round(float(pull[:, i].mean()), 3) for i, f in enumerate(COMPARED)},
         "p_loss_mev_p10_p50_p90": {

@@ -286,23 +286,26 @@ class ResidualPropagator(nn.Module):
         diff = targets.to(torch.float64)[:, self.corrected] - prior[:, self.corrected]
         return ((diff - self.corr_mean) / self.corr_std).to(torch.float32)
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """``states``: (batch, window, 6) in cm, GeV/c -> (batch, 6) at the next plane."""
-        steps, static, prior = self.encode(states)
+    def _state(
+        self, steps: torch.Tensor, static: torch.Tensor, prior: torch.Tensor
+    ) -> torch.Tensor:
+        """The prior plus the body's correction: the next state (B, 6), float32."""
         corr = self.body(steps, static).to(torch.float64) * self.corr_std + self.corr_mean
         out = prior[:, :2] + corr[:, :2]
         mom = prior[:, 3:] + corr[:, 2:]
         return torch.cat([out, prior[:, 2:3], mom], dim=1).to(torch.float32)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """``states``: (batch, window, 6) in cm, GeV/c -> (batch, 6) at the next plane."""
+        steps, static, prior = self.encode(states)
+        return self._state(steps, static, prior)
 
     def forward_with_covariance(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``states`` (batch, window, 6) -> (the state at the next plane (batch, 6) float32, as
         ``forward``; the covariance of its x, y, px, py, pz (batch, 5, 5) float64, cm and GeV/c:
         the scattering and energy-loss noise on the way plus the model's own error)."""
         steps, static, prior = self.encode(states)
-        corr = self.body(steps, static).to(torch.float64) * self.corr_std + self.corr_mean
-        out = prior[:, :2] + corr[:, :2]
-        mom = prior[:, 3:] + corr[:, 2:]
-        state = torch.cat([out, prior[:, 2:3], mom], dim=1).to(torch.float32)
+        state = self._state(steps, static, prior)
         factor = self.cov_head(static) * self.corr_std.unsqueeze(1)
         return state, factor @ factor.transpose(1, 2)
 
