@@ -13,7 +13,6 @@ correlation matrix's smallest eigenvalue is positive and its Cholesky factorizat
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -31,6 +30,7 @@ from benchlib import machine  # noqa: E402
 from tracklstm.constants import PLANE_Z  # noqa: E402
 from tracklstm.evaluate.gaussian import chi2_of  # noqa: E402
 from tracklstm.export.loading import load_model, predict_with_covariance  # noqa: E402
+from tracklstm.files import write_json  # noqa: E402
 
 log = logging.getLogger("covariance_check")
 
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         log.info("%s: %s", name, result[name])
     record = {"benchmark": "covariance_check", "result": result, "machine": machine()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     return 0
 
 

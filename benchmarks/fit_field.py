@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tracklstm.evaluate import sim_vs_real  # noqa: E402
 from tracklstm.evaluate.real_track import load_real_track  # noqa: E402
+from tracklstm.files import write_json  # noqa: E402
 from tracklstm.physics import solenoid  # noqa: E402
 
 log = logging.getLogger("fit_field")
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "objective_before": round(before, 1),
         "objective_after": round(after, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     log.info("%s", json.dumps(record))
     return 0
 

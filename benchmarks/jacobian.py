@@ -30,6 +30,7 @@ from benchlib import machine  # noqa: E402
 
 from tracklstm.evaluate import jacobian as jac  # noqa: E402
 from tracklstm.export.module import load_physical_model  # noqa: E402
+from tracklstm.files import write_json  # noqa: E402
 
 log = logging.getLogger("jacobian")
 
@@ -71,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "result": result,
         "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     log.info("%s", json.dumps(result))
     return 0
 

@@ -46,6 +46,7 @@ from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX  # noqa: E402
 from tracklstm.evaluate.jacobian import field_jacobian, helix_jacobian  # noqa: E402
 from tracklstm.evaluate.metrics import load_test_set  # noqa: E402
 from tracklstm.export.loading import load_model, predict_with_covariance  # noqa: E402
+from tracklstm.files import write_json  # noqa: E402
 from tracklstm.physics import material as mat  # noqa: E402
 from tracklstm.physics.baselines import field_only  # noqa: E402
 from tracklstm.physics.helix import helix  # noqa: E402
@@ -210,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "result": result,
         "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     return 0
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchlib import machine  # noqa: E402
 
 from tracklstm.evaluate import sim_vs_real as svr  # noqa: E402
+from tracklstm.files import write_json  # noqa: E402
 
 log = logging.getLogger("sim_vs_real")
 
@@ -46,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(origins, real24, args.draws, args.seed)
     seconds = time.perf_counter() - t0
     plot_path = args.plot or args.out.with_suffix(".png")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(result, plot_path)
     result.pop("_pulls")
     record = {
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "result": result,
         "plot": str(plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path),
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     log.info("%s", json.dumps(result, indent=2))
     log.info("wrote %s and %s (%.0f s)", args.out, plot_path, seconds)
     return 0

@@ -25,10 +25,7 @@ import numpy as np
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_68, CHI2_5DOF_95
 from tracklstm.evaluate.gaussian import chi2_of
 from tracklstm.evaluate.jacobian import model_jacobian
-from tracklstm.export.loading import predict_with_covariance
-
-#: Windows per call of the model.
-BATCH: int = 4096
+from tracklstm.export.loading import COVARIANCE_BATCH, predict_with_covariance
 
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
@@ -61,7 +58,7 @@ def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarr
 
 
 def walk_with_covariance(
-    model: Any, tracks: np.ndarray, start: int, length: int, batch: int = BATCH
+    model: Any, tracks: np.ndarray, start: int, length: int, batch: int = COVARIANCE_BATCH
 ) -> dict[str, Any]:
     """A one-state model walked on its own predictions from the true state at plane
     ``start - 1`` (no uncertainty there) to the last plane of ``tracks`` (N, planes, 6),
@@ -91,7 +88,7 @@ def walk_with_covariance(
 
 
 def covariance_metrics(
-    model: Any, windows: np.ndarray, truth: np.ndarray, batch: int = BATCH
+    model: Any, windows: np.ndarray, truth: np.ndarray, batch: int = COVARIANCE_BATCH
 ) -> dict[str, Any]:
     """The model's covariance judged on ``windows`` (N, window, 6) against ``truth`` (N, 6)."""
     states, covs = predict_with_covariance(model, windows, batch)

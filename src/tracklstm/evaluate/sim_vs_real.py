@@ -35,7 +35,7 @@ from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_95
 from tracklstm.data.simulate import simulate_tracks
 from tracklstm.evaluate.gaussian import chi2_of
-from tracklstm.files import atomic_path, check_outputs
+from tracklstm.files import check_outputs, write_json
 from tracklstm.physics.material import DETECTOR_MATERIAL
 from tracklstm.physics.solenoid import propagate
 
@@ -186,8 +186,7 @@ def run(
     plot(result, plot_path)
     result.pop("_pulls")
     record = {"real_tracks_from": source, "seed": seed, "result": result}
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out_json, record)
     return result
 
 

@@ -36,6 +36,8 @@ ONNX_INPUT = "states"
 ONNX_OUTPUT = "next_state"
 #: Rows per model call: small enough for the LSTM's working set to stay in the CPU caches.
 DEFAULT_BATCH = 256
+#: Rows per call of ``forward_with_covariance`` (a small network: larger batches pay off).
+COVARIANCE_BATCH = 4096
 
 #: File name ending of an AOTInductor package: ``model.aoti.pt2``.
 PACKAGE_SUFFIX = ".aoti.pt2"
@@ -367,7 +369,7 @@ def has_covariance(model: Any) -> bool:
 
 
 def predict_with_covariance(
-    model: Any, windows: np.ndarray, batch: int = 4096
+    model: Any, windows: np.ndarray, batch: int = COVARIANCE_BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
     """(states (N, 6), covariances (N, 5, 5)), float64, batch by batch."""
     n = len(ANSWER_INDEX)

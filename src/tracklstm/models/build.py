@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from tracklstm.models.reference import TrackRNN
+from tracklstm.models.residual import RESIDUAL_KEYS, build_residual
 from tracklstm.settings import defaults
 
 #: The kinds of model: the reference network, and a helix step plus a learned correction.
 KINDS: tuple[str, ...] = ("reference", "residual")
 #: Settings of the reference kind, and of the residual kind (``tracklstm.models.residual``).
 REFERENCE_KEYS: tuple[str, ...] = ("cell", "hidden_sizes", "dropout")
-RESIDUAL_ONLY_KEYS: tuple[str, ...] = ("body", "head_sizes", "history", "field", "covariance")
+RESIDUAL_ONLY_KEYS: tuple[str, ...] = tuple(k for k in RESIDUAL_KEYS if k not in REFERENCE_KEYS)
 MODEL_KEYS: tuple[str, ...] = ("kind", *REFERENCE_KEYS, *RESIDUAL_ONLY_KEYS)
 
 
@@ -55,8 +56,6 @@ def build_model(settings: dict[str, Any], window_length: int = 7) -> nn.Module:
             f"model.{unknown[0]}: not a model setting (known: {', '.join(MODEL_KEYS)})"
         )
     if model_kind(settings) == "residual":
-        from tracklstm.models.residual import RESIDUAL_KEYS, build_residual
-
         try:
             residual = {k: settings[k] for k in RESIDUAL_KEYS if k in settings}
             return build_residual(residual, window=window_length)
