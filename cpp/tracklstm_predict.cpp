@@ -1,10 +1,13 @@
-// tracklstm_predict: run an exported tracklstm model from C++, either engine:
+// tracklstm_predict: run an exported tracklstm model from C++, any of three engines:
 //
 // - TorchScript (model.ts), loaded with torch::jit::load (deprecated with torch.jit in 2.13);
 // - an AOTInductor package (model.aoti.pt2, from tracklstm.aoti), loaded with
-//   torch::inductor::AOTIModelPackageLoader, torch.jit's successor for C++ hosts.
+//   torch::inductor::AOTIModelPackageLoader, torch.jit's successor for C++ hosts;
+// - the plain C++ propagator (model.weights.txt, from tracklstm.export.plain), the header
+//   tracklstm/propagator.hpp that needs no libtorch (a residual model with an MLP body).
 //
-// The engine is chosen by the file's content (the records of its zip archive), not its name.
+// The engine is chosen by the file's content (its first line, or the records of its zip
+// archive), not its name.
 // Reads the model's metadata (window length, features, version), runs it on a tensor file of
 // windows in physical units and writes the predicted states, and times batches of 64 to 16,384
 // windows. File format and options: cpp/README.md.
@@ -15,6 +18,7 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -29,10 +33,10 @@
 #include <string>
 #include <vector>
 
-namespace {
+#include "tracklstm/propagator.hpp"
+#include "tracklstm/tensor_file.hpp"
 
-constexpr char kMagic[8] = {'T', 'L', 'S', 'T', 'M', 'F', '3', '2'};
-constexpr uint32_t kMaxDims = 8;
+namespace {
 
 struct Options {
   std::string model;
@@ -144,52 +148,16 @@ Options parse_args(int argc, char** argv) {
   return opt;
 }
 
-// Tensor file: 8-byte magic "TLSTMF32", uint32 ndim, uint32 0, int64 shape[ndim], then the
-// float32 values in C order; all little-endian.
+// Tensor files (include/tracklstm/tensor_file.hpp, the one reader and writer): float32 in and
+// out here (a float64 file is read and rounded).
 torch::Tensor read_tensor(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  char magic[8];
-  uint32_t head[2];
-  in.read(magic, sizeof magic);
-  in.read(reinterpret_cast<char*>(head), sizeof head);
-  if (!in || std::memcmp(magic, kMagic, sizeof magic) != 0) {
-    throw std::runtime_error(path + ": not a tracklstm tensor file (bad magic)");
-  }
-  const uint32_t ndim = head[0];
-  if (ndim > kMaxDims) throw std::runtime_error(path + ": bad header (" + std::to_string(ndim) + " dimensions)");
-  std::vector<int64_t> shape(ndim);
-  in.read(reinterpret_cast<char*>(shape.data()), static_cast<std::streamsize>(8 * ndim));
-  int64_t count = 1;
-  for (int64_t d : shape) {
-    if (d < 0) throw std::runtime_error(path + ": bad header (negative size)");
-    count *= d;
-  }
-  auto tensor = torch::empty(shape, torch::kFloat32);
-  in.read(reinterpret_cast<char*>(tensor.data_ptr<float>()), static_cast<std::streamsize>(4 * count));
-  if (!in) throw std::runtime_error(path + ": truncated (expected " + std::to_string(count) + " values)");
-  if (in.peek() != std::char_traits<char>::eof()) throw std::runtime_error(path + ": trailing bytes after the data");
-  return tensor;
+  tracklstm::Tensor t = tracklstm::read_tensor(path);
+  return torch::tensor(t.values, torch::kFloat64).reshape(t.shape).to(torch::kFloat32);
 }
 
-// Written to PATH.tmp and renamed: a failed run never leaves a complete-looking file.
 void write_tensor(const std::string& path, const torch::Tensor& tensor) {
   auto t = tensor.to(torch::kCPU, torch::kFloat32).contiguous();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(tmp + ": cannot write");
-    const uint32_t head[2] = {static_cast<uint32_t>(t.dim()), 0};
-    out.write(kMagic, sizeof kMagic);
-    out.write(reinterpret_cast<const char*>(head), sizeof head);
-    for (int64_t d : t.sizes()) out.write(reinterpret_cast<const char*>(&d), 8);
-    out.write(reinterpret_cast<const char*>(t.data_ptr<float>()), static_cast<std::streamsize>(4 * t.numel()));
-    if (!out) throw std::runtime_error(tmp + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot rename " + tmp);
-  }
+  tracklstm::write_tensor(path, t.sizes().vec(), t.data_ptr<float>());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,11 +259,60 @@ class AotiEngine : public Engine {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
 
-// Which engine a file needs, from its zip records (names without the archive's folder).
+// The number array at "key" in a flat JSON text ("key": [1.0, 2.0]), empty when absent.
+std::vector<double> json_numbers(const std::string& json, const std::string& key) {
+  const auto at = json.find("\"" + key + "\": [");
+  if (at == std::string::npos) return {};
+  const auto start = json.find('[', at) + 1, end = json.find(']', start);
+  std::string list = json.substr(start, end - start);
+  list.erase(std::remove(list.begin(), list.end(), ' '), list.end());
+  return parse_doubles(list);
+}
+
+// The JSON string at "key", empty when absent.
+std::string json_string(const std::string& json, const std::string& key) {
+  const auto at = json.find("\"" + key + "\": \"");
+  if (at == std::string::npos) return {};
+  const auto start = at + key.size() + 5;
+  return json.substr(start, json.find('"', start) - start);
+}
+
+class PlainEngine : public Engine {
+ public:
+  PlainEngine(const std::string& path, const torch::Device& device)
+      : prop_(tracklstm::Propagator::load(path)) {
+    if (device.is_cuda()) throw std::runtime_error(path + ": the plain C++ propagator runs on the CPU only");
+    name = "plain";
+    detail = std::string("plain C++ propagator, no libtorch, history ") + std::to_string(prop_.history()) +
+             (prop_.has_covariance() ? ", with covariance" : "");
+    metadata_json = prop_.metadata_json();
+    version = json_string(metadata_json, "tracklstm_version");
+    window = prop_.window_length();
+    n_features = 6;
+    norm_min = json_numbers(metadata_json, "norm_min");
+    norm_max = json_numbers(metadata_json, "norm_max");
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    const int64_t n = x.size(0), per = prop_.states_per_step();
+    auto last = x.slice(1, x.size(1) - per).to(torch::kFloat64).contiguous();
+    auto out = torch::empty({n, 6}, torch::kFloat64);
+    prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>());
+    return out.to(torch::kFloat32);
+  }
+
+ private:
+  tracklstm::Propagator prop_;
+};
+
+// Which engine a file needs: its first line (a propagator file) or its zip records (names
+// without the archive's folder).
 std::unique_ptr<Engine> load_engine(const std::string& path, const torch::Device& device) {
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe) throw std::runtime_error(path + ": cannot open");
+    std::string first;
+    std::getline(probe, first);
+    if (first.rfind(tracklstm::Propagator::kMagic, 0) == 0) return std::make_unique<PlainEngine>(path, device);
   }
   std::vector<std::string> records;
   try {
@@ -356,7 +373,7 @@ void bench(Engine& engine, const Options& opt, const torch::Device& device,
       elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     } while (elapsed < opt.bench_seconds || repeats < 3);
     const double per_batch = elapsed / static_cast<double>(repeats);
-    std::cout << device.str() << '\t' << batch << '\t' << std::fixed << std::setprecision(3)
+    std::cout << device.str() << '\t' << batch << '\t' << std::fixed << std::setprecision(5)
               << per_batch * 1e3 << '\t' << std::setprecision(0)
               << static_cast<double>(batch) / per_batch << '\t' << repeats << '\t' << engine.name
               << std::endl;

@@ -240,3 +240,28 @@ def test_residual_variant_equals_python(program: Path, tmp_path: Path) -> None:
     diff = compare(got, want, meta["norm_min"], meta["norm_max"])
     assert diff["max_norm_diff"] <= ROUNDING, json.dumps(diff)
     assert np.array_equal(got[:, 2], want[:, 2])
+
+
+def test_the_plain_engine_runs_the_propagator_file(program: Path, tmp_path: Path) -> None:
+    """model.weights.txt through tracklstm_predict (engine chosen by its first line): the
+    TorchScript file's outputs, its metadata, and the plain program built beside it."""
+    from tracklstm.export.plain import export_plain
+
+    run = make_run(tmp_path / "run", (32, 32), kind="residual", history=0, covariance=True)
+    export(run, torchscript=run / "model.ts")
+    meta = export_plain(run, run / "model.ts", run / "model.weights.txt")["metadata"]
+    x = example_inputs(meta, n=300, seed=2).numpy()
+    write_tensor(tmp_path / "in.bin", x)
+    outs = {}
+    for name in ("model.ts", "model.weights.txt"):
+        out = tmp_path / f"{name}.bin"
+        result = run_program(program, "--model", str(run / name), "--input",
+                             str(tmp_path / "in.bin"), "--output", str(out))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outs[name] = read_tensor(out)
+    assert "engine plain (plain C++ propagator, no libtorch, history 0" in result.stderr
+    diff = compare(outs["model.weights.txt"], outs["model.ts"], meta["norm_min"], meta["norm_max"])
+    assert diff["max_norm_diff"] <= ROUNDING, json.dumps(diff)
+    shown = run_program(program, "--model", str(run / "model.weights.txt"), "--print-metadata")
+    assert json.loads(shown.stdout) == meta
+    assert (BUILD / "tracklstm_propagate").is_file()

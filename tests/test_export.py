@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,13 +35,21 @@ def make_run(
     seed: int = 0,
     window_length: int = 7,
     kind: str = "reference",
+    **model: Any,
 ) -> Path:
     """A training run folder without training: random weights, the files train.py writes (a
-    residual model gets its statistics fitted on toy windows, as training would)."""
+    residual model gets its statistics fitted on toy windows, as training would); ``model``:
+    more settings of the model (``history``, ``covariance``, ...)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     settings = {
-        "model": {"kind": kind, "cell": cell, "hidden_sizes": list(hidden_sizes), "dropout": 0.0}
+        "model": {
+            "kind": kind,
+            "cell": cell,
+            "hidden_sizes": list(hidden_sizes),
+            "dropout": 0.0,
+            **model,
+        }
     }
     core = build_model(settings["model"])
     tracks = toy_tracks(200, seed=seed)

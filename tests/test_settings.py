@@ -166,6 +166,7 @@ def test_prepare_fills_the_schema_defaults(config: dict) -> None:
         "weights": "best",
         "tolerance": 1.0e-6,
         "onnx_opset": 18,
+        "plain": True,
         "aoti": False,
         "aoti_cuda": False,
     }
@@ -203,11 +204,12 @@ def test_stage_run_by_hand_gets_defaults_and_checks() -> None:
 
 
 def test_target_keys_are_not_handed_to_the_stage(config: dict) -> None:
-    """`export.aoti` and `export.aoti_cuda` choose targets; the export stage's settings (its
-    params) do not change."""
+    """`export.plain`, `export.aoti` and `export.aoti_cuda` choose targets; the export stage's
+    settings (its params) do not change."""
     settings.prepare(config)
     before = settings.stage_settings(config, "export", "demo", "lstm")
+    config["export"]["plain"] = False
     config["export"]["aoti"] = True
     config["export"]["aoti_cuda"] = True
     assert settings.stage_settings(config, "export", "demo", "lstm") == before
-    assert not {"aoti", "aoti_cuda"} & set(before["export"])
+    assert not {"plain", "aoti", "aoti_cuda"} & set(before["export"])

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train": "tracklstm.train.cli",
     "export": "tracklstm.export.formats",
     "aoti": "tracklstm.export.aoti",
+    "plain": "tracklstm.export.plain",
     "predict": "tracklstm.evaluate.predict",
     "evaluate": "tracklstm.evaluate.cli",
     "compare": "tracklstm.evaluate.compare",

@@ -53,7 +53,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 #: Keys that choose what the workflow builds, not how a stage computes: left out of what a
 #: stage is handed, so that turning them on re-runs nothing already built.
-TARGET_KEYS: dict[str, tuple[str, ...]] = {"export": ("aoti", "aoti_cuda")}
+TARGET_KEYS: dict[str, tuple[str, ...]] = {"export": ("plain", "aoti", "aoti_cuda")}
 
 
 class ConfigError(ValueError):

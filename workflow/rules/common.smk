@@ -1,4 +1,5 @@
 import json
+import os
 
 from tracklstm import code_inputs as tl_code
 from tracklstm import evaluation_plan as tl_plan
@@ -12,6 +13,18 @@ def code(module):
     src/tracklstm/code_inputs.py), relative to the working directory: editing one re-runs the
     jobs that use it, and a project copied or moved elsewhere stays up to date."""
     return tl_code.stage_inputs(f"tracklstm.{module}")
+
+
+# The C++ sources that rule export_plain compiles (editing one re-runs its check), relative to
+# the working directory like the code inputs: the .cpp program first, then the headers.
+CPP_DIR = Path(workflow.basedir) / "cpp"
+CPP_SOURCES = [
+    os.path.relpath(p, os.getcwd())
+    for p in [
+        CPP_DIR / "tracklstm_propagate.cpp",
+        *sorted(CPP_DIR.glob("include/*/*.hpp")),
+    ]
+]
 
 
 def section(name, dataset, model=None):
@@ -50,6 +63,13 @@ def parquet_parts(wildcards):
     )
 
 
+def has_plain_form(dataset, model):
+    """Whether a model variant has a plain C++ form (tracklstm.export.plain): the residual kind
+    with an MLP body."""
+    settings = section("model", dataset, model)
+    return settings["kind"] == "residual" and settings["body"] == "mlp"
+
+
 def all_targets():
     targets = []
     for ds in config["build"]["datasets"]:
@@ -62,6 +82,8 @@ def all_targets():
             targets += [
                 f"{run}/model.ts",
             ]
+            if section("export", ds, model)["plain"] and has_plain_form(ds, model):
+                targets.append(f"{run}/model.weights.txt")
             if section("export", ds, model)["aoti"]:
                 targets.append(f"{run}/model.aoti.pt2")
             if section("export", ds, model)["aoti_cuda"]:
@@ -75,6 +97,7 @@ def all_targets():
 # every other rule runs for any build. The Slurm preflight checks the requests of the rules a
 # run may submit: these only when the build asks for their outputs.
 OPTIONAL_RULES = {
+    "export_plain",
     "export_aoti",
     "export_aoti_cuda",
     "predict_external",

@@ -31,6 +31,40 @@ rule export:
         " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
+rule export_plain:
+    """The residual model as model.weights.txt for the plain C++ propagator (no libtorch),
+    compiled and checked in C++ against model.ts before it is kept (config: export.plain).
+    """
+    input:
+        best="results/{dataset}/{model}/weights_best.pt",
+        last="results/{dataset}/{model}/weights_last.pt",
+        summary="results/{dataset}/{model}/training.json",
+        torchscript="results/{dataset}/{model}/model.ts",
+        code=code("export.plain"),
+        cpp=CPP_SOURCES,
+    output:
+        weights="results/{dataset}/{model}/model.weights.txt",
+        report="results/{dataset}/{model}/plain_checks.json",
+    log:
+        "results/{dataset}/logs/export_plain/{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/export_plain/{model}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        run_dir=subpath(input.summary, parent=True),
+        cpp_dir=lambda w, input: os.path.dirname(input.cpp[0]),
+        settings=stage_settings("export"),
+    shell:
+        "python -m tracklstm.export.plain --run {params.run_dir} --torchscript {input.torchscript}"
+        " --out {output.weights} --report {output.report} --cpp {params.cpp_dir}"
+        " --settings {params.settings:q} 2> {log}"
+
+
 rule export_aoti:
     """An AOTInductor package (torch.export + AOTInductor, for C++ hosts without TorchScript),
     checked against the eager model before it is kept (config: export.aoti)."""

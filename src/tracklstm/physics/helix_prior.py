@@ -18,10 +18,10 @@ import torch
 from tracklstm.physics.helix_field import CURVATURE_PER_CM, NOMINAL_FIELD, check_field
 
 #: Below this |half turning angle| (rad), sin(h)/h is taken from its series (1 - h^2/6).
-_SINC_SERIES: float = 1e-4
+SINC_SERIES: float = 1e-4
 
 
-def sin_over_x(h: torch.Tensor, series_below: float = _SINC_SERIES) -> torch.Tensor:
+def sin_over_x(h: torch.Tensor, series_below: float = SINC_SERIES) -> torch.Tensor:
     """sin(h)/h, finite (1) at h = 0: the series 1 - h^2/6 below ``series_below``.
 
     Written out rather than ``torch.sinc`` so that it does not depend on the exporters' support

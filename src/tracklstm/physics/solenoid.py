@@ -385,3 +385,22 @@ def _sub(kq: np.ndarray, idx: np.ndarray | None) -> float | np.ndarray:
     if kq.ndim == 0:
         return float(kq)
     return kq if idx is None else kq[idx]
+
+
+def field_file_text(
+    field: SolenoidField = GLUEX_FIELD,
+    charge: float = DEFAULT_CHARGE,
+    max_step: float = MAX_STEP_CM,
+) -> str:
+    """The field file of the C++ Runge-Kutta (``cpp/include/tracklstm/runge_kutta.hpp``): the
+    knots with their tangents, c·q and the longest step, so that C++ integrates the same field
+    (floats written to read back exactly)."""
+    lines = [
+        "tracklstm-field 1",
+        f"kq {C_LIGHT * charge!r}",
+        f"max_step {float(max_step)!r}",
+        f"knots {len(field.z_knots)}",
+    ]
+    knots = zip(field._z.tolist(), field._b.tolist(), field._m.tolist(), strict=True)
+    lines += [f"{z!r} {b!r} {m!r}" for z, b, m in knots]
+    return "\n".join([*lines, "end"]) + "\n"
