@@ -31,6 +31,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tracklstm/propagator.hpp"
@@ -42,6 +43,7 @@ struct Options {
   std::string model;
   std::string input;
   std::string output;
+  std::string covariance;
   std::string device = "cpu";
   bool bench = false;
   bool print_metadata = false;
@@ -54,6 +56,7 @@ struct Options {
 const char* kUsage =
     "usage: tracklstm_predict --model model.ts|model.aoti.pt2\n"
     "                         [--input windows.bin --output predictions.bin]\n"
+    "                         [--covariance covariances.bin]\n"
     "                         [--bench] [--bench-batches 64,256,...] [--bench-seconds S]\n"
     "                         [--device cpu|cuda|cuda:N] [--threads N] [--batch N]\n"
     "                         [--print-metadata]\n"
@@ -62,6 +65,9 @@ const char* kUsage =
     "                       (tracklstm.aoti); the engine is chosen by the file's content\n"
     "  --input PATH         float32 tensor file (N, window, 6) in cm and GeV/c\n"
     "  --output PATH        float32 tensor file (N, 6) to write (needs --input)\n"
+    "  --covariance PATH    float64 tensor file (N, 5, 5) to write: each prediction's covariance\n"
+    "                       of x, y, px, py, pz (a model with a covariance head; TorchScript\n"
+    "                       or the plain propagator; needs --output)\n"
     "  --batch N            windows per forward call when predicting (default 16384)\n"
     "  --bench              time batches on the device; prints a table on stdout\n"
     "  --bench-batches L    comma-separated batch sizes (default 64,256,1024,4096,16384)\n"
@@ -117,6 +123,8 @@ Options parse_args(int argc, char** argv) {
       opt.input = value();
     } else if (arg == "--output") {
       opt.output = value();
+    } else if (arg == "--covariance") {
+      opt.covariance = value();
     } else if (arg == "--device") {
       opt.device = value();
     } else if (arg == "--bench") {
@@ -142,6 +150,7 @@ Options parse_args(int argc, char** argv) {
   }
   if (opt.model.empty()) throw UsageError("--model is required");
   if (!opt.output.empty() && opt.input.empty()) throw UsageError("--output needs --input");
+  if (!opt.covariance.empty() && opt.output.empty()) throw UsageError("--covariance needs --output");
   if (opt.input.empty() && !opt.bench && !opt.print_metadata) {
     throw UsageError("nothing to do: give --input, --bench or --print-metadata");
   }
@@ -172,6 +181,12 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  // The state and the (batch, 5, 5) float64 covariance, for a model with a covariance head.
+  virtual bool has_covariance() const { return false; }
+  virtual std::pair<torch::Tensor, torch::Tensor> forward_with_covariance(const torch::Tensor&) {
+    throw std::runtime_error("engine " + name + ": this file holds no covariance (use the model's " +
+                             "model.ts or model.weights.txt, trained with model.covariance: true)");
+  }
   std::string name;           // "torchscript" or "aotinductor"
   std::string detail;         // shown in the summary line
   std::string metadata_json;  // the tracklstm metadata, JSON
@@ -200,6 +215,14 @@ class TorchScriptEngine : public Engine {
     norm_max = module_.attr("norm_max").toDoubleVector();
   }
   torch::Tensor forward(const torch::Tensor& x) override { return module_.forward({x}).toTensor(); }
+  bool has_covariance() const override {
+    return module_.find_method("forward_with_covariance").has_value();
+  }
+  std::pair<torch::Tensor, torch::Tensor> forward_with_covariance(const torch::Tensor& x) override {
+    if (!has_covariance()) return Engine::forward_with_covariance(x);
+    auto out = module_.get_method("forward_with_covariance")({x}).toTuple();
+    return {out->elements()[0].toTensor(), out->elements()[1].toTensor()};
+  }
 
  private:
   torch::jit::Module module_;
@@ -299,6 +322,17 @@ class PlainEngine : public Engine {
     prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>());
     return out.to(torch::kFloat32);
   }
+  bool has_covariance() const override { return prop_.has_covariance(); }
+  std::pair<torch::Tensor, torch::Tensor> forward_with_covariance(const torch::Tensor& x) override {
+    if (!has_covariance()) return Engine::forward_with_covariance(x);
+    const int64_t n = x.size(0), per = prop_.states_per_step();
+    auto last = x.slice(1, x.size(1) - per).to(torch::kFloat64).contiguous();
+    auto out = torch::empty({n, 6}, torch::kFloat64);
+    auto cov = torch::empty({n, 5, 5}, torch::kFloat64);
+    prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>(),
+               cov.data_ptr<double>());
+    return {out.to(torch::kFloat32), cov};
+  }
 
  private:
   tracklstm::Propagator prop_;
@@ -339,13 +373,21 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const torch::Device
 
 // ---------------------------------------------------------------------------------------------
 
+// The predicted states (and, with `covariance`, their covariances into *covariance).
 torch::Tensor run_batches(Engine& engine, const torch::Tensor& x, int64_t batch,
-                          const torch::Device& device) {
-  std::vector<torch::Tensor> parts;
+                          const torch::Device& device, torch::Tensor* covariance = nullptr) {
+  std::vector<torch::Tensor> parts, covs;
   for (int64_t start = 0; start < x.size(0); start += batch) {
     auto chunk = x.slice(0, start, std::min(start + batch, x.size(0))).to(device);
-    parts.push_back(engine.forward(chunk).to(torch::kCPU));
+    if (covariance) {
+      auto [state, cov] = engine.forward_with_covariance(chunk);
+      parts.push_back(state.to(torch::kCPU));
+      covs.push_back(cov.to(torch::kCPU, torch::kFloat64));
+    } else {
+      parts.push_back(engine.forward(chunk).to(torch::kCPU));
+    }
   }
+  if (covariance) *covariance = covs.empty() ? torch::empty({0, 5, 5}, torch::kFloat64) : torch::cat(covs, 0);
   if (parts.empty()) return torch::empty({0, x.size(2)}, torch::kFloat32);
   return torch::cat(parts, 0);
 }
@@ -408,13 +450,21 @@ int run(const Options& opt) {
       throw std::runtime_error(msg.str());
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto outputs = run_batches(*engine, inputs, opt.batch, device);
+    if (!opt.covariance.empty() && !engine->has_covariance()) engine->forward_with_covariance(inputs);
+    torch::Tensor covariances;
+    auto outputs = run_batches(*engine, inputs, opt.batch, device,
+                               opt.covariance.empty() ? nullptr : &covariances);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cerr << "predicted " << inputs.size(0) << " windows in " << std::fixed << std::setprecision(3)
               << seconds << " s" << std::endl;
     if (!opt.output.empty()) {
       write_tensor(opt.output, outputs);
       std::cerr << "wrote " << opt.output << std::endl;
+    }
+    if (!opt.covariance.empty()) {
+      auto c = covariances.contiguous();
+      tracklstm::write_tensor(opt.covariance, c.sizes().vec(), c.data_ptr<double>());
+      std::cerr << "wrote " << opt.covariance << std::endl;
     }
   }
   if (opt.bench) {

@@ -147,6 +147,39 @@ def test_torchscript_export_has_the_second_method(
         scripted.forward_with_covariance(x[:, :3])
 
 
+def test_onnx_has_the_covariance_as_its_second_output(tmp_path: Path) -> None:
+    """The ONNX file of a model with a head: ``next_state`` as before, ``covariance`` beside
+    it, checked against the eager model by the export; loaded, it answers
+    ``forward_with_covariance`` (so ``predict --covariance`` takes it too)."""
+    import onnxruntime as ort
+    from test_export import make_run
+
+    from tracklstm.export.formats import export
+    from tracklstm.export.loading import ONNX_COVARIANCE, ONNX_OUTPUT, has_covariance, load_model
+    from tracklstm.export.module import load_physical_model
+    from tracklstm.export.parity import example_inputs
+
+    run = make_run(tmp_path / "run", (16, 16), kind="residual", history=0, covariance=True)
+    report = export(run, torchscript=tmp_path / "model.ts", onnx=tmp_path / "model.onnx")
+    formats = [c["format"] for c in report["checks"]]
+    assert "onnx covariance" in formats and report["passed"]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == [ONNX_OUTPUT, ONNX_COVARIANCE]
+    loaded, _ = load_model(tmp_path / "model.onnx")
+    assert has_covariance(loaded)
+    eager, summary = load_physical_model(run)
+    x = example_inputs(summary, n=50, seed=9)
+    state, cov = loaded.forward_with_covariance(x)
+    with torch.no_grad():
+        want_state, want_cov = eager.forward_with_covariance(x)
+    assert cov.dtype == torch.float64 and cov.shape == (50, 5, 5)
+    torch.testing.assert_close(state, want_state, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(cov, want_cov, rtol=1e-5, atol=1e-12)
+    plain = make_run(tmp_path / "plain", (16, 16), kind="residual")
+    export(plain, torchscript=tmp_path / "p.ts", onnx=tmp_path / "p.onnx")
+    assert not has_covariance(load_model(tmp_path / "p.onnx")[0])
+
+
 def test_predict_writes_the_covariance_beside_the_answers(
     windows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
 ) -> None:

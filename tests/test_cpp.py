@@ -265,3 +265,35 @@ def test_the_plain_engine_runs_the_propagator_file(program: Path, tmp_path: Path
     shown = run_program(program, "--model", str(run / "model.weights.txt"), "--print-metadata")
     assert json.loads(shown.stdout) == meta
     assert (BUILD / "tracklstm_propagate").is_file()
+
+
+def test_covariances_from_cpp(program: Path, tmp_path: Path) -> None:
+    """--covariance: the TorchScript file's and the plain propagator's covariances equal
+    Python's forward_with_covariance; an AOTInductor package (forward only) is refused."""
+    from tracklstm.export.plain import export_plain
+
+    run = make_run(tmp_path / "run", (32, 32), kind="residual", history=0, covariance=True)
+    export(run, torchscript=run / "model.ts")
+    meta = export_plain(run, run / "model.ts", run / "model.weights.txt")["metadata"]
+    x = torch.from_numpy(example_inputs(meta, n=200, seed=5).numpy())
+    write_tensor(tmp_path / "in.bin", x.numpy())
+    model, _ = load_physical_model(run)
+    with torch.no_grad():
+        _, want = model.forward_with_covariance(x)
+    sigma = torch.sqrt(torch.diagonal(want, dim1=1, dim2=2)).numpy()
+    for name in ("model.ts", "model.weights.txt"):
+        cov = tmp_path / f"{name}.cov.bin"
+        result = run_program(program, "--model", str(run / name), "--input",
+                             str(tmp_path / "in.bin"), "--output", str(tmp_path / "o.bin"),
+                             "--covariance", str(cov), "--batch", "64")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        got = read_tensor(cov)
+        assert got.dtype == np.float64 and got.shape == (200, 5, 5)
+        rel = np.abs(got - want.numpy()) / (sigma[:, :, None] * sigma[:, None, :])
+        assert rel.max() < 1e-5, name
+    aoti.export_run(run, tmp_path / "model.aoti.pt2")
+    refused = run_program(program, "--model", str(tmp_path / "model.aoti.pt2"), "--input",
+                          str(tmp_path / "in.bin"), "--output", str(tmp_path / "o2.bin"),
+                          "--covariance", str(tmp_path / "c2.bin"))  # fmt: skip
+    assert refused.returncode == 1 and "holds no covariance" in refused.stderr
+    assert not (tmp_path / "c2.bin").exists() and not (tmp_path / "o2.bin").exists()

@@ -31,13 +31,22 @@ RESID = {
 }
 
 
+#: The one-state variant with a covariance head: what a track fit uses (rule track_fit).
+MARKOV = {
+    "description": "a small one-state propagator with its covariance",
+    "model": {**RESID["model"], "history": 0, "covariance": True},
+    "training": {**RESID["training"], "covariance_epochs": 10},
+}
+
+
 @pytest.fixture(scope="module")
 def with_residual(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """The finished tiny project with the variant added to the build: (folder, jobs run)."""
+    """The finished tiny project with the variants added to the build: (folder, jobs run)."""
     work = copy_project(tiny_project, tmp_path_factory.mktemp("resid") / "project")
     cfg = read_config(work)
     cfg["models"]["resid"] = RESID
-    cfg["build"]["models"] = ["small", "resid"]
+    cfg["models"]["markov"] = MARKOV
+    cfg["build"]["models"] = ["small", "resid", "markov"]
     write_config(work, cfg)
     out = snakemake(work, "--cores", "2").stdout
     return work, {job.rule for job in parse_jobs(out)}
@@ -45,7 +54,8 @@ def with_residual(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_adding_the_variant_runs_only_its_own_jobs(with_residual: tuple) -> None:
     _, rules = with_residual
-    assert {"train", "export", "predict", "evaluate", "models_table"} <= rules
+    assert {"train", "export", "export_plain", "predict", "evaluate", "models_table"} <= rules
+    assert "track_fit" in rules
     assert not rules & {"simulate", "to_parquet", "windows", "challenge"}
 
 
@@ -65,11 +75,13 @@ def test_variant_beats_the_helix_and_the_report_table_says_so(with_residual: tup
     assert [row.split(" | ")[0].strip("| ") for row in table[2:]] == [
         "small",
         "resid",
+        "markov",
         "straight line",
         "helix, nominal field",
         "field map, no material (noise floor on simulated tracks)",
     ]
-    assert "Best model: resid" in (res / "summary" / "models.html").read_text()
+    best = (res / "summary" / "models.html").read_text()
+    assert "Best model: resid" in best or "Best model: markov" in best  # a helix-correcting one
 
 
 def test_variant_exports_predicts_and_answers_the_plane_z(with_residual: tuple) -> None:
@@ -89,3 +101,23 @@ def test_variant_exports_predicts_and_answers_the_plane_z(with_residual: tuple) 
     answers = run / "evaluation" / "tiny" / "challenge_predictions.csv"
     inputs = work / "results" / "tiny" / "challenge" / "test_inputs.csv"
     assert len(answers.read_text().splitlines()) == len(inputs.read_text().splitlines()) > 0
+
+
+def test_the_plain_file_and_the_track_fit(with_residual: tuple) -> None:
+    """Both residual variants get model.weights.txt, checked in C++ by the workflow; the
+    one-state variant with a covariance is also fitted as a track fit uses it, beside the field
+    map and the helix (the reference LSTM gets neither)."""
+    work, _ = with_residual
+    res = work / "results" / "tiny"
+    for model, n_checks in (("resid", 3), ("markov", 9)):
+        report = json.loads((res / model / "plain_checks.json").read_text())
+        assert report["passed"] and len(report["checks"]) == n_checks
+        assert (res / model / "model.weights.txt").read_text().startswith("tracklstm-propagator")
+    assert not (res / "small" / "model.weights.txt").exists()
+    assert not (res / "resid" / "track_fit").exists()
+    fit = json.loads((res / "markov" / "track_fit" / "fit.json").read_text())
+    assert set(fit["result"]) == {"field map", "helix", "learned"} and fit["tracks"] >= 2
+    field = fit["result"]["field map"]
+    assert 0.5 < field["chi2_ndf_mean"] < 2 and field["p_resolution_relative"] < 0.1
+    assert fit["result"]["learned"]["ms_per_track"] > 0
+    assert (res / "markov" / "track_fit" / "fit.png").stat().st_size > 10_000

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The tiny test config: a few hundred simulated tracks and a small model, seconds per stage.
 TINY_CONFIG = ROOT / "tests" / "data" / "tiny_config.yaml"
 
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".ruff_cache")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".ruff_cache", "build")
 _JOB_HEAD = re.compile(r"^(local)?(?:checkpoint|rule) (\w+):$")
 _FIELD = re.compile(r"^\s{4}(\w[\w ]*): (.*)$")
 _SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
@@ -39,7 +39,7 @@ def copy_workflow(dst: Path, config: dict[str, Any] | Path) -> Path:
     """Copy the workflow into ``dst`` (created) with ``config`` as its config.yaml."""
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "Snakefile", dst / "Snakefile")
-    for folder in ("workflow", "src", "profiles"):
+    for folder in ("workflow", "src", "profiles", "cpp"):  # cpp/: what export_plain compiles
         shutil.copytree(ROOT / folder, dst / folder, ignore=_IGNORE, symlinks=True)
     os.symlink("profiles/slurm", dst / "slurm")
     if isinstance(config, Path):

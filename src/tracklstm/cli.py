@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "predict": "tracklstm.evaluate.predict",
     "evaluate": "tracklstm.evaluate.cli",
     "compare": "tracklstm.evaluate.compare",
+    "track-fit": "tracklstm.evaluate.track_fit",
 }
 
 

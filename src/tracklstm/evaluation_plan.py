@@ -89,6 +89,20 @@ def is_simulated(config: dict[str, Any], dataset: str) -> bool:
     return config["datasets"][dataset]["source"] == "simulate"
 
 
+def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
+    """The models of the build whose track fit (rule ``track_fit``) runs on ``dataset``: a
+    simulated dataset, one-state models (``history: 0``) with a covariance head."""
+    if not is_simulated(config, dataset):
+        return []
+    out = []
+    for model in config["build"]["models"]:
+        settings = resolve_section(config, "model", dataset, model)
+        one_state = settings.get("history") == 0 and settings.get("body") == "mlp"
+        if settings.get("kind") == "residual" and settings.get("covariance") and one_state:
+            out.append(model)
+    return out
+
+
 def quality_jsons(config: dict[str, Any], dataset: str) -> list[str]:
     """The data-quality summaries of a dataset's CSV parts."""
     return [f"results/{dataset}/quality/{part}.json" for part in raw_parts(config, dataset)]
@@ -112,6 +126,8 @@ def targets(config: dict[str, Any]) -> list[str]:
     for ds in config["build"]["datasets"]:
         out.append(f"results/{ds}/summary/models.html")
         out += [f"results/{ds}/simulator/vs_real.{ext}" for ext in ("png", "json")]
+        for model in track_fit_models(config, ds):
+            out += [f"results/{ds}/{model}/track_fit/fit.{ext}" for ext in ("png", "json")]
     for name in comparisons(config):
         out += [f"results/compare/{name}/{f}" for f in COMPARE_FILES]
     return out

@@ -295,3 +295,39 @@ rule simulator_vs_real:
     shell:
         "python -m tracklstm.evaluate.sim_vs_real --out-json {output.json}"
         " --out-plot {output.plot} --draws {params.draws} {params.real} 2> {log}"
+
+
+rule track_fit:
+    """A Kalman-filter fit of the simulated test tracks (x, y measured at planes 1-24) with the
+    same filter and three propagators: the field map, the helix and the model's own state,
+    Jacobian and covariance; momentum resolution, pulls, fit chi2 and time per track."""
+    input:
+        windows="results/{dataset}/windows.h5",
+        model="results/{dataset}/{model}/model.ts",
+        code=code("evaluate.track_fit"),
+    output:
+        json="results/{dataset}/{model}/track_fit/fit.json",
+        plot=report(
+            "results/{dataset}/{model}/track_fit/fit.png",
+            caption="../report/track_fit.rst",
+            category="Track fit",
+            subcategory="{dataset}",
+            labels={"model": "{model}", "figure": "Kalman-filter track fit"},
+        ),
+    log:
+        "results/{dataset}/logs/track_fit/{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/track_fit/{model}.tsv"
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        tracks=config["track_fit"]["tracks"],
+        resolution=config["track_fit"]["resolution_cm"],
+    shell:
+        "python -m tracklstm.evaluate.track_fit --windows {input.windows} --model {input.model}"
+        " --out-json {output.json} --out-plot {output.plot} --tracks {params.tracks}"
+        " --resolution {params.resolution} --threads {threads} 2> {log}"

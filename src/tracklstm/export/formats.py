@@ -12,7 +12,8 @@ fingerprint, package version), as JSON:
   device, extra_files)`` in C++) and module attributes ``window_length``, ``features``,
   ``units``, ``plane_z``, ``norm_min``, ``norm_max``, ``data_fingerprint``, ``version``,
   ``metadata_json``;
-- ONNX (``model.onnx``, dynamic batch axis, input ``states``, output ``next_state``): the model's
+- ONNX (``model.onnx``, dynamic batch axis, input ``states``, output ``next_state``, and for a
+  model with a covariance head a second output ``covariance``, (batch, 5, 5) float64): the model's
   ``metadata_props`` (key ``metadata.json`` and one key per scalar item);
 - torch.export (``model.pt2``): extra file ``metadata.json`` (``torch.export.load(path,
   extra_files={"metadata.json": ""})``).
@@ -21,8 +22,8 @@ Each file is reloaded from disk and compared with the eager model on batches of 
 windows (ONNX through onnxruntime; ``tracklstm.export.parity``). All files are written under
 temporary names and renamed only when every check passes: a failed check leaves none of them
 behind. The files are read back (here for the checks, and by ``predict`` and ``evaluate``) with
-``tracklstm.export.loading``, which also owns the names ``METADATA_NAME``, ``ONNX_INPUT`` and
-``ONNX_OUTPUT``.
+``tracklstm.export.loading``, which also owns the names ``METADATA_NAME``, ``ONNX_INPUT``,
+``ONNX_OUTPUT`` and ``ONNX_COVARIANCE``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,17 @@ import torch
 
 import tracklstm
 from tracklstm import stage_cli
-from tracklstm.export.loading import METADATA_NAME, ONNX_INPUT, ONNX_OUTPUT, load_model, quiet_jit
+from tracklstm.export.loading import (
+    METADATA_NAME,
+    ONNX_COVARIANCE,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    load_model,
+    quiet_jit,
+)
 from tracklstm.export.module import (
+    CovarianceOutputs,
+    ExportedCovarianceModel,
     ExportedTrackModel,
     export_program,
     exported_module,
@@ -52,6 +62,7 @@ from tracklstm.export.module import (
 )
 from tracklstm.export.parity import (
     CHECK_BATCHES,
+    COVARIANCE_TOLERANCE,
     DEFAULT_TOLERANCE,
     covariance_rows,
     example_inputs,
@@ -102,6 +113,7 @@ def _save_onnx(
     path: Path,
     meta: dict[str, Any],
     opset: int,
+    outputs: tuple[str, ...] = (ONNX_OUTPUT,),
 ) -> None:
     import onnx
 
@@ -111,7 +123,7 @@ def _save_onnx(
             program,
             (inputs,),
             input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
+            output_names=list(outputs),
             opset_version=opset,
             dynamo=True,
             external_data=False,
@@ -207,13 +219,24 @@ def export(
             if onnx is not None:
                 t0 = time.perf_counter()
                 onnx_tmp = tmp[Path(onnx)]
+                # a covariance head: the ONNX file's second output (the program keeps forward)
+                with_cov = isinstance(module, ExportedCovarianceModel)
+                outputs = (ONNX_OUTPUT, ONNX_COVARIANCE) if with_cov else (ONNX_OUTPUT,)
                 try:
-                    _save_onnx(exported, inputs, onnx_tmp, meta, opset)
+                    graph = exported
+                    if with_cov:
+                        graph = export_program(CovarianceOutputs(module), inputs)
+                        graph = without_source_locations(graph)
+                    _save_onnx(graph, inputs, onnx_tmp, meta, opset, outputs)
                 except Exception as err:
                     raise ExportCheckError(f"ONNX export (opset {opset}) failed: {err}") from err
                 # threads=0: onnxruntime's own default, as a host would run the file
                 onnx_model, _ = load_model(onnx_tmp, threads=0)
                 checks += check("onnx", onnx_model)
+                if with_cov:
+                    checks += covariance_rows(
+                        "onnx", onnx_model, eager, inputs, tolerance=COVARIANCE_TOLERANCE
+                    )
                 seconds["onnx"] = time.perf_counter() - t0
 
         result = {

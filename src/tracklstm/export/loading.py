@@ -34,6 +34,8 @@ METADATA_NAME = "metadata.json"
 #: Input and output names of the ONNX graph.
 ONNX_INPUT = "states"
 ONNX_OUTPUT = "next_state"
+#: The second output of the ONNX file of a model with a covariance head: (batch, 5, 5) float64.
+ONNX_COVARIANCE = "covariance"
 #: Rows per model call: small enough for the LSTM's working set to stay in the CPU caches.
 DEFAULT_BATCH = 256
 #: Rows per call of ``forward_with_covariance`` (a small network: larger batches pay off).
@@ -152,9 +154,17 @@ class OnnxModel:
             raise ModelFileError(f"{path}: not an ONNX model ({err})") from err
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = _metadata(path, props.get(METADATA_NAME), require_metadata)
+        # a file with the covariance output answers forward_with_covariance too (has_covariance)
+        if ONNX_COVARIANCE in [o.name for o in self.session.get_outputs()]:
+            self.forward_with_covariance = self._forward_with_covariance
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {ONNX_INPUT: x.numpy()})[0])
+        out = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
+        return torch.from_numpy(out)
+
+    def _forward_with_covariance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        state, cov = self.session.run([ONNX_OUTPUT, ONNX_COVARIANCE], {ONNX_INPUT: x.numpy()})
+        return torch.from_numpy(state), torch.from_numpy(cov)
 
 
 def load_model(

@@ -103,6 +103,18 @@ class ExportedCovarianceModel(ExportedTrackModel):
         return torch.stack(rows, 1).detach()
 
 
+class CovarianceOutputs(nn.Module):
+    """``forward_with_covariance`` as the forward: what the ONNX file of a model with a
+    covariance head exports, so that the file has the covariance as its second output."""
+
+    def __init__(self, module: ExportedCovarianceModel) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module.forward_with_covariance(x)
+
+
 def exported_module(model: nn.Module, meta: dict[str, Any]) -> ExportedTrackModel:
     """The module to export: with ``forward_with_covariance`` when the model has a head."""
     if getattr(model, "has_covariance", False):
@@ -165,7 +177,8 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
         "output": "float32 (batch, 6): the state at the next plane, same units",
         "covariance": (
             "TorchScript methods forward_with_covariance: (state, float64 (batch, 5, 5) covariance"
-            " of x, y, px, py, pz), and jacobian: float32 (batch, 5, 5) d(next)/d(last state)"
+            " of x, y, px, py, pz), and jacobian: float32 (batch, 5, 5) d(next)/d(last state);"
+            " the ONNX file's second output, covariance"
             if summary["settings"].get("model", {}).get("covariance")
             else None
         ),
