@@ -8,11 +8,16 @@ px, py and pz against the field map's (the noise floor of simulated tracks) and 
 the same test windows, and the challenge scores.
 
 Target (issue: the helix-correcting network): RMS of x, y, px and py within 1.05 times the
-floor's, with a CPU training budget of 20 minutes or less.
+floor's, with a CPU training budget of 20 minutes or less. A model with a covariance head
+(``--model residual_markov``) also records its calibration (``metrics.json`` ``covariance``:
+pull widths overall and per momentum quartile, chi2/ndf, coverage, the walk) and its Kalman
+track fit (rule ``track_fit``).
 
     PYTHONPATH=src python benchmarks/bench_residual_full.py [--tracks 194601] [--keep DIR]
+    PYTHONPATH=src python benchmarks/bench_residual_full.py --model residual_markov
 
-Results: ``benchmarks/results/residual_full.json`` with the machine.
+Results: ``benchmarks/results/residual_full.json`` (``residual_full_<model>.json`` for another
+model) with the machine.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from pathlib import Path
 import yaml
 from benchlib import machine
 
+from tracklstm.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "residual_full.json"
 FULL_SIZE = 194_601
@@ -42,17 +49,17 @@ FLOOR_FACTOR = 1.05
 log = logging.getLogger("bench_residual_full")
 
 
-def project(workdir: Path, tracks: int) -> Path:
+def project(workdir: Path, tracks: int, model: str) -> Path:
     """A copy of the workflow with a config whose one dataset is the full-size simulated set."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "Snakefile", workdir / "Snakefile")
-    for folder in ("workflow", "src", "profiles"):
+    for folder in ("workflow", "src", "profiles", "cpp"):
         shutil.rmtree(workdir / folder, ignore_errors=True)  # a kept folder: this code's copy
         shutil.copytree(
             ROOT / folder,
             workdir / folder,
             symlinks=True,
-            ignore=shutil.ignore_patterns("__pycache__"),
+            ignore=shutil.ignore_patterns("__pycache__", "build"),
         )
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     per_shard = -(-tracks // SHARDS)
@@ -61,7 +68,7 @@ def project(workdir: Path, tracks: int) -> Path:
         "source": "simulate",
         "simulate": {"tracks_per_shard": per_shard, "shards": SHARDS, "seed": 20261130},
     }
-    config["build"] = {"datasets": ["full"], "models": ["residual"]}
+    config["build"] = {"datasets": ["full"], "models": [model]}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
@@ -77,13 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracks", type=int, default=FULL_SIZE)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="folder to build in and keep (default: temp)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--model", default="residual", help="the model variant of config.yaml")
+    parser.add_argument("--out", type=Path, help="default: results/residual_full[_<model>].json")
     args = parser.parse_args(argv)
+    model = args.model
+    if args.out is None:
+        args.out = (
+            RESULTS if model == "residual" else RESULTS.with_name(f"residual_full_{model}.json")
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = args.keep or Path(tempfile.mkdtemp(prefix="residual_full_"))
-    work = project(base, args.tracks)
+    work = project(base, args.tracks, model)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log.info("building %d tracks and the residual model in %s", args.tracks, work)
+    log.info("building %d tracks and the %s model in %s", args.tracks, model, work)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--quiet", "rules"],
@@ -93,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     wall = time.perf_counter() - t0
     res = work / "results" / "full"
-    metrics = json.loads((res / "residual" / "evaluation" / "full" / "metrics.json").read_text())
-    train = read_tsv(res / "benchmarks" / "train" / "residual.tsv")
-    training = json.loads((res / "residual" / "training.json").read_text())
+    metrics = json.loads((res / model / "evaluation" / "full" / "metrics.json").read_text())
+    train = read_tsv(res / "benchmarks" / "train" / f"{model}.tsv")
+    training = json.loads((res / model / "training.json").read_text())
+    track_fit = res / model / "track_fit" / "fit.json"
     features = ("x", "y", "px", "py", "pz")
     rms = {
         "residual": {f: metrics["residuals"][f]["rms"] for f in features},
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     ch = metrics.get("challenge", {})
     record = {
+        "model": model,
         "tracks": args.tracks,
         "test_windows": metrics["n_test_windows"],
         "train_windows": training.get("n_train"),
@@ -136,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if metrics["walk"].get("n_tracks")
         else None,
+        "covariance": metrics.get("covariance"),
+        "track_fit": json.loads(track_fit.read_text()) if track_fit.is_file() else None,
         "targets": targets,
         "all_met": all(t["met"] for t in targets.values()),
         "training_job": train,
@@ -143,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     for name, t in targets.items():
         log.info("%-28s %s %s", name, "met" if t["met"] else "NOT met", t)
     if not args.keep:
