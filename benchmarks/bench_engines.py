@@ -62,7 +62,7 @@ from tracklstm.physics.helix import nominal_helix
 from tracklstm.stage_cli import setup_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, machine_busy_seconds, make_reference_run
+from benchlib import bench_rows, machine, machine_busy_seconds, make_reference_run
 
 log = logging.getLogger("bench_engines")
 
@@ -265,8 +265,7 @@ def bench_cpp(exe: Path, files: dict[str, Path], threads: int, args: Any) -> dic
                 result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                 if result.returncode != 0:
                     return f"failed: {' '.join(cmd)}: {result.stderr.strip()[-500:]}"
-                header, *rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-                for row in (dict(zip(header, row, strict=True)) for row in rows):
+                for row in bench_rows(result.stdout):
                     assert row["engine"] == engine.split("_")[0], row
                     per_round[int(row["batch"])][engine].append(float(row["ms_per_batch"]) / 1e3)
     out: dict[str, Any] = {f"batch_{b}": summarize(per_round[b], b) for b in BATCHES}

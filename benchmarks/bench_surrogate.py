@@ -47,7 +47,7 @@ from tracklstm.physics.solenoid import field_file_text
 from tracklstm.stage_cli import setup_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine
+from benchlib import bench_rows, machine
 
 log = logging.getLogger("bench_surrogate")
 
@@ -94,12 +94,10 @@ def torch_bench(model: Path, windows: Path, threads: int, seconds: float) -> dic
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr.strip()[-2000:]}")
-    header, *rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    out = {}
-    for row in (dict(zip(header, r, strict=True)) for r in rows):
-        batch = int(row["batch"])
-        out[f"batch_{batch}_us"] = 1e3 * float(row["ms_per_batch"]) / batch
-    return out
+    return {
+        f"batch_{row['batch']}_us": 1e3 * float(row["ms_per_batch"]) / int(row["batch"])
+        for row in bench_rows(result.stdout)
+    }
 
 
 def median(values: list[float]) -> float:

@@ -51,6 +51,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+def bench_rows(stdout: str) -> list[dict[str, str]]:
+    """The rows of ``cpp/build/tracklstm_predict --bench``'s tab-separated table, by column."""
+    header, *rows = [line.split("\t") for line in stdout.strip().splitlines()]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
 def machine_busy_seconds() -> float | None:
     """CPU-seconds all processes have used so far (Linux /proc/stat), or None."""
     try:
