@@ -89,6 +89,12 @@ def is_simulated(config: dict[str, Any], dataset: str) -> bool:
     return config["datasets"][dataset]["source"] == "simulate"
 
 
+def has_plain_form(settings: dict[str, Any]) -> bool:
+    """Whether a model (its resolved ``model`` settings) has a plain C++ form
+    (``tracklstm.export.plain``, rule ``export_plain``): the residual kind with an MLP body."""
+    return settings.get("kind") == "residual" and settings.get("body") == "mlp"
+
+
 def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
     """The models of the build whose track fit (rule ``track_fit``) runs on ``dataset``: a
     simulated dataset, one-state models (``history: 0``) with a covariance head."""
@@ -97,8 +103,7 @@ def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
     out = []
     for model in config["build"]["models"]:
         settings = resolve_section(config, "model", dataset, model)
-        one_state = settings.get("history") == 0 and settings.get("body") == "mlp"
-        if settings.get("kind") == "residual" and settings.get("covariance") and one_state:
+        if has_plain_form(settings) and settings.get("covariance") and settings.get("history") == 0:
             out.append(model)
     return out
 

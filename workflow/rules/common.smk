@@ -63,13 +63,6 @@ def parquet_parts(wildcards):
     )
 
 
-def has_plain_form(dataset, model):
-    """Whether a model variant has a plain C++ form (tracklstm.export.plain): the residual kind
-    with an MLP body."""
-    settings = section("model", dataset, model)
-    return settings["kind"] == "residual" and settings["body"] == "mlp"
-
-
 def all_targets():
     targets = []
     for ds in config["build"]["datasets"]:
@@ -82,7 +75,9 @@ def all_targets():
             targets += [
                 f"{run}/model.ts",
             ]
-            if section("export", ds, model)["plain"] and has_plain_form(ds, model):
+            if section("export", ds, model)["plain"] and tl_plan.has_plain_form(
+                section("model", ds, model)
+            ):
                 targets.append(f"{run}/model.weights.txt")
             if section("export", ds, model)["aoti"]:
                 targets.append(f"{run}/model.aoti.pt2")
