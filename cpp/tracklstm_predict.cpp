@@ -315,26 +315,26 @@ class PlainEngine : public Engine {
     norm_min = json_numbers(metadata_json, "norm_min");
     norm_max = json_numbers(metadata_json, "norm_max");
   }
-  torch::Tensor forward(const torch::Tensor& x) override {
-    const int64_t n = x.size(0), per = prop_.states_per_step();
-    auto last = x.slice(1, x.size(1) - per).to(torch::kFloat64).contiguous();
-    auto out = torch::empty({n, 6}, torch::kFloat64);
-    prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>());
-    return out.to(torch::kFloat32);
-  }
+  torch::Tensor forward(const torch::Tensor& x) override { return run(x, false).first; }
   bool has_covariance() const override { return prop_.has_covariance(); }
   std::pair<torch::Tensor, torch::Tensor> forward_with_covariance(const torch::Tensor& x) override {
     if (!has_covariance()) return Engine::forward_with_covariance(x);
-    const int64_t n = x.size(0), per = prop_.states_per_step();
-    auto last = x.slice(1, x.size(1) - per).to(torch::kFloat64).contiguous();
-    auto out = torch::empty({n, 6}, torch::kFloat64);
-    auto cov = torch::empty({n, 5, 5}, torch::kFloat64);
-    prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>(),
-               cov.data_ptr<double>());
-    return {out.to(torch::kFloat32), cov};
+    return run(x, true);
   }
 
  private:
+  // The windows' last states_per_step() states through Propagator::step: the states (float32)
+  // and, with `covariance`, the (n, 5, 5) covariances (float64; otherwise an empty tensor).
+  std::pair<torch::Tensor, torch::Tensor> run(const torch::Tensor& x, bool covariance) {
+    const int64_t n = x.size(0), per = prop_.states_per_step();
+    auto last = x.slice(1, x.size(1) - per).to(torch::kFloat64).contiguous();
+    auto out = torch::empty({n, 6}, torch::kFloat64);
+    auto cov = torch::empty({covariance ? n : 0, 5, 5}, torch::kFloat64);
+    prop_.step(static_cast<std::size_t>(n), last.data_ptr<double>(), out.data_ptr<double>(),
+               covariance ? cov.data_ptr<double>() : nullptr);
+    return {out.to(torch::kFloat32), cov};
+  }
+
   tracklstm::Propagator prop_;
 };
 

@@ -362,16 +362,21 @@ class Propagator {
     std::copy(values, values + detail::kStatic, raw);
   }
 
-  // The prior, the body's normalized inputs (the last history steps, then the 16 window
-  // features) and the normalized window features alone (the covariance head's inputs).
-  void features(const double* window, double* prior, float* in, float* stat) const {
-    double raw[detail::kStatic];
-    prior_and_raw(window + history_ * 6, prior, raw);
+  // The body's first inputs: the window's last history differences between states, normalized.
+  void step_inputs(const double* window, float* in) const {
     for (int h = 0; h < history_; ++h)
       for (int k = 0; k < 6; ++k) {
         const double d = window[(h + 1) * 6 + k] - window[h * 6 + k];
         in[h * 6 + k] = static_cast<float>((d - step_mean_[k]) / step_std_[k]);
       }
+  }
+
+  // The prior, the body's normalized inputs (the last history steps, then the 16 window
+  // features) and the normalized window features alone (the covariance head's inputs).
+  void features(const double* window, double* prior, float* in, float* stat) const {
+    double raw[detail::kStatic];
+    prior_and_raw(window + history_ * 6, prior, raw);
+    step_inputs(window, in);
     for (int k = 0; k < detail::kStatic; ++k) {
       stat[k] = static_cast<float>((raw[k] - static_mean_[k]) / static_std_[k]);
       in[history_ * 6 + k] = stat[k];
@@ -397,11 +402,7 @@ class Propagator {
     float* dout = out + 8;
     float* scratch = dout + 24;         // 2 * 6 * kMaxWidth
     std::fill(din, din + 5 * n_in, 0.0f);
-    for (int h = 0; h < history_; ++h)
-      for (int k = 0; k < 6; ++k) {
-        const double d = window[(h + 1) * 6 + k] - window[h * 6 + k];
-        in[h * 6 + k] = static_cast<float>((d - step_mean_[k]) / step_std_[k]);
-      }
+    step_inputs(window, in);
     if (history_ > 0)  // the last difference moves with the last state
       for (int t = 0; t < 5; ++t) {
         const int k = detail::kCorrected[t];
