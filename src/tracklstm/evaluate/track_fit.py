@@ -161,27 +161,44 @@ def fit(
     return out, ps, chi2
 
 
-def summary(
+def fit_errors(
     fitted: np.ndarray, cov: np.ndarray, truth: np.ndarray, chi2: np.ndarray
-) -> dict[str, Any]:
-    """Resolutions, |p| resolution, pull widths and means, fit chi2/ndf of one propagator."""
-    err = fitted[:, IDX] - truth[:, IDX]
-    pulls = err / np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+) -> dict[str, np.ndarray]:
+    """Per track: the error of x, y, px, py, pz, their pulls, the relative |p| error, chi2/ndf."""
+    error = fitted[:, IDX] - truth[:, IDX]
     p_fit, p_true = np.linalg.norm(fitted[:, 3:], axis=1), np.linalg.norm(truth[:, 3:], axis=1)
+    return {
+        "error": error,
+        "pulls": error / np.sqrt(np.diagonal(cov, axis1=1, axis2=2)),
+        "p_error": (p_fit - p_true) / p_true,
+        "chi2_ndf": chi2 / NDF,
+    }
+
+
+def summarize(errors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Resolutions, |p| resolution, pull widths and means, fit chi2/ndf of ``fit_errors``."""
+    err, pulls, chi2_ndf = errors["error"], errors["pulls"], errors["chi2_ndf"]
     return {
         "resolution": {
             f: float(np.sqrt(np.mean(err[:, i] ** 2))) for i, f in enumerate(ANSWER_FEATURES)
         },
-        "p_resolution_relative": float(np.std((p_fit - p_true) / p_true)),
+        "p_resolution_relative": float(np.std(errors["p_error"])),
         "pull_width": {
             f: round(float(pulls[:, i].std()), 3) for i, f in enumerate(ANSWER_FEATURES)
         },
         "pull_mean": {
             f: round(float(pulls[:, i].mean()), 3) for i, f in enumerate(ANSWER_FEATURES)
         },
-        "chi2_ndf_mean": round(float(np.mean(chi2) / NDF), 3),
-        "chi2_ndf_median": round(float(np.median(chi2) / NDF), 3),
+        "chi2_ndf_mean": round(float(np.mean(chi2_ndf)), 3),
+        "chi2_ndf_median": round(float(np.median(chi2_ndf)), 3),
     }
+
+
+def summary(
+    fitted: np.ndarray, cov: np.ndarray, truth: np.ndarray, chi2: np.ndarray
+) -> dict[str, Any]:
+    """Resolutions, |p| resolution, pull widths and means, fit chi2/ndf of one propagator."""
+    return summarize(fit_errors(fitted, cov, truth, chi2))
 
 
 def run_fits(
@@ -208,16 +225,9 @@ def run_fits(
         first, _, _ = fit(step, measured, planes, start, resolution)
         fitted, cov, chi2 = fit(step, measured, planes, first, resolution)
         seconds = time.perf_counter() - t0
-        result[name] = summary(fitted, cov, truth[:, 0], chi2)
+        arrays[name] = fit_errors(fitted, cov, truth[:, 0], chi2)
+        result[name] = summarize(arrays[name])
         result[name]["ms_per_track"] = round(1000 * seconds / len(truth), 2)
-        err = fitted[:, IDX] - truth[:, 0, IDX]
-        p_fit = np.linalg.norm(fitted[:, 3:], axis=1)
-        p_true = np.linalg.norm(truth[:, 0, 3:], axis=1)
-        arrays[name] = {
-            "p_error": (p_fit - p_true) / p_true,
-            "pulls": err / np.sqrt(np.diagonal(cov, axis1=1, axis2=2)),
-            "chi2_ndf": chi2 / NDF,
-        }
         log.info("%s: |p| resolution %.2f %%, fit chi2/ndf %.2f, %.1f ms per track",
                  name, 100 * result[name]["p_resolution_relative"],
                  result[name]["chi2_ndf_mean"], result[name]["ms_per_track"])  # fmt: skip
