@@ -66,8 +66,8 @@ const char* kUsage =
     "  --input PATH         float32 tensor file (N, window, 6) in cm and GeV/c\n"
     "  --output PATH        float32 tensor file (N, 6) to write (needs --input)\n"
     "  --covariance PATH    float64 tensor file (N, 5, 5) to write: each prediction's covariance\n"
-    "                       of x, y, px, py, pz (a model with a covariance head; TorchScript\n"
-    "                       or the plain propagator; needs --output)\n"
+    "                       of x, y, px, py, pz (a model with a covariance head: TorchScript,\n"
+    "                       AOTInductor package or plain propagator; needs --output)\n"
     "  --batch N            windows per forward call when predicting (default 16384)\n"
     "  --bench              time batches on the device; prints a table on stdout\n"
     "  --bench-batches L    comma-separated batch sizes (default 64,256,1024,4096,16384)\n"
@@ -243,7 +243,8 @@ std::vector<double> parse_doubles(const std::string& text) {
 
 class AotiEngine : public Engine {
  public:
-  AotiEngine(const std::string& path, const torch::Device& device) {
+  // with_covariance: the package holds a second model, "covariance" (forward_with_covariance).
+  AotiEngine(const std::string& path, const torch::Device& device, bool with_covariance) {
     // Read the metadata first (no code loaded): a package only runs on the device it was built for.
     auto meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
     auto get = [&](const std::string& key) {
@@ -263,6 +264,11 @@ class AotiEngine : public Engine {
     loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
         path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
         device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
+    if (with_covariance) {
+      covariance_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          path, "covariance", /*run_single_threaded=*/false, /*num_runners=*/1,
+          device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
+    }
     name = "aotinductor";
     detail = "AOTInductor package, " + built_for;
     if (!get("AOTI_CPU_ISA").empty() && built_for == "cpu") detail += " " + get("AOTI_CPU_ISA");
@@ -277,9 +283,16 @@ class AotiEngine : public Engine {
     // The compiled code assumes a contiguous float32 input of the traced layout.
     return loader_->run({x.is_contiguous() ? x : x.contiguous()})[0];
   }
+  bool has_covariance() const override { return covariance_ != nullptr; }
+  std::pair<torch::Tensor, torch::Tensor> forward_with_covariance(const torch::Tensor& x) override {
+    if (!has_covariance()) return Engine::forward_with_covariance(x);
+    auto out = covariance_->run({x.is_contiguous() ? x : x.contiguous()});
+    return {out[0], out[1]};
+  }
 
  private:
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> covariance_;
 };
 
 // The number array at "key" in a flat JSON text ("key": [1.0, 2.0]), empty when absent.
@@ -355,13 +368,14 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const torch::Device
   } catch (const c10::Error&) {
     throw std::runtime_error(path + ": not a TorchScript file or AOTInductor package (not a PyTorch zip archive)");
   }
-  bool aoti = false, script = false, program = false;
+  bool aoti = false, aoti_covariance = false, script = false, program = false;
   for (const auto& r : records) {
     if (r.rfind("data/aotinductor/", 0) == 0) aoti = true;
+    if (r.rfind("data/aotinductor/covariance/", 0) == 0) aoti_covariance = true;
     if (r == "constants.pkl" || r.rfind("code/", 0) == 0) script = true;
     if (r.rfind("models/", 0) == 0) program = true;
   }
-  if (aoti) return std::make_unique<AotiEngine>(path, device);
+  if (aoti) return std::make_unique<AotiEngine>(path, device, aoti_covariance);
   if (script) return std::make_unique<TorchScriptEngine>(path, device);
   if (program) {
     throw std::runtime_error(path + ": a torch.export program (model.pt2), not compiled code; "

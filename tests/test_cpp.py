@@ -267,21 +267,29 @@ def test_the_plain_engine_runs_the_propagator_file(program: Path, tmp_path: Path
     assert (BUILD / "tracklstm_propagate").is_file()
 
 
-def test_covariances_from_cpp(program: Path, tmp_path: Path) -> None:
-    """--covariance: the TorchScript file's and the plain propagator's covariances equal
-    Python's forward_with_covariance; an AOTInductor package (forward only) is refused."""
+def test_covariances_from_cpp(program: Path, exported: dict, tmp_path: Path) -> None:
+    """--covariance: the TorchScript file's, the AOTInductor package's (its second model) and
+    the plain propagator's covariances equal Python's forward_with_covariance, and so does the
+    package loaded in Python; a package without a covariance head is refused."""
+    from tracklstm.export.loading import has_covariance, load_model, predict_with_covariance
     from tracklstm.export.plain import export_plain
 
     run = make_run(tmp_path / "run", (32, 32), kind="residual", history=0, covariance=True)
     export(run, torchscript=run / "model.ts")
     meta = export_plain(run, run / "model.ts", run / "model.weights.txt")["metadata"]
+    report = aoti.export_run(run, run / "model.aoti.pt2")
+    assert report.covariance_max_diff is not None and report.covariance_max_diff < 1e-5
     x = torch.from_numpy(example_inputs(meta, n=200, seed=5).numpy())
     write_tensor(tmp_path / "in.bin", x.numpy())
     model, _ = load_physical_model(run)
     with torch.no_grad():
         _, want = model.forward_with_covariance(x)
     sigma = torch.sqrt(torch.diagonal(want, dim1=1, dim2=2)).numpy()
-    for name in ("model.ts", "model.weights.txt"):
+
+    def relative(got: np.ndarray) -> float:
+        return float((np.abs(got - want.numpy()) / (sigma[:, :, None] * sigma[:, None, :])).max())
+
+    for name in ("model.ts", "model.aoti.pt2", "model.weights.txt"):
         cov = tmp_path / f"{name}.cov.bin"
         result = run_program(program, "--model", str(run / name), "--input",
                              str(tmp_path / "in.bin"), "--output", str(tmp_path / "o.bin"),
@@ -289,10 +297,11 @@ def test_covariances_from_cpp(program: Path, tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         got = read_tensor(cov)
         assert got.dtype == np.float64 and got.shape == (200, 5, 5)
-        rel = np.abs(got - want.numpy()) / (sigma[:, :, None] * sigma[:, None, :])
-        assert rel.max() < 1e-5, name
-    aoti.export_run(run, tmp_path / "model.aoti.pt2")
-    refused = run_program(program, "--model", str(tmp_path / "model.aoti.pt2"), "--input",
+        assert relative(got) < 1e-5, name
+    package, _ = load_model(run / "model.aoti.pt2")
+    assert has_covariance(package)
+    assert relative(predict_with_covariance(package, x.numpy())[1]) < 1e-5
+    refused = run_program(program, "--model", str(exported["aotinductor"]), "--input",
                           str(tmp_path / "in.bin"), "--output", str(tmp_path / "o2.bin"),
                           "--covariance", str(tmp_path / "c2.bin"))  # fmt: skip
     assert refused.returncode == 1 and "holds no covariance" in refused.stderr

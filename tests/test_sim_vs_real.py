@@ -29,6 +29,8 @@ def test_tracks_the_simulator_made_match_it() -> None:
     result = sim_vs_real.compare(origins, real24, draws=300, seed=11)
     assert 0.5 < result["chi2_ndf_median"] < 1.4, result
     assert result["inside_95_percent_region"] >= 0.85, result
+    # the simulator's tails leave a few of its own draws outside its Gaussian 95 % region
+    assert 0.85 < result["simulated_inside_95_percent_region"] < 0.97, result
     assert all(0.65 < w < 1.4 for w in result["pull_width"].values()), result["pull_width"]
     assert result["real_tracks_outside_simulated_p_range"] == 0
 

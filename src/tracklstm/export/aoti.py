@@ -7,10 +7,13 @@ TorchScript is deprecated in torch 2.13; its successor for C++ is torch.export +
 ``compile_package`` exports a module with a dynamic batch dimension, compiles it with
 ``torch._inductor.aoti_compile_and_package`` (inductor's weight freezing on) into one ``.pt2``
 package file (``model.aoti.pt2``: not ``model.pt2``, the torch.export program), reloads it and
-checks it against the eager module before the file appears under its final name.
+checks it against the eager module before the file appears under its final name. The package of
+a model with a covariance head holds a second model, ``covariance``: its
+``forward_with_covariance`` (the state and the (batch, 5, 5) float64 covariance), checked too.
 
-C++ loads the package with ``torch::inductor::AOTIModelPackageLoader`` (cpp/tracklstm_predict.cpp),
-Python with ``torch._inductor.aoti_load_package`` (``tracklstm.export.loading.load_package``). The
+C++ loads the package with ``torch::inductor::AOTIModelPackageLoader`` (cpp/tracklstm_predict.cpp;
+the second model by its name, ``"covariance"``), Python with ``torch._inductor.aoti_load_package``
+(``tracklstm.export.loading.load_package``, which gives ``forward_with_covariance`` too). The
 package holds native code for the machine's CPU instruction set (metadata ``AOTI_CPU_ISA``) or CUDA.
 
 Metadata travels inside the package as AOTInductor metadata (``aot_inductor.metadata``), which
@@ -38,9 +41,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._inductor.package import package_aoti
 
 from tracklstm import stage_cli
 from tracklstm.export.loading import (
+    COVARIANCE_MODEL,
     FLAT_PREFIX,
     INPUT_SHAPE_KEY,
     METADATA_KEY,
@@ -50,18 +55,24 @@ from tracklstm.export.loading import (
     package_device,
 )
 from tracklstm.export.module import (
-    ExportedTrackModel,
+    CovarianceOutputs,
     export_program,
+    exported_module,
     load_physical_model,
     metadata,
     run_files,
 )
 from tracklstm.export.parity import (
     CHECK_BATCHES,
+    COVARIANCE_TOLERANCE,
     DEFAULT_TOLERANCE,
+    ParityError,
     check_parity,
+    covariance_rows,
     example_inputs,
+    failures,
     norm_scale,
+    parity_rows,
 )
 from tracklstm.export.reproducible import without_source_locations
 from tracklstm.files import atomic_path, check_outputs, write_json
@@ -88,6 +99,10 @@ class PackageReport:
     rnn_kernels: str
     seconds: dict[str, float]  # export, compile, check
     max_diff: float
+    # forward_with_covariance against the eager one (None: no covariance head): the larger of
+    # the covariance's difference (in units of sigma_i sigma_j, tolerance COVARIANCE_TOLERANCE)
+    # and the state's (as ``max_diff``)
+    covariance_max_diff: float | None
     diff_units: str  # "normalized" (divided by norm_max - norm_min) or "absolute"
     tolerance: float
     check_batches: list[int]
@@ -136,6 +151,33 @@ def package_metadata(meta: dict[str, Any], input_shape: Sequence[int]) -> dict[s
     return out
 
 
+def _compiled_files(program: torch.export.ExportedProgram, configs: dict[str, Any]) -> list[Any]:
+    """AOTInductor's files of one program, ready for ``package_aoti`` (what
+    ``torch._inductor.aoti_compile_and_package`` does for a package of one model)."""
+    args, kwargs = program.example_inputs
+    options = {**configs, "aot_inductor.package": True}
+    gm = program.module(check_guards=False)
+    return torch._inductor.aot_compile(gm, args, kwargs, options=options)  # type: ignore[return-value]
+
+
+def check_covariance(
+    module: nn.Module, loaded: Any, inputs: Tensor, tolerance: float, scale: Tensor | None
+) -> float:
+    """The package's ``forward_with_covariance`` against the module's: the covariance in units
+    of sigma_i sigma_j (``COVARIANCE_TOLERANCE``), the state as ``forward``'s check judges it.
+    Raises ParityError; returns the largest difference."""
+
+    def state(x: Tensor) -> Tensor:
+        return loaded.forward_with_covariance(x)[0]
+
+    rows = covariance_rows("package", loaded, module, inputs, tolerance=COVARIANCE_TOLERANCE)
+    rows += parity_rows("package state", state, module, inputs, tolerance=tolerance, scale=scale)
+    failed = failures(rows)
+    if failed:
+        raise ParityError(failed)
+    return max(r["max_diff"] for r in rows)
+
+
 def compile_with_report(
     module: nn.Module,
     example: Tensor,
@@ -164,9 +206,17 @@ def compile_with_report(
     configs = {**BASE_CONFIGS, "freezing": freezing, **(inductor_configs or {})}
     configs["aot_inductor.metadata"] = meta_strings
 
+    # the models of the package: "model" (forward) and, for a model with a covariance head,
+    # "covariance" (forward_with_covariance: the state and its covariance)
+    modules: dict[str, nn.Module] = {"model": module}
+    if hasattr(module, "forward_with_covariance"):
+        modules[COVARIANCE_MODEL] = CovarianceOutputs(module)
     t0 = time.perf_counter()
     try:
-        program = without_source_locations(export_program(module, example))
+        programs = {
+            name: without_source_locations(export_program(m, example))
+            for name, m in modules.items()
+        }
     except Exception as err:
         raise PackageError(f"torch.export of the module failed: {err}") from err
     export_seconds = time.perf_counter() - t0
@@ -185,9 +235,8 @@ def compile_with_report(
                 # Inductor lowers nn.LSTM/GRU to oneDNN's RNN layer when oneDNN is enabled.
                 onednn = rnn_kernels == "onednn" or dev.type != "cpu"
                 with torch.backends.mkldnn.flags(enabled=onednn and torch.backends.mkldnn.enabled):
-                    torch._inductor.aoti_compile_and_package(
-                        program, package_path=str(tmp), inductor_configs=configs
-                    )
+                    files = {name: _compiled_files(p, configs) for name, p in programs.items()}
+                package_aoti(str(tmp), files)
         except Exception as err:
             raise PackageError(f"AOTInductor compile for {dev} failed: {err}") from err
         compile_seconds = time.perf_counter() - t0
@@ -201,6 +250,9 @@ def compile_with_report(
             raise PackageError(f"{path}: the metadata read back differs from the one written")
         inputs = example if check_inputs is None else check_inputs.to(dev, torch.float32)
         worst = check_parity(module, loaded, inputs, CHECK_BATCHES, tolerance, scale)
+        covariance_diff = None
+        if COVARIANCE_MODEL in modules:
+            covariance_diff = check_covariance(module, loaded, inputs, tolerance, scale)
         stored = loaded.package_metadata
         del loaded
         check_seconds = time.perf_counter() - t0
@@ -212,6 +264,7 @@ def compile_with_report(
         rnn_kernels=rnn_kernels,
         seconds={"export": export_seconds, "compile": compile_seconds, "check": check_seconds},
         max_diff=worst,
+        covariance_max_diff=covariance_diff,
         diff_units="normalized" if scale is not None else "absolute",
         tolerance=tolerance,
         check_batches=list(CHECK_BATCHES),
@@ -256,7 +309,7 @@ def export_run(
     """Compile a training run folder's model (as ``tracklstm export`` builds it) to ``out``."""
     eager, summary = load_physical_model(run_dir, weights)
     meta = metadata(summary, weights)
-    module = ExportedTrackModel(eager, meta).eval()
+    module = exported_module(eager, meta).eval()
     inputs = example_inputs(summary, n=max(CHECK_BATCHES))
     return compile_with_report(
         module,

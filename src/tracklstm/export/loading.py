@@ -47,6 +47,8 @@ PACKAGE_SUFFIX = ".aoti.pt2"
 METADATA_KEY = "tracklstm_metadata"
 #: Package metadata key of the input shape (``-1`` for the dynamic batch).
 INPUT_SHAPE_KEY = "tracklstm_input_shape"
+#: The package's second model, of a model with a covariance head: forward_with_covariance.
+COVARIANCE_MODEL = "covariance"
 #: Prefix of the flat (one item, as text) package metadata keys.
 FLAT_PREFIX = "tracklstm."
 _AOTI_DIR = "data/aotinductor/"
@@ -294,7 +296,8 @@ class PackagedModel:
             return f"{self.path.name}: expected input ({dims}), got {list(x.shape)}"
         return None
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def _checked(self, x: Tensor) -> Tensor:
+        """``x`` checked against the stored shape, as contiguous float32 on the device."""
         problem = self._bad_shape(x)
         if problem:
             raise ValueError(problem)
@@ -302,7 +305,24 @@ class PackagedModel:
             x = x.to(self.device, torch.float32).contiguous()
         if x.size(0) == 0:
             raise ValueError(f"{self.path.name}: empty batch (the package needs 1 row or more)")
-        return self._run([x])[0]
+        return x
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._run([self._checked(x)])[0]
+
+
+class PackagedCovarianceModel(PackagedModel):
+    """A package of a model with a covariance head: its second model, ``covariance``, gives
+    ``forward_with_covariance`` as the TorchScript file's method does: (the state (batch, 6)
+    float32, its covariance (batch, 5, 5) float64)."""
+
+    def __init__(self, path: Path, compiled: Any, covariance: Any, device: torch.device) -> None:
+        super().__init__(path, compiled, device)
+        self._run_covariance = covariance.loader.run
+
+    def forward_with_covariance(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        state, cov = self._run_covariance([self._checked(x)])
+        return state, cov
 
 
 def load_package(
@@ -326,10 +346,17 @@ def load_package(
     if built_for != dev.type:
         raise ValueError(f"{path}: compiled for {built_for}, cannot be loaded on {dev}")
     index = dev.index if dev.index is not None else -1
+    root, names = _package_root(path)
+    with_covariance = any(n.startswith(f"{root}/{_AOTI_DIR}{COVARIANCE_MODEL}/") for n in names)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             compiled = torch._inductor.aoti_load_package(str(path), device_index=index)
+            if with_covariance:
+                from torch._inductor.package import load_package as load_packaged_model
+
+                covariance = load_packaged_model(str(path), COVARIANCE_MODEL, device_index=index)
+                return PackagedCovarianceModel(path, compiled, covariance, dev), meta
     except RuntimeError as err:
         raise ValueError(f"{path}: AOTInductor cannot load the package: {err}") from err
     return PackagedModel(path, compiled, dev), meta
