@@ -588,3 +588,42 @@ def test_granted_gpu_without_cuda_torch_fails_at_once(wfile: Path, tmp_path: Pat
     cpu = {**TINY, "runtime": {**TINY["runtime"], "device": "cpu"}, "training": {"epochs": 1}}
     cmd[-1] = json.dumps(cpu)
     assert subprocess.run(cmd, capture_output=True, env=env, timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize("source", ["device", "stream"])
+def test_one_state_sources_hold_every_plane_step(wfile: Path, source: str) -> None:
+    """A one-state model also trains on the steps inside each track's first window (plane 1
+    to 2, ..., 5 to 6: its window of the one state repeated, the next plane's state its
+    target), which the challenge's windows never target; both sources hold the same set."""
+    info = inspect_windows(wfile)
+    info.normalized, info.inner_steps = False, True
+    cpu = torch.device("cpu")
+    tracks = toy_tracks(60, 0).astype(np.float32)[:48]  # make_windows_file's training tracks
+    src = (DeviceWindows.load(info, "train", cpu) if source == "device"
+           else StreamedWindows(info, "train", cpu, chunk=100))  # fmt: skip
+    assert src.n == info.sizes["train"] + 48 * 5
+    rows = [
+        (tuple(x.reshape(-1).tolist()), tuple(y.tolist()))
+        for xs, ys in src.eval_batches(64, Dist())
+        for x, y in zip(xs, ys, strict=True)
+    ]
+    src.close()
+    assert len(rows) == src.n
+    want = {
+        (tuple(np.repeat(t[j][None], 7, axis=0).reshape(-1).tolist()), tuple(t[j + 1].tolist()))
+        for t in tracks
+        for j in range(1, 6)
+    }
+    assert want <= set(rows)
+    origin_steps = [r for r in rows if len(set(r[0])) == 6 and r[0][2] == tracks[0, 0, 2]]
+    assert not origin_steps  # the origin's step is not a plane's
+
+
+def test_one_state_training_needs_the_target_planes(wfile: Path, tmp_path: Path) -> None:
+    settings = {**tiny(epochs=1), "model": {"kind": "residual", "history": 0, "hidden_sizes": [8]}}
+    summary = train(wfile, tmp_path / "run", settings)
+    assert summary["n_train"] == inspect_windows(wfile).sizes["train"] + 48 * 5
+    with h5py.File(wfile, "a") as h5:
+        del h5["train/target_plane"]
+    with pytest.raises(TrainingInputError, match=r"train/target_plane is missing"):
+        train(wfile, tmp_path / "other", settings)

@@ -103,6 +103,7 @@ def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
     out = []
     for model in config["build"]["models"]:
         settings = resolve_section(config, "model", dataset, model)
+        # one-state: models.build.one_state (not imported: the Snakefile's parse needs no torch)
         if has_plain_form(settings) and settings.get("covariance") and settings.get("history") == 0:
             out.append(model)
     return out

@@ -336,6 +336,7 @@ def evaluate(
     result["walk"] = walk_metrics(inputs, propagators, batch)
     if has_covariance(inputs.model):
         result["covariance"] = covariance_metrics(inputs.model, inputs.test.inputs, truth, batch)
+        # one-state (models.build.one_state, not imported: evaluation reads metadata only)
         if inputs.meta.get("model", {}).get("history") == 0:
             result["covariance"]["walk"] = covariance_walk(inputs, batch)
     if challenge_inputs and challenge_answers and challenge_predictions:

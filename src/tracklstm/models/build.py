@@ -40,6 +40,12 @@ def physical_units(settings: dict[str, Any]) -> bool:
     return model_kind(settings) == "residual"
 
 
+def one_state(settings: dict[str, Any]) -> bool:
+    """Whether the model sees the last state only (the residual kind with ``history: 0``): a
+    Kalman filter's step, which serves every plane-to-plane step of a track."""
+    return model_kind(settings) == "residual" and settings.get("history") == 0
+
+
 def build_model(settings: dict[str, Any], window_length: int = 7) -> nn.Module:
     """The model described by a config's ``model`` section (missing keys: the schema's
     defaults, i.e. the reference), for windows of ``window_length`` states.

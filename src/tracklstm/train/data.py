@@ -4,6 +4,12 @@
 source (``WindowSource``) yields normalized batches on the device: ``DeviceWindows`` holds a
 split in device memory and slices batches from a ``randperm`` drawn there; ``StreamedWindows``
 reads chunks from the file for data larger than the device's memory. ``load_windows`` picks one.
+
+A one-state model (``models.build.one_state``) serves a Kalman filter, which steps it from every
+plane to the next; the challenge's windows have targets from plane 7 on only, so its sources
+also hold the steps inside each track's first window (``inner_steps``: plane 1 to 2, ..., 5 to
+6, as windows of the one state repeated). Without them the model extrapolates there: on the
+demo it erred 6 to 10 times the field map's 6-12 um in x on those steps.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class WindowsInfo:
     #: Whether the sources min-max normalize the windows (the reference model); a model that
     #: works in physical units (``model.physical_units``) gets them as stored.
     normalized: bool = True
+    #: Whether the sources add the steps inside each track's first window (``inner_steps``).
+    inner_steps: bool = False
 
 
 def _attr(value: Any) -> Any:
@@ -132,6 +140,39 @@ def inspect_windows(path: str | Path) -> WindowsInfo:
     return WindowsInfo(path, int(length), sizes, lo, hi, fingerprint, identity)
 
 
+def inner_steps(inputs: np.ndarray, target_plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plane-to-plane steps inside the first windows of ``inputs`` (N, L, 6) (those with
+    target plane L: the origin and planes 1 to L-1): from plane j to j+1 for j = 1 .. L-2, each
+    as a window of plane j's state repeated L times, with plane j+1's state as its target. The
+    origin's step (through the central chamber and its endplate) is not a plane's step."""
+    length = inputs.shape[1]
+    first = inputs[target_plane == length]
+    steps = range(1, length - 1)
+    x = [np.repeat(first[:, j : j + 1], length, axis=1) for j in steps]
+    y = [first[:, j + 1] for j in steps]
+    if not x:
+        return inputs[:0], inputs[:0, 0]
+    return np.concatenate(x), np.concatenate(y)
+
+
+def _target_planes(h5: h5py.File, path: Path, split: str) -> np.ndarray:
+    if "target_plane" not in h5[split]:
+        raise TrainingInputError(
+            f"{path}: {split}/target_plane is missing (a one-state model needs it to find each "
+            "track's first window); rebuild the windows file"
+        )
+    return h5[split]["target_plane"][...]
+
+
+def _count_inner(info: WindowsInfo, split: str) -> int:
+    """How many windows ``inner_steps`` adds to ``split`` (0 unless ``info.inner_steps``)."""
+    if not info.inner_steps:
+        return 0
+    with h5py.File(info.path, "r") as h5:
+        planes = _target_planes(h5, info.path, split)
+    return int(np.sum(planes == info.window_length)) * max(info.window_length - 2, 0)
+
+
 def _normalize(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo)).astype(np.float32, copy=False)
 
@@ -204,10 +245,12 @@ class DeviceWindows:
     def load(
         cls, info: WindowsInfo, split: str, device: torch.device, chunk: int = 262144
     ) -> DeviceWindows:
-        """Read, check and normalize a split chunk by chunk straight into device tensors."""
+        """Read, check and normalize a split chunk by chunk straight into device tensors (with
+        ``info.inner_steps``, the steps inside the first windows after the file's windows)."""
         n, length = info.sizes[split], info.window_length
-        x = torch.empty((n, length, N_FEATURES), dtype=torch.float32, device=device)
-        y = torch.empty((n, N_FEATURES), dtype=torch.float32, device=device)
+        total = n + _count_inner(info, split)
+        x = torch.empty((total, length, N_FEATURES), dtype=torch.float32, device=device)
+        y = torch.empty((total, N_FEATURES), dtype=torch.float32, device=device)
         with h5py.File(info.path, "r") as h5:
             for name, dest in (("inputs", x), ("targets", y)):
                 for start, a in _scan_chunks(h5[split][name], chunk):
@@ -215,6 +258,16 @@ class DeviceWindows:
                     if info.normalized:
                         a = _normalize(a, info.norm_min, info.norm_max)
                     dest[start : start + len(a)].copy_(torch.from_numpy(a))
+            if total > n:
+                planes, end = _target_planes(h5, info.path, split), n
+                for start, a in _scan_chunks(h5[split]["inputs"], chunk):
+                    extra_x, extra_y = inner_steps(a, planes[start : start + len(a)])
+                    if info.normalized:
+                        extra_x = _normalize(extra_x, info.norm_min, info.norm_max)
+                        extra_y = _normalize(extra_y, info.norm_min, info.norm_max)
+                    x[end : end + len(extra_x)].copy_(torch.from_numpy(extra_x))
+                    y[end : end + len(extra_y)].copy_(torch.from_numpy(extra_y))
+                    end += len(extra_x)
         return cls(x, y)
 
     def train_batches(
@@ -248,10 +301,17 @@ class StreamedWindows:
         self.info, self.device, self.chunk = info, device, int(chunk)
         self._file = h5py.File(info.path, "r")
         self._x, self._y = self._file[split]["inputs"], self._file[split]["targets"]
-        self.n = int(self._x.shape[0])
+        self.rows = int(self._x.shape[0])
+        self._planes = None
+        if info.inner_steps:  # each chunk brings the steps inside its first windows
+            self._planes = _target_planes(self._file, info.path, split)
+        self.n = self.rows + _count_inner(info, split)
 
     def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._x[start:stop], self._y[start:stop]
+        if self._planes is not None:
+            extra_x, extra_y = inner_steps(x, self._planes[start:stop])
+            x, y = np.concatenate([x, extra_x]), np.concatenate([y, extra_y])
         if self.info.normalized:
             lo, hi = self.info.norm_min, self.info.norm_max
             x, y = _normalize(x, lo, hi), _normalize(y, lo, hi)
@@ -260,12 +320,12 @@ class StreamedWindows:
     def train_batches(
         self, batch: int, gen: torch.Generator, dist: Dist, skip: int = 0
     ) -> Iterator[Batch]:
-        n_chunks = math.ceil(self.n / self.chunk)
+        n_chunks = math.ceil(self.rows / self.chunk)
         order = torch.randperm(n_chunks, generator=gen, device=gen.device).tolist()
         carry: tuple[torch.Tensor, torch.Tensor] | None = None
         step = 0
         for c in order:
-            x, y = self._read(c * self.chunk, min(self.n, (c + 1) * self.chunk))
+            x, y = self._read(c * self.chunk, min(self.rows, (c + 1) * self.chunk))
             if carry is not None:
                 x, y = torch.cat([carry[0], x]), torch.cat([carry[1], y])
             perm = torch.randperm(len(x), generator=gen, device=gen.device).to(self.device)
@@ -283,10 +343,10 @@ class StreamedWindows:
             yield Batch(carry[0][share], carry[1][share], len(idx), live)
 
     def eval_batches(self, batch: int, dist: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i, start in enumerate(range(0, self.n, self.chunk)):
+        for i, start in enumerate(range(0, self.rows, self.chunk)):
             if i % dist.world != dist.rank:
                 continue
-            x, y = self._read(start, min(self.n, start + self.chunk))
+            x, y = self._read(start, min(self.rows, start + self.chunk))
             for s in range(0, len(x), batch):
                 yield x[s : s + batch], y[s : s + batch]
 
@@ -312,20 +372,25 @@ def _available_memory(device: torch.device) -> int:
 
 
 def read_split(info: WindowsInfo, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's inputs and targets as stored (physical units), checked, as CPU tensors."""
+    """A split's inputs and targets as stored (physical units), checked, as CPU tensors (with
+    ``info.inner_steps``, the steps inside the first windows after them)."""
     with h5py.File(info.path, "r") as h5:
         out = []
         for name in ("inputs", "targets"):
             a = h5[split][name][...]
             _check_finite(a, info.path, f"{split}/{name}", 0)
-            out.append(torch.from_numpy(a))
-    return out[0], out[1]
+            out.append(a)
+        if info.inner_steps:
+            extra = inner_steps(out[0], _target_planes(h5, info.path, split))
+            out = [np.concatenate([a, b]) for a, b in zip(out, extra, strict=True)]
+    return torch.from_numpy(out[0]), torch.from_numpy(out[1])
 
 
 def data_bytes(info: WindowsInfo) -> int:
     """Bytes the normalized train and validation tensors take (float32)."""
     per_window = (info.window_length + 1) * N_FEATURES * 4
-    return per_window * (info.sizes["train"] + info.sizes["validation"])
+    extra = _count_inner(info, "train") + _count_inner(info, "validation")
+    return per_window * (info.sizes["train"] + info.sizes["validation"] + extra)
 
 
 def load_windows(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tracklstm.files import check_outputs, write_json
-from tracklstm.models.build import build_model, count_parameters, physical_units
+from tracklstm.models.build import build_model, count_parameters, one_state, physical_units
 from tracklstm.stage_cli import show_progress
 from tracklstm.train.checkpoints import (
     CHECKPOINT_NAME,
@@ -236,7 +236,9 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
             started = time.perf_counter()
             fit(setup, trainer, run, train_src, val_src, placement, identity)
             if has_covariance(model):
-                run.best_weights = fit_covariance(model, run.best_weights, val_src, setup.cfg)
+                run.best_weights = fit_covariance(
+                    model, run.best_weights, train_src, val_src, setup.cfg
+                )
             summary = summarize(setup, trainer, run, train_src, val_src, placement, started)
             write_outputs(setup, trainer, run, summary)
             return summary
@@ -258,6 +260,7 @@ def prepare_model(setup: RunSetup) -> tuple[nn.Module, str | None]:
     configure_backends(setup.settings["runtime"], setup.device)
     torch.manual_seed(seed)
     model = build_model(setup.settings["model"], setup.info.window_length)
+    setup.info.inner_steps = one_state(setup.settings["model"])
     if physical_units(setup.settings["model"]):
         setup.info.normalized = False
         if setup.init is None:
