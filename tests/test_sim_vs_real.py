@@ -33,6 +33,12 @@ def test_tracks_the_simulator_made_match_it() -> None:
     assert 0.85 < result["simulated_inside_95_percent_region"] < 0.97, result
     assert all(0.65 < w < 1.4 for w in result["pull_width"].values()), result["pull_width"]
     assert result["real_tracks_outside_simulated_p_range"] == 0
+    # the resampled 68 % intervals hold the statistics (wider than 1/sqrt(2 n): the tails)
+    for f in ("x", "y", "px", "py", "pz"):
+        lo, hi = result["bootstrap_68"][f"pull_width_{f}"]
+        assert lo <= result["pull_width"][f] <= hi and 0.03 < hi - lo < 1.0, (f, lo, hi)
+        lo, hi = result["bootstrap_68"][f"pull_mean_{f}"]
+        assert lo <= result["pull_mean"][f] <= hi, (f, lo, hi)
 
 
 def test_runs_on_the_real_pairs(tmp_path: Path) -> None:
