@@ -6,9 +6,12 @@ body's errors by Gaussian negative log-likelihood: Adam at 1e-3 with cosine deca
 ``training.covariance_epochs`` epochs, the epoch with the best negative log-likelihood on
 validation windows kept. ``training.covariance_split`` says where it learns:
 
-- ``train`` (the default): on every training window; the whole validation split chooses the
-  epoch. A body errs a little less on its own training windows than on new ones, so a head fit
-  there could promise too little; for the demo's MLP bodies the data it gains matter far more.
+- ``train`` (the default): on the training windows (at most ``training.covariance_windows``
+  of them, 100,000: a fixed random subset of a larger split, which the head's 1,700 parameters
+  do not need and which would cost a full-size run minutes); the whole validation split
+  chooses the epoch. A body errs a little less on its own training windows than on new ones,
+  so a head fit there could promise too little; for the demo's MLP bodies the data it gains
+  matter far more.
   Measured on the demo's test windows (2026-12-06): pull widths 1.00-1.03 (pz 0.92-1.01),
   chi2/ndf 0.96-0.99, the one-state walk's chi2/ndf at plane 24 0.92; fit on half of the
   validation split instead, the head (1,700 parameters on 2,300 windows) could not learn how
@@ -35,7 +38,8 @@ import torch
 from torch import nn
 
 from tracklstm.train.checkpoints import cpu_state
-from tracklstm.train.data import WindowSource
+from tracklstm.train.config import DEFAULT_TRAINING
+from tracklstm.train.data import DeviceWindows, WindowSource
 from tracklstm.train.runtime import Dist
 
 log = logging.getLogger("tracklstm.train")
@@ -59,6 +63,27 @@ def split_nll(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return total / max(count, 1)
 
 
+def head_batches(
+    source: WindowSource, batch: int, cap: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training windows the head learns on: all of them, or ``cap`` of them when there are
+    more (a fixed random subset of a device-resident split; the first ``cap`` of a streamed one,
+    whose chunks hold tracks in random order)."""
+    if source.n <= cap:
+        return list(source.eval_batches(batch, Dist()))
+    if isinstance(source, DeviceWindows):
+        gen = torch.Generator(device=source.x.device).manual_seed(seed + 2)
+        idx = torch.randperm(source.n, generator=gen, device=source.x.device)[:cap]
+        return [(source.x[i], source.y[i]) for i in idx.split(batch)]
+    out, kept = [], 0
+    for x, y in source.eval_batches(batch, Dist()):
+        out.append((x[: cap - kept], y[: cap - kept]))
+        kept += len(out[-1][0])
+        if kept >= cap:
+            break
+    return out
+
+
 def fit_covariance(
     model: nn.Module,
     best_weights: dict[str, torch.Tensor],
@@ -79,9 +104,11 @@ def fit_covariance(
         p.requires_grad_(True)
     epochs, batch = int(cfg["covariance_epochs"]), min(int(cfg["batch_size"]), 256)
     batches = list(val_src.eval_batches(batch, Dist()))
-    split = cfg.get("covariance_split", "train")
+    cfg = {**DEFAULT_TRAINING, **cfg}
+    split = cfg["covariance_split"]
     if split == "train":
-        fit_part, choose_part = list(train_src.eval_batches(batch, Dist())), batches
+        cap = int(cfg["covariance_windows"])
+        fit_part, choose_part = head_batches(train_src, batch, cap, int(cfg["seed"])), batches
     elif split == "validation":
         fit_part, choose_part = batches[0::2], batches[1::2] or batches[:1]
     else:
