@@ -164,13 +164,19 @@ def _target_planes(h5: h5py.File, path: Path, split: str) -> np.ndarray:
     return h5[split]["target_plane"][...]
 
 
+def _inner_count(target_plane: np.ndarray | None, length: int) -> int:
+    """How many windows ``inner_steps`` makes of windows with these target planes (None: 0)."""
+    if target_plane is None:
+        return 0
+    return int(np.sum(target_plane == length)) * max(length - 2, 0)
+
+
 def _count_inner(info: WindowsInfo, split: str) -> int:
     """How many windows ``inner_steps`` adds to ``split`` (0 unless ``info.inner_steps``)."""
     if not info.inner_steps:
         return 0
     with h5py.File(info.path, "r") as h5:
-        planes = _target_planes(h5, info.path, split)
-    return int(np.sum(planes == info.window_length)) * max(info.window_length - 2, 0)
+        return _inner_count(_target_planes(h5, info.path, split), info.window_length)
 
 
 def _normalize(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -248,26 +254,25 @@ class DeviceWindows:
         """Read, check and normalize a split chunk by chunk straight into device tensors (with
         ``info.inner_steps``, the steps inside the first windows after the file's windows)."""
         n, length = info.sizes[split], info.window_length
-        total = n + _count_inner(info, split)
-        x = torch.empty((total, length, N_FEATURES), dtype=torch.float32, device=device)
-        y = torch.empty((total, N_FEATURES), dtype=torch.float32, device=device)
         with h5py.File(info.path, "r") as h5:
+            planes = _target_planes(h5, info.path, split) if info.inner_steps else None
+            total = n + _inner_count(planes, length)
+            x = torch.empty((total, length, N_FEATURES), dtype=torch.float32, device=device)
+            y = torch.empty((total, N_FEATURES), dtype=torch.float32, device=device)
+            end = n  # the inner steps follow the file's windows, made from the inputs' chunks
             for name, dest in (("inputs", x), ("targets", y)):
                 for start, a in _scan_chunks(h5[split][name], chunk):
                     _check_finite(a, info.path, f"{split}/{name}", start)
+                    if planes is not None and name == "inputs":
+                        extra = inner_steps(a, planes[start : start + len(a)])
+                        for tail, e in zip((x, y), extra, strict=True):
+                            if info.normalized:
+                                e = _normalize(e, info.norm_min, info.norm_max)
+                            tail[end : end + len(e)].copy_(torch.from_numpy(e))
+                        end += len(extra[0])
                     if info.normalized:
                         a = _normalize(a, info.norm_min, info.norm_max)
                     dest[start : start + len(a)].copy_(torch.from_numpy(a))
-            if total > n:
-                planes, end = _target_planes(h5, info.path, split), n
-                for start, a in _scan_chunks(h5[split]["inputs"], chunk):
-                    extra_x, extra_y = inner_steps(a, planes[start : start + len(a)])
-                    if info.normalized:
-                        extra_x = _normalize(extra_x, info.norm_min, info.norm_max)
-                        extra_y = _normalize(extra_y, info.norm_min, info.norm_max)
-                    x[end : end + len(extra_x)].copy_(torch.from_numpy(extra_x))
-                    y[end : end + len(extra_y)].copy_(torch.from_numpy(extra_y))
-                    end += len(extra_x)
         return cls(x, y)
 
     def train_batches(
@@ -305,7 +310,7 @@ class StreamedWindows:
         self._planes = None
         if info.inner_steps:  # each chunk brings the steps inside its first windows
             self._planes = _target_planes(self._file, info.path, split)
-        self.n = self.rows + _count_inner(info, split)
+        self.n = self.rows + _inner_count(self._planes, info.window_length)
 
     def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._x[start:stop], self._y[start:stop]
