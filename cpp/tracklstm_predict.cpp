@@ -261,14 +261,13 @@ class AotiEngine : public Engine {
     }
     std::vector<double> shape = parse_doubles(get(kInputShapeKey));
     if (shape.size() != 3) throw std::runtime_error(path + ": bad " + std::string(kInputShapeKey));
-    loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-        path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
-        device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
-    if (with_covariance) {
-      covariance_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-          path, "covariance", /*run_single_threaded=*/false, /*num_runners=*/1,
+    auto load = [&](const char* model_name) {
+      return std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          path, model_name, /*run_single_threaded=*/false, /*num_runners=*/1,
           device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
-    }
+    };
+    loader_ = load("model");
+    if (with_covariance) covariance_ = load("covariance");
     name = "aotinductor";
     detail = "AOTInductor package, " + built_for;
     if (!get("AOTI_CPU_ISA").empty() && built_for == "cpu") detail += " " + get("AOTI_CPU_ISA");

@@ -14,8 +14,8 @@ body's errors by Gaussian negative log-likelihood: Adam at 1e-3 with cosine deca
   half-trained, pull widths 1.10-1.12). A body errs a little less on its own training windows
   than on new ones, so a head fit there could promise too little; for the demo's MLP bodies
   the data it gains matter far more.
-  Measured on the demo's test windows (2026-12-06): pull widths 1.00-1.03 (pz 0.92-1.01),
-  chi2/ndf 0.96-0.99, the one-state walk's chi2/ndf at plane 24 0.92; fit on half of the
+  Measured on the demo's test windows (2026-12-06): pull widths 1.00-1.05 (pz 0.95-1.15),
+  chi2/ndf 1.00-1.15, the one-state walk's chi2/ndf at plane 24 0.94; fit on half of the
   validation split instead, the head (1,700 parameters on 2,300 windows) could not learn how
   the spread falls with |p| on short steps (a near-constant 9 um in x where the simulator's
   exact spread goes from 11 to 3 um): widths 1.08-1.45, chi2/ndf 1.24-1.43.
