@@ -18,8 +18,8 @@ from tracklstm.evaluate.calibration import calibration_metrics, covariance_metri
 from tracklstm.export.loading import METADATA_NAME
 from tracklstm.export.module import ExportedCovarianceModel, exported_module
 from tracklstm.models.residual import build_residual
-from tracklstm.train.covariance import fit_covariance, head_batches, split_nll
-from tracklstm.train.data import DeviceWindows
+from tracklstm.train.covariance import fit_covariance, split_nll
+from tracklstm.train.data import DeviceWindows, subset_batches
 
 #: The metadata an exported file carries (what the tests need of it).
 META = {
@@ -280,11 +280,11 @@ def test_the_head_learns_on_at_most_covariance_windows(
     subset of that many windows; a smaller one gives all of its windows, in order."""
     x, y = windows[0][:1000], windows[1][:1000]
     src = DeviceWindows(x, y)
-    got = head_batches(src, 128, 300, seed=0)
+    got = subset_batches(src, 128, 300, seed=0)
     rows = torch.cat([b[0] for b in got])
     assert len(rows) == 300 and max(len(b[0]) for b in got) == 128
     assert len({tuple(r.flatten().tolist()) for r in rows}) == 300  # no window twice
-    assert torch.equal(rows, torch.cat([b[0] for b in head_batches(src, 128, 300, seed=0)]))
-    assert not torch.equal(rows, torch.cat([b[0] for b in head_batches(src, 128, 300, seed=1)]))
-    everything = torch.cat([b[0] for b in head_batches(src, 128, 5000, seed=0)])
+    assert torch.equal(rows, torch.cat([b[0] for b in subset_batches(src, 128, 300, seed=0)]))
+    assert not torch.equal(rows, torch.cat([b[0] for b in subset_batches(src, 128, 300, seed=1)]))
+    everything = torch.cat([b[0] for b in subset_batches(src, 128, 5000, seed=0)])
     assert torch.equal(everything, x)

@@ -31,11 +31,12 @@ RESID = {
 }
 
 
-#: The one-state variant with a covariance head: what a track fit uses (rule track_fit).
+#: The one-state variant with a covariance head and the Jacobian term: what a track fit uses
+#: (rule track_fit).
 MARKOV = {
     "description": "a small one-state propagator with its covariance",
     "model": {**RESID["model"], "history": 0, "covariance": True},
-    "training": {**RESID["training"], "covariance_epochs": 10},
+    "training": {**RESID["training"], "covariance_epochs": 10, "jacobian_weight": 1000},
 }
 
 
@@ -82,6 +83,27 @@ def test_variant_beats_the_helix_and_the_report_table_says_so(with_residual: tup
     ]
     best = (res / "summary" / "models.html").read_text()
     assert "Best model: resid" in best or "Best model: markov" in best  # a helix-correcting one
+
+
+def test_the_one_state_variant_learns_the_field_maps_jacobian(with_residual: tuple) -> None:
+    """training.jacobian_weight through the workflow: the run says how close its Jacobian came
+    on its training windows; the evaluation measures it on test states, beside the helix's, in
+    metrics.json and on the summary page (a windowed model gets no such section)."""
+    work, _ = with_residual
+    res = work / "results" / "tiny"
+    term = json.loads((res / "markov" / "training.json").read_text())["jacobian_term"]
+    assert term["weight"] == 1000 and term["windows"] > 0
+    jac = json.loads((res / "markov" / "evaluation" / "tiny" / "metrics.json").read_text())
+    jac = jac["jacobian"]
+    assert jac["states"] > 0 and jac["median"] <= jac["p95"]
+    assert jac["median"] < jac["helix_median"], jac
+    assert (
+        "Transport Jacobian"
+        in (res / "markov" / "evaluation" / "tiny" / "summary.html").read_text()
+    )
+    resid = json.loads((res / "resid" / "evaluation" / "tiny" / "metrics.json").read_text())
+    assert "jacobian" not in resid
+    assert json.loads((res / "resid" / "training.json").read_text())["jacobian_term"] is None
 
 
 def test_variant_exports_predicts_and_answers_the_plane_z(with_residual: tuple) -> None:

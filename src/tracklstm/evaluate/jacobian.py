@@ -7,11 +7,12 @@ derivative of the propagation. Three of them, on the same states:
   state is the current state; for a one-state model, ``residual_markov``, it is the whole input);
 - ``helix_jacobian``: the nominal helix's, by autograd through its closed form (exact);
 - ``field_jacobian``: the simulator's field map's (Runge-Kutta, no material), by central finite
-  differences: the reference.
+  differences: the reference (owned by ``physics.transport``, which the training uses too).
 
-``relative_difference`` compares two of them the way ``benchmarks/jacobian.py`` reports them:
-J - I (what the step adds), momenta in units of 10 MeV/c so that the blocks weigh alike, by the
-Frobenius norm of the difference over that of the reference's J - I.
+``relative_difference`` (``physics.transport``) compares two of them the way
+``benchmarks/jacobian.py`` reports them: J - I (what the step adds), momenta in units of
+10 MeV/c so that the blocks weigh alike, by the Frobenius norm of the difference over that of the
+reference's J - I.
 """
 
 from __future__ import annotations
@@ -22,17 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracklstm.constants import ANSWER_INDEX
-from tracklstm.physics.baselines import field_only
 from tracklstm.physics.helix_field import NOMINAL_FIELD
 from tracklstm.physics.helix_prior import field_tables, helix_step
+from tracklstm.physics.transport import INDEX, field_jacobian, relative_difference
 
-#: The varied and compared features: x, y, px, py, pz (z is the plane's).
-INDEX: list[int] = list(ANSWER_INDEX)
-#: Finite-difference steps of the field map's Jacobian: cm for x, y; GeV/c for the momenta.
-FD_STEP: tuple[float, ...] = (1e-3, 1e-3, 1e-5, 1e-5, 1e-5)
-#: Scale of J - I for the comparison: cm and units of 10 MeV/c.
-UNITS: np.ndarray = np.array([1.0, 1.0, 100.0, 100.0, 100.0])
+__all__ = ["field_jacobian", "helix_jacobian", "model_jacobian", "relative_difference"]
 
 
 def model_jacobian(model: nn.Module, windows: np.ndarray) -> np.ndarray:
@@ -69,22 +64,32 @@ def helix_jacobian(
     return out
 
 
-def field_jacobian(states: np.ndarray, z_target: np.ndarray) -> np.ndarray:
-    """(N, 5, 5) Jacobian of the field map's propagation, by central differences."""
-    states = np.asarray(states, dtype=np.float64)
-    out = np.empty((len(states), len(INDEX), len(INDEX)))
-    for col, (j, h) in enumerate(zip(INDEX, FD_STEP, strict=True)):
-        up, down = states.copy(), states.copy()
-        up[:, j] += h
-        down[:, j] -= h
-        diff = field_only(up, z_target) - field_only(down, z_target)
-        out[:, :, col] = diff[:, INDEX] / (2 * h)
-    return out
+#: Test states the evaluation compares the Jacobians on (``jacobian_metrics``).
+EVALUATED_STATES: int = 400
 
 
-def relative_difference(jacobians: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per state: ||J - J_ref|| / ||J_ref - I|| (Frobenius), momenta in 10 MeV/c."""
-    scale = UNITS[:, None] / UNITS[None, :]
-    eye = np.eye(len(INDEX))
-    num = np.linalg.norm((jacobians - reference) * scale, axis=(1, 2))
-    return num / np.linalg.norm((reference - eye) * scale, axis=(1, 2))
+def jacobian_metrics(
+    model: nn.Module,
+    windows: np.ndarray,
+    targets: np.ndarray,
+    field: Sequence[Sequence[float]] = NOMINAL_FIELD,
+    n: int = EVALUATED_STATES,
+    seed: int = 1,
+) -> dict[str, float | int]:
+    """The model's and the helix's Jacobians against the field map's on ``n`` of the test
+    windows (N, window, 6) with their targets (N, 6) (the step to the target's plane): the
+    median and 95th percentile of ``relative_difference`` (``metrics.json`` ``jacobian``)."""
+    rows = np.random.default_rng(seed).choice(len(windows), min(n, len(windows)), replace=False)
+    rows.sort()
+    states = np.asarray(windows[rows, -1], dtype=np.float64)
+    z_next = np.asarray(targets[rows, 2], dtype=np.float64)
+    reference = field_jacobian(states, z_next)
+    model_diff = relative_difference(model_jacobian(model, windows[rows]), reference)
+    helix_diff = relative_difference(helix_jacobian(states, z_next, field), reference)
+    return {
+        "states": len(rows),
+        "median": round(float(np.median(model_diff)), 5),
+        "p95": round(float(np.percentile(model_diff, 95)), 5),
+        "helix_median": round(float(np.median(helix_diff)), 5),
+        "helix_p95": round(float(np.percentile(helix_diff, 95)), 5),
+    }

@@ -148,6 +148,22 @@ def _against_physics(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _jacobian(result: dict[str, Any]) -> list[str]:
+    """A one-state model's transport Jacobian and the helix's against the field map's."""
+    jac = result.get("jacobian")
+    if not jac:
+        return []
+    rows = [
+        [LABELS["network"], jac["median"], jac["p95"]],
+        [LABELS["helix"], jac["helix_median"], jac["helix_p95"]],
+    ]
+    return [
+        f"<h2>Transport Jacobian against the field map's ({jac['states']} test states; "
+        "||J - J<sub>field</sub>|| / ||J<sub>field</sub> - I||, momenta in 10 MeV/c)</h2>",
+        html_table(["method", "median", "95th percentile"], rows),
+    ]
+
+
 def _real_track(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
     """The challenge score on the real track of the package (sim-to-real)."""
     real = result.get("real_track")
@@ -190,6 +206,7 @@ def summary_html(result: dict[str, Any]) -> str:
         *_intro(result),
         *_score_table(result, methods),
         *_against_physics(result),
+        *_jacobian(result),
         *_real_track(result, methods),
         *_residual_tables(result, methods),
         *_challenge_and_training(result, methods),

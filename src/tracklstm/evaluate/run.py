@@ -16,6 +16,7 @@ import numpy as np
 
 from tracklstm.constants import N_PLANES
 from tracklstm.evaluate.calibration import covariance_metrics, walk_with_covariance
+from tracklstm.evaluate.jacobian import jacobian_metrics
 from tracklstm.evaluate.metrics import (
     EVAL_BATCH,
     EvaluationInputError,
@@ -287,6 +288,17 @@ def log_summary(result: dict[str, Any]) -> None:
                 last["chi2_ndf_mean"],
                 last["coverage_95"],
             )
+    jac = result.get("jacobian")
+    if jac:
+        log.info(
+            "transport Jacobian against the field map's on %d test states: median %.4f, 95th "
+            "percentile %.4f (the helix's: %.4f, %.4f)",
+            jac["states"],
+            jac["median"],
+            jac["p95"],
+            jac["helix_median"],
+            jac["helix_p95"],
+        )
     for line in result["verdict"]:
         log.info("%s", line)
 
@@ -339,6 +351,8 @@ def evaluate(
         # one-state (models.build.one_state, not imported: evaluation reads metadata only)
         if inputs.meta.get("model", {}).get("history") == 0:
             result["covariance"]["walk"] = covariance_walk(inputs, batch)
+    if inputs.meta.get("model", {}).get("history") == 0:  # a one-state model: J is its step's
+        result["jacobian"] = jacobian_metrics(inputs.model, inputs.test.inputs, truth, field)
     if challenge_inputs and challenge_answers and challenge_predictions:
         result["challenge"] = score_challenge_file(
             challenge_inputs, challenge_answers, challenge_predictions, propagators

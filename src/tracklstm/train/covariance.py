@@ -42,7 +42,7 @@ from torch import nn
 
 from tracklstm.train.checkpoints import cpu_state
 from tracklstm.train.config import DEFAULT_TRAINING
-from tracklstm.train.data import DeviceWindows, WindowSource
+from tracklstm.train.data import WindowSource, subset_batches
 from tracklstm.train.runtime import Dist
 
 log = logging.getLogger("tracklstm.train")
@@ -64,27 +64,6 @@ def split_nll(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
             total += float(model.covariance_nll(x, y)) * len(x)
             count += len(x)
     return total / max(count, 1)
-
-
-def head_batches(
-    source: WindowSource, batch: int, cap: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The training windows the head learns on: all of them, or ``cap`` of them when there are
-    more (a fixed random subset of a device-resident split; the first ``cap`` of a streamed one,
-    whose chunks hold tracks in random order)."""
-    if source.n <= cap:
-        return list(source.eval_batches(batch, Dist()))
-    if isinstance(source, DeviceWindows):
-        gen = torch.Generator(device=source.x.device).manual_seed(seed + 2)
-        idx = torch.randperm(source.n, generator=gen, device=source.x.device)[:cap]
-        return [(source.x[i], source.y[i]) for i in idx.split(batch)]
-    out, kept = [], 0
-    for x, y in source.eval_batches(batch, Dist()):
-        out.append((x[: cap - kept], y[: cap - kept]))
-        kept += len(out[-1][0])
-        if kept >= cap:
-            break
-    return out
 
 
 def fit_covariance(
@@ -112,7 +91,7 @@ def fit_covariance(
     keep_last = split == "train"
     if split == "train":
         cap = int(cfg["covariance_windows"])
-        fit_part, choose_part = head_batches(train_src, batch, cap, int(cfg["seed"])), batches
+        fit_part, choose_part = subset_batches(train_src, batch, cap, int(cfg["seed"])), batches
     elif split == "validation":
         fit_part, choose_part = batches[0::2], batches[1::2] or batches[:1]
     else:

@@ -425,3 +425,25 @@ def load_windows(
         StreamedWindows(info, "validation", device, chunk),
         "stream",
     )
+
+
+def subset_batches(
+    source: WindowSource, batch: int, cap: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``source``'s windows in batches: all of them, or ``cap`` of them when there are more (a
+    fixed random subset of a device-resident split, the same for the same ``seed``; the first
+    ``cap`` of a streamed one, whose chunks hold tracks in random order). The covariance head
+    learns on them, and the Jacobian term's windows are drawn from them."""
+    if source.n <= cap:
+        return list(source.eval_batches(batch, Dist()))
+    if isinstance(source, DeviceWindows):
+        gen = torch.Generator(device=source.x.device).manual_seed(seed + 2)
+        idx = torch.randperm(source.n, generator=gen, device=source.x.device)[:cap]
+        return [(source.x[i], source.y[i]) for i in idx.split(batch)]
+    out, kept = [], 0
+    for x, y in source.eval_batches(batch, Dist()):
+        out.append((x[: cap - kept], y[: cap - kept]))
+        kept += len(out[-1][0])
+        if kept >= cap:
+            break
+    return out

@@ -50,6 +50,7 @@ from tracklstm.train.data import (
     read_split,
 )
 from tracklstm.train.errors import TrainingInputError, TrainingInterrupted
+from tracklstm.train.jacobian import build_term
 from tracklstm.train.runtime import (
     Dist,
     clear_stop,
@@ -231,15 +232,18 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
     )
     try:
         with run_lock(setup.checkpoint, setup.dist.main):
-            trainer = Trainer(model, setup.cfg, setup.device, setup.dist, rt)
+            term = build_term(model, train_src, setup.cfg)
+            trainer = Trainer(model, setup.cfg, setup.device, setup.dist, rt, jacobian=term)
             run = start_or_resume(setup, trainer, identity)
             started = time.perf_counter()
             fit(setup, trainer, run, train_src, val_src, placement, identity)
+            jacobian = term.summary(model.body, run.best_weights) if term is not None else None
             if has_covariance(model):
                 run.best_weights = fit_covariance(
                     model, run.best_weights, train_src, val_src, setup.cfg
                 )
             summary = summarize(setup, trainer, run, train_src, val_src, placement, started)
+            summary["jacobian_term"] = jacobian
             write_outputs(setup, trainer, run, summary)
             return summary
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from tracklstm.settings import defaults
 from tracklstm.train.data import Batch, WindowSource
 from tracklstm.train.runtime import Dist, all_reduce, epoch_seed, stop_requested
+
+if TYPE_CHECKING:
+    from tracklstm.train.jacobian import JacobianTerm
 
 log = logging.getLogger("tracklstm.train")
 
@@ -96,9 +99,11 @@ class Trainer:
         device: torch.device,
         dist: Dist | None = None,
         runtime: dict[str, Any] | None = None,
+        jacobian: JacobianTerm | None = None,
     ) -> None:
         """``cfg``: the ``training`` settings; ``runtime``: the ``runtime`` ones (missing keys:
-        the schema's defaults)."""
+        the schema's defaults); ``jacobian``: the Jacobian term of the loss (``train.jacobian``)
+        when ``training.jacobian_weight`` asks for one."""
         self.model, self.cfg, self.device = model, cfg, device
         self.runtime = rt = {**defaults("runtime"), **(runtime or {})}
         self.dist = dist or Dist()
@@ -112,6 +117,10 @@ class Trainer:
             log.warning("runtime.cuda_graphs is for CUDA GPUs; running without")
         if self.graphs and self.dist.world > 1:
             log.warning("runtime.cuda_graphs is not used with several processes (DDP)")
+            self.graphs = False
+        self.jacobian = jacobian
+        if self.graphs and jacobian is not None:
+            log.warning("runtime.cuda_graphs is not used with training.jacobian_weight")
             self.graphs = False
         self.precision = rt["precision"] if self.amp_dtype is not None else "fp32"
         self.view = TrainingView(model)
@@ -143,7 +152,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype, cache_enabled=not self.graphs)
 
-    def _compute(self, x: torch.Tensor, y: torch.Tensor, scale: float, live: bool) -> None:
+    def _compute(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        scale: float,
+        live: bool,
+        jacobian_rows: torch.Tensor | None = None,
+    ) -> None:
         """Forward, backward, clip, optimizer step and running sums; no host sync."""
         with self._autocast():
             pred, target = self.net(x, y)
@@ -151,6 +167,8 @@ class Trainer:
         abs_total = err.abs().sum()
         sq_total = err.square().sum()
         loss = (sq_total if self.loss == "mse" else abs_total) * scale
+        if self.jacobian is not None and jacobian_rows is not None and live:
+            loss = loss + self.jacobian.loss(self.model.body, jacobian_rows)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -168,15 +186,16 @@ class Trainer:
                 self.abs_sum += abs_total.detach()
                 self.sq_sum += sq_total.detach()
 
-    def step(self, batch: Batch) -> None:
-        """One optimizer step on ``batch`` (the loss is the mean over the whole global batch)."""
+    def step(self, batch: Batch, jacobian_rows: torch.Tensor | None = None) -> None:
+        """One optimizer step on ``batch`` (the loss is the mean over the whole global batch),
+        with the Jacobian term on ``jacobian_rows`` of its windows if there is one."""
         full = batch.live and batch.n_global == self.batch and len(batch.x) == self.batch
         if self.graphs and full and not self._graph_failed:
             self._graph_step(batch.x, batch.y)
             return
         scale = self.dist.world / (batch.n_global * self.n_features) if batch.live else 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        self._compute(batch.x, batch.y, scale, batch.live)
+        self._compute(batch.x, batch.y, scale, batch.live, jacobian_rows)
 
     def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The whole step as one CUDA graph: captured after 3 eager warm-up steps, then replayed."""
@@ -261,9 +280,12 @@ class Trainer:
                 leave=False,
             )
         step = skip
+        term = self.jacobian
+        order = term.order(seed, epoch) if term is not None else None
         try:
             for batch in source.train_batches(self.batch, gen, self.dist, skip):
-                self.step(batch)
+                rows = None if term is None else term.rows(order, step, n_steps, self.dist)
+                self.step(batch, rows)
                 step += 1
                 if bar is not None:
                     bar.update(1)
