@@ -140,3 +140,37 @@ def test_training_with_the_term_learns_the_field_maps_jacobian(tmp_path: Path) -
         else:
             assert summary["jacobian_term"] is None
     assert medians[1000.0] < medians[0.0] / 2, medians
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """The term's windows depend on the epoch and step only: stopped inside epoch 2 and
+    resumed, the run ends with the weights of a run that was never stopped."""
+    from test_train import make_windows_file, state_equal
+
+    from tracklstm.train.data import inspect_windows
+    from tracklstm.train.errors import TrainingInterrupted
+    from tracklstm.train.runtime import request_stop
+
+    windows = make_windows_file(tmp_path / "windows.h5", tracks=simulate_tracks(60, seed=2))
+    settings = {
+        "model": {"kind": "residual", "hidden_sizes": [8], "history": 0},
+        "training": {
+            "epochs": 3,
+            "batch_size": 32,
+            "loss": "mse",
+            "jacobian_weight": 100,
+            "jacobian_windows": 300,
+        },
+    }
+    train(windows, tmp_path / "ref", settings)
+    steps = -(-inspect_windows(windows).sizes["train"] // 32)
+    request_stop(after_steps=steps + 3)
+    with pytest.raises(TrainingInterrupted):
+        train(windows, tmp_path / "run", settings)
+    summary = train(windows, tmp_path / "run", settings)
+    assert summary["resumes"] == 1
+    for name in ("weights_best.pt", "weights_last.pt"):
+        assert state_equal(
+            torch.load(tmp_path / "run" / name, weights_only=True),
+            torch.load(tmp_path / "ref" / name, weights_only=True),
+        )
