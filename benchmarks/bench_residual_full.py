@@ -10,8 +10,9 @@ the same test windows, and the challenge scores.
 Target (issue: the helix-correcting network): RMS of x, y, px and py within 1.05 times the
 floor's, with a CPU training budget of 20 minutes or less. A model with a covariance head
 (``--model residual_markov``) also records its calibration (``metrics.json`` ``covariance``:
-pull widths overall and per momentum quartile, chi2/ndf, coverage, the walk) and its Kalman
-track fit (rule ``track_fit``).
+pull widths overall and per momentum quartile, chi2/ndf, coverage, the walk), its transport
+Jacobian against the field map's (``jacobian``; ``jacobian_term``: the training's term) and its
+Kalman track fit (rule ``track_fit``).
 
     PYTHONPATH=src python benchmarks/bench_residual_full.py [--tracks 194601] [--keep DIR]
     PYTHONPATH=src python benchmarks/bench_residual_full.py --model residual_markov
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if metrics["walk"].get("n_tracks")
         else None,
         "covariance": metrics.get("covariance"),
+        "jacobian": metrics.get("jacobian"),
+        "jacobian_term": training.get("jacobian_term"),
         "track_fit": json.loads(track_fit.read_text()) if track_fit.is_file() else None,
         "targets": targets,
         "all_met": all(t["met"] for t in targets.values()),
