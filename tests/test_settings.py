@@ -136,6 +136,11 @@ def test_non_finite_numbers_and_cross_key_rules_are_refused(config: dict, edit, 
             lambda c: c["evaluation"].update(helix_field=[[65.0, 2.0], [65.0, 1.0]]),
             r"evaluation\.helix_field .*: the regions' z_from must increase",
         ),
+        (
+            lambda c: c["models"]["lstm"].update(training={"jacobian_weight": 10}),
+            r"training\.jacobian_weight \(dataset demo, model lstm.*\): the Jacobian term needs "
+            r"model\.kind residual with model\.body mlp \(got kind 'reference', body 'mlp'\)",
+        ),
     ],
 )
 def test_settings_a_job_would_fail_on_are_refused_before_any_job(
@@ -155,6 +160,14 @@ def test_a_stage_run_by_hand_is_held_to_the_same_rules() -> None:
         settings.stage_defaults("windows", {"windows": {"split": split}})
     with pytest.raises(settings.ConfigError, match=r"evaluation\.helix_field: .*must increase"):
         settings.stage_defaults("evaluate", {"evaluation": {"helix_field": [[9, 1], [3, 1]]}})
+    with pytest.raises(settings.ConfigError, match=r"training\.jacobian_weight: .*body 'gru'"):
+        settings.stage_defaults(
+            "train",
+            {
+                "model": {"kind": "residual", "body": "gru", "history": 2},
+                "training": {"jacobian_weight": 5},
+            },
+        )
 
 
 def test_prepare_fills_the_schema_defaults(config: dict) -> None:

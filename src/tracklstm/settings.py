@@ -287,7 +287,21 @@ def _cross_key_rules(config: dict[str, Any], dataset: str, model: str) -> list[t
                 f"{win['length']}): such lines could not be predicted",
             )
         )
-    return out + _runtime_rules(rt)
+    tr = resolve_section(config, "training", dataset, model)
+    return out + _runtime_rules(rt) + _training_rules(md, tr)
+
+
+def _training_rules(md: dict[str, Any], tr: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rules between the training and the model: the Jacobian term needs a residual MLP."""
+    if tr["jacobian_weight"] > 0 and (md["kind"] != "residual" or md["body"] != "mlp"):
+        return [
+            (
+                "training.jacobian_weight",
+                "the Jacobian term needs model.kind residual with model.body mlp (got kind "
+                f"{md['kind']!r}, body {md['body']!r})",
+            )
+        ]
+    return []
 
 
 def _runtime_rules(rt: dict[str, Any]) -> list[tuple[str, str]]:
@@ -445,6 +459,8 @@ def stage_defaults(stage: str, given: dict[str, Any] | None = None) -> dict[str,
     rules = [rule for s, values in out.items() for rule in _section_rules(s, values)]
     if "runtime" in out:
         rules += _runtime_rules(out["runtime"])
+    if "training" in out and "model" in out:
+        rules += _training_rules(out["model"], out["training"])
     _raise([f"{key}: {what}" for key, what in rules])
     if stage == "train":
         out["window_length"] = given.get("window_length")

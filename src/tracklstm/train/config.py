@@ -43,14 +43,6 @@ def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:
         isinstance(length, bool) or not isinstance(length, int) or length < 1
     ):
         raise TrainingInputError(f"window_length: expected an integer >= 1 or null, got {length!r}")
-    model = resolved["model"]
-    if resolved["training"]["jacobian_weight"] > 0 and (
-        model["kind"] != "residual" or model["body"] != "mlp"
-    ):
-        raise TrainingInputError(
-            "training.jacobian_weight: the Jacobian term needs model.kind residual with "
-            f"model.body mlp (got kind {model['kind']!r}, body {model['body']!r})"
-        )
     return resolved
 
 
