@@ -140,6 +140,6 @@ def test_the_plain_file_and_the_track_fit(with_residual: tuple) -> None:
     fit = json.loads((res / "markov" / "track_fit" / "fit.json").read_text())
     assert set(fit["result"]) == {"field map", "helix", "learned"} and fit["tracks"] >= 2
     field = fit["result"]["field map"]
-    assert 0.5 < field["chi2_ndf_mean"] < 2 and field["p_resolution_relative"] < 0.1
+    assert 0.5 < field["chi2_ndf_mean"] < 2 and field["p_resolution_core"] < 0.1
     assert fit["result"]["learned"]["ms_per_track"] > 0
     assert (res / "markov" / "track_fit" / "fit.png").stat().st_size > 10_000
