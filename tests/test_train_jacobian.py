@@ -85,8 +85,10 @@ def test_each_step_takes_the_same_windows_on_a_resume_and_ranks_take_different_o
     used = [r for s in range(100) if (r := term.rows(order, s, 100, one)) is not None]
     assert len(used) == 16
     assert set(torch.cat(used).tolist()) == set(range(1000))
+    # two processes share a step's windows between them
     a, b = (term.rows(order, 5, 10, Dist(rank=r, world=2)) for r in (0, 1))
     assert a is not None and b is not None and not set(a.tolist()) & set(b.tolist())
+    assert set(a.tolist()) | set(b.tolist()) == set(term.rows(order, 5, 10, one).tolist())
 
 
 def test_the_term_needs_a_residual_mlp_model(tmp_path: Path) -> None:

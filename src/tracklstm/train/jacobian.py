@@ -47,7 +47,7 @@ from tracklstm.train.runtime import Dist, epoch_seed
 
 log = logging.getLogger("tracklstm.train")
 
-#: Windows per step whose Jacobian enters the loss (per process).
+#: Windows per step whose Jacobian enters the loss (over all processes together).
 JACOBIAN_BATCH: int = 64
 
 
@@ -75,24 +75,24 @@ class JacobianTerm:
         return torch.randperm(self.n, generator=gen, device=self.static.device)
 
     def rows(self, order: torch.Tensor, step: int, steps: int, dist: Dist) -> torch.Tensor | None:
-        """The windows of step ``step`` of an epoch of ``steps`` on this rank, or None.
+        """This rank's windows at step ``step`` of an epoch of ``steps``, or None.
 
-        An epoch passes once over the term's windows, ``JACOBIAN_BATCH`` per process at a time,
-        on steps spread evenly over it (every step when there are more batches of them than
-        steps; 125 of the demo's 144 steps; every 112th step of a full-size epoch). Which
-        windows a step takes depends on the step only, as a resume needs.
+        An epoch passes once over the term's windows, ``JACOBIAN_BATCH`` at a time (over all
+        processes together, each taking its share, as the batches do), on steps spread evenly
+        over it (every step when there are more batches of them than steps; 125 of the demo's
+        144 steps; every 112th step of a full-size epoch). Which windows a step takes depends
+        on the step only, as a resume needs.
         """
-        per_step = JACOBIAN_BATCH * dist.world
-        uses = max(1, -(-self.n // per_step))
+        uses = max(1, -(-self.n // JACOBIAN_BATCH))
         if uses >= steps:
             use = step
         else:
             use = step * uses // steps
             if step > 0 and (step - 1) * uses // steps == use:  # this use began a step ago
                 return None
-        start = use * per_step + dist.rank * JACOBIAN_BATCH
+        start = use * JACOBIAN_BATCH
         take = torch.arange(start, start + JACOBIAN_BATCH, device=order.device) % self.n
-        return order[take]
+        return order[take[dist.rank :: dist.world]]
 
     def body_jacobian(self, body: nn.Module, rows: torch.Tensor) -> torch.Tensor:
         """(B, 5, 5) the correction's Jacobian in the compared units, differentiable."""
