@@ -288,3 +288,25 @@ def test_the_head_learns_on_at_most_covariance_windows(
     assert not torch.equal(rows, torch.cat([b[0] for b in subset_batches(src, 128, 300, seed=1)]))
     everything = torch.cat([b[0] for b in subset_batches(src, 128, 5000, seed=0)])
     assert torch.equal(everything, x)
+
+
+def test_evaluation_reports_the_jacobian_of_a_file_that_has_one(tmp_path: Path) -> None:
+    """A one-state model's evaluation: from its TorchScript file, the Jacobian against the
+    field map's and the walk with the covariance; from its ONNX file, which cannot be
+    differentiated, the covariance only (and no error)."""
+    from test_export import make_run
+    from test_train import make_windows_file
+
+    from tracklstm.evaluate.run import evaluate
+    from tracklstm.export.formats import export
+
+    run = make_run(tmp_path / "run", (16, 16), kind="residual", history=0, covariance=True)
+    export(run, torchscript=tmp_path / "model.ts", onnx=tmp_path / "model.onnx")
+    windows = make_windows_file(tmp_path / "windows.h5", tracks=simulate_tracks(40, seed=2))
+    ts = evaluate(tmp_path / "model.ts", windows, tmp_path / "ts", plots=False)
+    onnx = evaluate(tmp_path / "model.onnx", windows, tmp_path / "onnx", plots=False)
+    assert ts["jacobian"]["states"] > 0 and ts["jacobian"]["helix_median"] > 0
+    assert "walk" in ts["covariance"]
+    assert "jacobian" not in onnx and "walk" not in onnx["covariance"]
+    widths = onnx["covariance"]["pull_width"]
+    assert widths == pytest.approx(ts["covariance"]["pull_width"], rel=1e-3)

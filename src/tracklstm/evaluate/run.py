@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tracklstm.constants import N_PLANES
 from tracklstm.evaluate.calibration import covariance_metrics, walk_with_covariance
@@ -346,12 +347,17 @@ def evaluate(
     truth, preds = predict_one_step(inputs, propagators, batch)
     result = one_step_metrics(inputs, truth, preds, field, bins, n_momentum_bins)
     result["walk"] = walk_metrics(inputs, propagators, batch)
+    # one-state (models.build.one_state, not imported: evaluation reads metadata only): its
+    # Jacobian is its step's, if the file can be differentiated (an ONNX file cannot)
+    one_state = inputs.meta.get("model", {}).get("history") == 0
+    differentiable = hasattr(inputs.model, "jacobian") or isinstance(inputs.model, torch.nn.Module)
+    if one_state and not differentiable:
+        log.info("%s: no Jacobian of this file (it cannot be differentiated)", inputs.model_path)
     if has_covariance(inputs.model):
         result["covariance"] = covariance_metrics(inputs.model, inputs.test.inputs, truth, batch)
-        # one-state (models.build.one_state, not imported: evaluation reads metadata only)
-        if inputs.meta.get("model", {}).get("history") == 0:
+        if one_state and differentiable:
             result["covariance"]["walk"] = covariance_walk(inputs, batch)
-    if inputs.meta.get("model", {}).get("history") == 0:  # a one-state model: J is its step's
+    if one_state and differentiable:
         result["jacobian"] = jacobian_metrics(inputs.model, inputs.test.inputs, truth, field)
     if challenge_inputs and challenge_answers and challenge_predictions:
         result["challenge"] = score_challenge_file(
