@@ -11,15 +11,28 @@ import pytest
 import torch
 from test_train import make_windows_file, read_metrics, tiny
 
+from tracklstm.data.simulate import simulate_tracks
 from tracklstm.train.fit import train
+
+#: The one-state residual model with the Jacobian term (train.jacobian): its 64 windows per use
+#: are shared between the processes as a batch is.
+RESIDUAL_JACOBIAN = {
+    "model": {"kind": "residual", "hidden_sizes": [16], "history": 0},
+    "training": {"jacobian_weight": 100, "jacobian_windows": 500, "loss": "mse"},
+}
 
 
 @pytest.mark.slow
-def test_two_processes_learn_like_one(tmp_path: Path) -> None:
-    windows = make_windows_file(tmp_path / "windows.h5", n_tracks=55)
+@pytest.mark.parametrize("variant", ["reference", "residual with the Jacobian term"])
+def test_two_processes_learn_like_one(tmp_path: Path, variant: str) -> None:
+    tracks = simulate_tracks(55, seed=6) if variant != "reference" else None
+    windows = make_windows_file(tmp_path / "windows.h5", n_tracks=55, tracks=tracks)
     # 44 training tracks -> 792 windows = 7 batches of 113 and one of 1 window, so rank 1 has
     # nothing of the last batch (it steps with a stand-in of weight 0).
     settings = tiny(epochs=4, batch_size=113, learning_rate=2e-2)
+    if variant != "reference":
+        settings["model"] = RESIDUAL_JACOBIAN["model"]
+        settings["training"].update(RESIDUAL_JACOBIAN["training"], learning_rate=3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
