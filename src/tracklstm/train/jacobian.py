@@ -197,8 +197,8 @@ def build_term(model: nn.Module, source: WindowSource, cfg: dict[str, Any]) -> J
         torch.sqrt((((j_prior - j_field) * scale).square().sum((1, 2))) / ref_sq).median()
     )
     log.info(
-        "Jacobian term: weight %g on %d training windows (%d per step); the helix prior's "
-        "Jacobian is off the field map's by a median %.4f there",
+        "Jacobian term: weight %g on %d training windows (%d at a time, each once per "
+        "epoch); the helix prior's Jacobian is off the field map's by a median %.4f there",
         weight,
         term.n,
         JACOBIAN_BATCH,
