@@ -20,6 +20,7 @@ from tracklstm.export.module import ExportedCovarianceModel, exported_module
 from tracklstm.models.residual import build_residual
 from tracklstm.train.covariance import fit_covariance, split_nll
 from tracklstm.train.data import DeviceWindows, subset_batches
+from tracklstm.train.runtime import Dist
 
 #: The metadata an exported file carries (what the tests need of it).
 META = {
@@ -310,3 +311,50 @@ def test_evaluation_reports_the_jacobian_of_a_file_that_has_one(tmp_path: Path) 
     assert "jacobian" not in onnx and "walk" not in onnx["covariance"]
     widths = onnx["covariance"]["pull_width"]
     assert widths == pytest.approx(ts["covariance"]["pull_width"], rel=1e-3)
+
+
+def test_the_covariance_scale_is_calibrated_on_held_out_windows(
+    windows: tuple[torch.Tensor, torch.Tensor],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the head is trained its spread is scaled so that the held-out windows' pulls have
+    width 1, in each feature they pin the scale down for (here, with a looser bound than the
+    default, x, y, px, py but not pz); errors twice as large ask for twice the scale; weights
+    saved before the scale existed load with a scale of 1."""
+    from tracklstm.train import covariance
+    from tracklstm.train.covariance import calibrate_scale
+
+    model = model_with_head(windows, history=0, steps=300)
+    inputs, targets = windows
+    cut, test = 2000, len(inputs)
+    val_src = DeviceWindows(inputs[cut:test], targets[cut:test])
+    cfg = {"covariance_epochs": 5, "batch_size": 256, "seed": 1}
+    default = covariance.MAX_SCALE_ERROR
+    monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", 0.2)
+    with caplog.at_level(logging.INFO, logger="tracklstm.train"):
+        train_src = DeviceWindows(inputs[:cut], targets[:cut])
+        weights = fit_covariance(model, model.state_dict(), train_src, val_src, cfg)
+    assert f"covariance scale of x, y, px, py, pz from {test - cut} held-out windows" in caplog.text
+    scale = weights["cov_scale"]
+    assert torch.equal(model.cov_scale, scale) and scale[4] == 1 and not torch.all(scale == 1)
+    held = inputs[cut:test].numpy(), targets[cut:test].numpy().astype(float)
+    widths = covariance_metrics(model, *held)["pull_width"]
+    # the root mean square of the held-out pulls is 1 (their standard deviation: nearly)
+    assert all(abs(widths[f] - 1) < 0.05 for f in ("x", "y", "px", "py")), widths
+    with torch.no_grad():
+        pred = model(inputs[cut:test]).double()
+    doubled = targets[cut:test].double() + (targets[cut:test].double() - pred)
+    once = calibrate_scale(model, [(inputs[cut:test], targets[cut:test])])
+    monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", default)
+    # 5,000 held-out windows do not pin a scale down to the default 3 % (the demo's neither)
+    batches = list(val_src.eval_batches(256, Dist()))
+    assert torch.equal(calibrate_scale(model, batches), torch.ones(5, dtype=torch.float64))
+    monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", 0.2)
+    twice = calibrate_scale(model, [(inputs[cut:test], doubled)])
+    torch.testing.assert_close(twice[:4], 2 * once[:4], rtol=2e-3, atol=0)
+    assert once[4] == twice[4] == 1
+    old = {k: v for k, v in weights.items() if k != "cov_scale"}
+    fresh = build_residual({"hidden_sizes": [32], "history": 0, "covariance": True})
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.cov_scale, torch.ones(5, dtype=torch.float64))

@@ -191,6 +191,7 @@ class Propagator {
     if (r.count(0, 1) == 1) {
       p.max_unit_ = r.values("max_unit_entry", 1)[0];
       p.min_diagonal_ = r.values("min_cholesky_diagonal", 1)[0];
+      p.cov_scale_ = r.values("covariance_scale", 5);
       p.cov_head_ = detail::read_network(r, "covariance_head", detail::kStatic, 15);
       p.has_covariance_ = true;
     }
@@ -419,12 +420,14 @@ class Propagator {
         jac[i * 5 + t] = prior[detail::kCorrected[i]].d[t] + dout[t * 5 + i] * corr_std_[i];
   }
 
-  // The covariance head's 15 numbers -> (L corr_std)(L corr_std)^T, L = D U (CovarianceHead).
+  // The covariance head's 15 numbers -> (L s)(L s)^T, L = D U (CovarianceHead), s = corr_std times
+  // the calibrated covariance_scale, per row.
   void cholesky_product(const float* raw, double* cov) const {
     double l[5][5] = {};
     for (int i = 0; i < 5; ++i) {
       const double x = raw[i];  // softplus (torch's: linear above 20) plus the floor
-      l[i][i] = ((x > 20.0 ? x : std::log1p(std::exp(x))) + min_diagonal_) * corr_std_[i];
+      const double spread = (x > 20.0 ? x : std::log1p(std::exp(x))) + min_diagonal_;
+      l[i][i] = spread * (corr_std_[i] * cov_scale_[i]);
     }
     int k = 5;  // the unit-triangular entries, row by row (torch.tril_indices)
     for (int i = 1; i < 5; ++i)
@@ -443,6 +446,7 @@ class Propagator {
   std::vector<double> field_z_, field_qbz_, plane_z_;
   double curvature_ = 0.0, series_below_ = 0.0;
   std::vector<double> step_mean_, step_std_, static_mean_, static_std_, corr_mean_, corr_std_;
+  std::vector<double> cov_scale_;
   detail::Network body_, cov_head_;
   bool has_covariance_ = false;
   double max_unit_ = 0.0, min_diagonal_ = 0.0;

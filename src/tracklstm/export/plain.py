@@ -13,7 +13,8 @@ read back exactly) and the export metadata, in a text format a person can read:
     metadata {...the export metadata, JSON...}
     history H  window W  field R z qbz ...  planes N z ...  curvature 1 c  ...
     step_mean 6 ...  step_std 6 ...  static_mean 16 ...  static_std 16 ...  corr_mean 5 ...
-    body L  dense n_in n_out W (row by row) b  ...  covariance 0|1 [...]  end
+    body L  dense n_in n_out W (row by row) b  ...  covariance 0|1 [max_unit_entry 1 ...
+    min_cholesky_diagonal 1 ...  covariance_scale 5 ...  covariance_head ...]  end
 
 Only the residual kind with an MLP body has one (``supported``). Before the file appears under
 its name the stage compiles ``cpp/tracklstm_propagate.cpp`` with the machine's C++ compiler
@@ -138,6 +139,7 @@ def weights_text(model: ResidualPropagator, meta: dict[str, Any]) -> str:
             "covariance 1",
             f"max_unit_entry 1 {float(head.max_unit)!r}",
             f"min_cholesky_diagonal 1 {float(head.min_diagonal)!r}",
+            _vector("covariance_scale", model.cov_scale),
             *_network("covariance_head", head.net),
         ]
     else:

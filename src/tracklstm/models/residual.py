@@ -172,6 +172,13 @@ class CovarianceHead(nn.Module):
         return spread.unsqueeze(2) * unit
 
 
+def _ones_for_missing_cov_scale(state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Weights saved before the covariance had its calibrated scale: a scale of 1."""
+    key = prefix + "cov_scale"
+    if key not in state and prefix + "cov_head.net.0.weight" in state:
+        state[key] = torch.ones(len(CORRECTED), dtype=torch.float64)
+
+
 class ResidualPropagator(nn.Module):
     """Next-plane state = float64 helix step of the last state + a learned, scaled correction.
 
@@ -223,6 +230,10 @@ class ResidualPropagator(nn.Module):
         self.has_covariance = bool(covariance)
         if self.has_covariance:
             self.cov_head = CovarianceHead(n_static, COVARIANCE_HIDDEN)
+            # the covariance's spread per feature, calibrated on held-out windows after the
+            # head is trained (train.covariance.calibrate_scale); 1 before
+            self.register_buffer("cov_scale", torch.ones(len(CORRECTED), dtype=f64))
+            self._register_load_state_dict_pre_hook(_ones_for_missing_cov_scale)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
         """Float64 helix step from the window's last state to the next plane: (B, 6).
@@ -306,7 +317,7 @@ class ResidualPropagator(nn.Module):
         the scattering and energy-loss noise on the way plus the model's own error)."""
         steps, static, prior = self.encode(states)
         state = self._state(steps, static, prior)
-        factor = self.cov_head(static) * self.corr_std.unsqueeze(1)
+        factor = self.cov_head(static) * (self.corr_std * self.cov_scale).unsqueeze(1)
         return state, factor @ factor.transpose(1, 2)
 
     def covariance_nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
