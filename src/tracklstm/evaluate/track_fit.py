@@ -141,20 +141,18 @@ SEED_PRIOR: np.ndarray = np.diag([0.1, 0.1, 1e-4, 1e-4, 1e-2])
 WEAK_PRIOR: np.ndarray = 100.0 * SEED_PRIOR
 
 
-def _measure() -> tuple[np.ndarray, np.ndarray]:
-    h = np.zeros((2, 5))
-    h[0, 0] = h[1, 1] = 1
-    return h, h.T
+#: The measurement: x and y of (x, y, px, py, pz).
+MEASURED: np.ndarray = np.eye(2, 5)
 
 
 def _update(
     x: np.ndarray, p: np.ndarray, resid: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Kalman update by a measurement of x, y: (x, P, chi2 of the residual)."""
-    h, ht = _measure()
-    s = h @ p @ ht + sigma**2 * np.eye(2)
+    h = MEASURED
+    s = h @ p @ h.T + sigma**2 * np.eye(2)
     s_inv = np.linalg.inv(s)
-    gain = p @ ht @ s_inv
+    gain = p @ h.T @ s_inv
     x = x + np.einsum("nij,nj->ni", gain, resid)
     p = (np.eye(5) - gain @ h) @ p
     return x, p, np.einsum("ni,nij,nj->n", resid, s_inv, resid)

@@ -320,16 +320,22 @@ class ResidualPropagator(nn.Module):
         factor = self.cov_head(static) * (self.corr_std * self.cov_scale).unsqueeze(1)
         return state, factor @ factor.transpose(1, 2)
 
-    def covariance_nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean Gaussian negative log-likelihood (constant dropped) of the scaled correction's
-        error under the head's covariance; the body's prediction is held fixed (no gradient)."""
+    def head_error(
+        self, states: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The body's error in the scaled correction (B, 5) float64, held fixed (no gradient),
+        and the head's Cholesky factor L (B, 5, 5) in the same units: what the head is fit on
+        (``covariance_nll``) and calibrated with (``train.covariance.calibrate_scale``)."""
         steps, static, prior = self.encode(states)
         with torch.no_grad():
             error = self.scaled_target(targets, prior) - self.body(steps, static)
-        factor = self.cov_head(static)
-        white = torch.linalg.solve_triangular(
-            factor, error.to(torch.float64).unsqueeze(2), upper=False
-        ).squeeze(2)
+        return error.to(torch.float64), self.cov_head(static)
+
+    def covariance_nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean Gaussian negative log-likelihood (constant dropped) of the scaled correction's
+        error under the head's covariance; the body's prediction is held fixed (no gradient)."""
+        error, factor = self.head_error(states, targets)
+        white = torch.linalg.solve_triangular(factor, error.unsqueeze(2), upper=False).squeeze(2)
         log_det = torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
         return (0.5 * (white * white).sum(1) + log_det).mean()
 

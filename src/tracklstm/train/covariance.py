@@ -175,9 +175,7 @@ def calibrate_scale(
     total, total_sq = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     count = 0
     for x, y in batches:
-        steps, static, prior = model.encode(x)
-        error = (model.scaled_target(y, prior) - model.body(steps, static)).to(torch.float64)
-        factor = model.cov_head(static)
+        error, factor = model.head_error(x, y)
         ratio = (error * error / (factor * factor).sum(2)).cpu()  # e_i^2 / (L L^T)_ii
         total += ratio.sum(0)
         total_sq += (ratio * ratio).sum(0)
