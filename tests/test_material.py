@@ -49,7 +49,8 @@ def test_one_layer_scatters_by_highland_with_its_tail() -> None:
     grams = np.full(n, 4.0)
     beta2 = np.full(n, p0 * p0 / (p0 * p0 + mat.PION_MASS**2))
     theta = mat.highland(mat.ENDPLATE_MIX, grams, np.full(n, p0), beta2)
-    theta = np.where(np.random.default_rng(3).uniform(size=n) < mat.TAIL_WEIGHT, 5.0 * theta, theta)
+    tail = np.random.default_rng(3).uniform(size=n) < mat.TAIL_WEIGHT
+    theta = np.where(tail, mat.TAIL_WIDTH * theta, theta)
     mat._lose_and_scatter(s, np.zeros(n), theta, np.random.default_rng(4))
     expected = float(np.sqrt(np.mean(theta**2))) * p0
     assert abs(s[3].std() / expected - 1) < 0.02  # py: the kick along e1 = (0, 1, 0)

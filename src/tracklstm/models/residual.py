@@ -331,13 +331,17 @@ class ResidualPropagator(nn.Module):
             error = self.scaled_target(targets, prior) - self.body(steps, static)
         return error.to(torch.float64), self.cov_head(static)
 
-    def covariance_nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def covariance_nll(
+        self, states: torch.Tensor, targets: torch.Tensor, mean: bool = True
+    ) -> torch.Tensor:
         """Mean Gaussian negative log-likelihood (constant dropped) of the scaled correction's
-        error under the head's covariance; the body's prediction is held fixed (no gradient)."""
+        error under the head's covariance (``mean=False``: each window's); the body's
+        prediction is held fixed (no gradient)."""
         error, factor = self.head_error(states, targets)
         white = torch.linalg.solve_triangular(factor, error.unsqueeze(2), upper=False).squeeze(2)
         log_det = torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
-        return (0.5 * (white * white).sum(1) + log_det).mean()
+        nll = 0.5 * (white * white).sum(1) + log_det
+        return nll.mean() if mean else nll
 
     def loss_pair(
         self, states: torch.Tensor, targets: torch.Tensor

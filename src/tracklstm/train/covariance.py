@@ -60,6 +60,10 @@ log = logging.getLogger("tracklstm.train")
 #: pz 0.52 and 0.21, never pinned down.
 MAX_SCALE_ERROR: float = 0.03
 
+#: The share of the choosing windows whose NLL is left out when the head's epoch is chosen: the
+#: largest errors are single hard collisions (one plane can take 40 MeV/c of a track's momentum,
+#: 1000 times its usual loss), and one such window in the choice would keep the untrained head.
+CHOICE_TRIM: float = 0.01
 #: Adam's learning rate for the head.
 LEARNING_RATE: float = 1e-3
 
@@ -69,14 +73,17 @@ def has_covariance(model: nn.Module) -> bool:
     return bool(getattr(model, "has_covariance", False))
 
 
-def split_nll(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean negative log-likelihood of the windows of ``batches``."""
-    total, count = 0.0, 0
+def split_nll(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], trim: float = 0.0
+) -> float:
+    """Mean negative log-likelihood of the windows of ``batches``, leaving out the share
+    ``trim`` of them with the largest (``CHOICE_TRIM`` when a head is chosen)."""
     with torch.no_grad():
-        for x, y in batches:
-            total += float(model.covariance_nll(x, y)) * len(x)
-            count += len(x)
-    return total / max(count, 1)
+        nll = torch.cat([model.covariance_nll(x, y, mean=False) for x, y in batches])
+    if not len(nll):
+        return 0.0
+    keep = len(nll) - int(trim * len(nll))
+    return float(torch.sort(nll).values[:keep].mean())
 
 
 def fit_covariance(
@@ -112,7 +119,7 @@ def fit_covariance(
     optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=1e-5)
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    best = (split_nll(work, choose_part), copy.deepcopy(head.state_dict()), 0)
+    best = (split_nll(work, choose_part, CHOICE_TRIM), copy.deepcopy(head.state_dict()), 0)
     for epoch in range(1, epochs + 1):
         started, total, count = time.perf_counter(), 0.0, 0
         for i in torch.randperm(len(fit_part), generator=gen).tolist():
@@ -124,7 +131,7 @@ def fit_covariance(
             total += float(loss.detach()) * len(x)
             count += len(x)
         schedule.step()
-        chosen = split_nll(work, choose_part)
+        chosen = split_nll(work, choose_part, CHOICE_TRIM)
         log.info(
             "covariance epoch %d/%d: NLL fit %.4f | check %.4f | %.1fs",
             epoch,
