@@ -15,7 +15,7 @@ Jacobian against the field map's (``jacobian``; ``jacobian_term``: the training'
 Kalman track fit (rule ``track_fit``).
 
     PYTHONPATH=src python benchmarks/bench_residual_full.py [--tracks 194601] [--keep DIR]
-    PYTHONPATH=src python benchmarks/bench_residual_full.py --model residual_markov
+    PYTHONPATH=src python benchmarks/bench_residual_full.py --model residual_markov [--epochs N]
 
 Results: ``benchmarks/results/residual_full.json`` (``residual_full_<model>.json`` for another
 model) with the machine.
@@ -50,8 +50,9 @@ FLOOR_FACTOR = 1.05
 log = logging.getLogger("bench_residual_full")
 
 
-def project(workdir: Path, tracks: int, model: str) -> Path:
-    """A copy of the workflow with a config whose one dataset is the full-size simulated set."""
+def project(workdir: Path, tracks: int, model: str, epochs: int | None = None) -> Path:
+    """A copy of the workflow with a config whose one dataset is the full-size simulated set
+    (and, with ``epochs``, the model's epochs set to it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "Snakefile", workdir / "Snakefile")
     for folder in ("workflow", "src", "profiles", "cpp"):
@@ -70,6 +71,10 @@ def project(workdir: Path, tracks: int, model: str) -> Path:
         "simulate": {"tracks_per_shard": per_shard, "shards": SHARDS, "seed": 20261130},
     }
     config["build"] = {"datasets": ["full"], "models": [model]}
+    if epochs is not None:
+        variant = config["models"].setdefault(model, {}) or {}
+        variant.setdefault("training", {})["epochs"] = epochs
+        config["models"][model] = variant
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="folder to build in and keep (default: temp)")
     parser.add_argument("--model", default="residual", help="the model variant of config.yaml")
     parser.add_argument("--out", type=Path, help="default: results/residual_full[_<model>].json")
+    parser.add_argument(
+        "--epochs", type=int, help="train this many epochs instead of the model's own"
+    )
     args = parser.parse_args(argv)
     model = args.model
     if args.out is None:
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = args.keep or Path(tempfile.mkdtemp(prefix="residual_full_"))
-    work = project(base, args.tracks, model)
+    work = project(base, args.tracks, model, args.epochs)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log.info("building %d tracks and the %s model in %s", args.tracks, model, work)
     t0 = time.perf_counter()

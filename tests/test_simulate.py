@@ -156,7 +156,7 @@ def test_material_acts_only_downstream_of_each_start() -> None:
     assert crossed.sum() >= 2  # the others pass through the beam hole
     assert np.all((p_start[:4] - p[:4, 0] > 3e-3)[crossed])  # crossed the upstream material
     np.testing.assert_array_equal(out[4:, 0], at7[4:])  # recorded before the plane's material
-    assert np.all(p_start[4:] - p[4:, -1] < 1e-3)  # only planes and gas after plane 7
+    assert np.all(p_start[4:] - p[4:, -1] < 2e-3)  # only planes and gas after plane 7 (~1 MeV)
     assert np.all(p_start[4:] - p[4:, -1] > 0)
 
 

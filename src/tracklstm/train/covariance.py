@@ -64,6 +64,12 @@ MAX_SCALE_ERROR: float = 0.03
 #: largest errors are single hard collisions (one plane can take 40 MeV/c of a track's momentum,
 #: 1000 times its usual loss), and one such window in the choice would keep the untrained head.
 CHOICE_TRIM: float = 0.01
+#: The share of each batch's windows left out of the head's fit, those with the largest NLL: one
+#: window in 256. A single hard collision among the training windows otherwise widens every
+#: feature's spread (measured on 4,320 windows with two of them: x, y, px widths 0.79-0.86
+#: against 0.82-0.95 without them; trimmed, 0.87-0.97 either way). For Gaussian errors the
+#: trimmed mean chi2 is about 1 % lower.
+FIT_TRIM: float = 1 / 256
 #: Adam's learning rate for the head.
 LEARNING_RATE: float = 1e-3
 
@@ -73,6 +79,14 @@ def has_covariance(model: nn.Module) -> bool:
     return bool(getattr(model, "has_covariance", False))
 
 
+def trimmed_mean(values: torch.Tensor, trim: float) -> torch.Tensor:
+    """The mean of ``values`` without the ``round(trim * len)`` largest."""
+    keep = len(values) - round(trim * len(values))
+    if keep >= len(values):
+        return values.mean()
+    return torch.topk(values, max(keep, 1), largest=False).values.mean()
+
+
 def split_nll(
     model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], trim: float = 0.0
 ) -> float:
@@ -80,10 +94,7 @@ def split_nll(
     ``trim`` of them with the largest (``CHOICE_TRIM`` when a head is chosen)."""
     with torch.no_grad():
         nll = torch.cat([model.covariance_nll(x, y, mean=False) for x, y in batches])
-    if not len(nll):
-        return 0.0
-    keep = len(nll) - int(trim * len(nll))
-    return float(torch.sort(nll).values[:keep].mean())
+    return float(trimmed_mean(nll, trim)) if len(nll) else 0.0
 
 
 def fit_covariance(
@@ -124,7 +135,7 @@ def fit_covariance(
         started, total, count = time.perf_counter(), 0.0, 0
         for i in torch.randperm(len(fit_part), generator=gen).tolist():
             x, y = fit_part[i]
-            loss = work.covariance_nll(x, y)
+            loss = trimmed_mean(work.covariance_nll(x, y, mean=False), FIT_TRIM)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
