@@ -116,7 +116,7 @@ def test_second_stage_calibrates_the_head_on_the_body_errors(
 
 
 def test_the_trimmed_mean_leaves_out_only_the_largest() -> None:
-    """One hard collision among 256 windows: the head's fit leaves it out, and nothing else."""
+    """One hard collision among 256 windows: the choice of the head's epoch leaves it out."""
     nll = torch.cat([torch.linspace(-2.0, 3.0, 255), torch.tensor([5e5])])
     assert float(trimmed_mean(nll, 1 / 256)) == pytest.approx(0.5, abs=1e-6)
     assert float(trimmed_mean(nll[:100], 1 / 256)) == pytest.approx(float(nll[:100].mean()))
@@ -274,8 +274,10 @@ def test_the_head_learns_on_the_training_windows_by_default(
     assert "epoch 10 kept (the last" in caplog.text and f"{cut} train windows fit it" in caplog.text
     metrics = covariance_metrics(model, inputs[test:].numpy(), targets[test:].numpy().astype(float))
     widths = [metrics["pull_width"][f] for f in ("x", "y", "px", "py")]
-    # measured: 0.87-1.05 (pz: the Landau tail's lottery, see benchmarks/covariance_ceiling.py)
-    assert all(0.8 < w < 1.2 for w in widths), metrics
+    # measured: 0.79-0.97 (pz: the Landau tail's lottery, see benchmarks/covariance_ceiling.py);
+    # two hard collisions (5 and 40 MeV/c lost in one step) among the 4,320 windows that fit the
+    # head widen its spread: without them 0.82-1.03
+    assert all(0.7 < w < 1.2 for w in widths), metrics
     assert metrics["coverage_95"] > 0.85, metrics
     with pytest.raises(ValueError, match="covariance_split: 'test'"):
         fit_covariance(

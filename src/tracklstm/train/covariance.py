@@ -64,12 +64,6 @@ MAX_SCALE_ERROR: float = 0.03
 #: largest errors are single hard collisions (one plane can take 40 MeV/c of a track's momentum,
 #: 1000 times its usual loss), and one such window in the choice would keep the untrained head.
 CHOICE_TRIM: float = 0.01
-#: The share of each batch's windows left out of the head's fit, those with the largest NLL: one
-#: window in 256. A single hard collision among the training windows otherwise widens every
-#: feature's spread (measured on 4,320 windows with two of them: x, y, px widths 0.79-0.86
-#: against 0.82-0.95 without them; trimmed, 0.87-0.97 either way). For Gaussian errors the
-#: trimmed mean chi2 is about 1 % lower.
-FIT_TRIM: float = 1 / 256
 #: Adam's learning rate for the head.
 LEARNING_RATE: float = 1e-3
 
@@ -135,7 +129,7 @@ def fit_covariance(
         started, total, count = time.perf_counter(), 0.0, 0
         for i in torch.randperm(len(fit_part), generator=gen).tolist():
             x, y = fit_part[i]
-            loss = trimmed_mean(work.covariance_nll(x, y, mean=False), FIT_TRIM)
+            loss = work.covariance_nll(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
