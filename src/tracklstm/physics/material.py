@@ -31,9 +31,9 @@ to plane 24) with ``benchmarks/sim_vs_real.py``: the median |p| loss (10.0 MeV/c
   lever (278 cm) for the direction change it makes: the real flights stray from the position
   their momentum implies more than scattering at the endplate (176 cm on) allows. Without this
   layer the real tracks' median chi2/ndf was 0.89-0.95 against the simulator's own draws' 0.59,
-  and 5-6 of 31 lay outside the 95 % region; with it 0.63 (0.59-0.63 on 8 seeds of the draws)
-  against 0.63, and 2-3 outside (the two largest Landau losses among them; the simulator's own
-  draws: 7.7 %);
+  and 5-6 of 31 lay outside the 95 % region; with it 0.615 (over 8 seeds of the draws 0.63 on
+  average, 0.59 the lowest) against 0.63, and 2-3 outside (the two largest Landau losses among
+  them; the simulator's own draws: 7.7 %);
 - the central drift chamber's straws (CDC, 10 < r < 56 cm, z up to 167 cm): five equal slices
   of Mylar-equivalent material at z = 75 ... 155, 1.0 g/cm^2 in all (fitted; the straws' walls,
   crossed at grazing incidence by these forward tracks, and the gas); only tracks inside the
