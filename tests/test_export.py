@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -351,7 +352,8 @@ def test_export_and_predict_rules(tmp_path: Path, tiny_project: Path) -> None:
     assert not any((run / name).exists() for name in outputs)
     assert [p.name for p in run.glob(".*tmp*")] == []
     log = (work / "results" / "tiny" / "logs" / "export" / "small.log").read_text()
-    assert "no file was written: onnx batch 1" in log
+    # which batch's ONNX output differs in the last bit depends on the data drawn
+    assert re.search(r"no file was written: onnx batch \d+", log), log
 
 
 @pytest.mark.slow  # two whole exports, each in a process of its own
