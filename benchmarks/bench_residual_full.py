@@ -39,6 +39,7 @@ import yaml
 from benchlib import machine
 
 from tracklstm.files import write_json
+from tracklstm.settings import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "residual_full.json"
@@ -72,9 +73,8 @@ def project(workdir: Path, tracks: int, model: str, epochs: int | None = None) -
     }
     config["build"] = {"datasets": ["full"], "models": [model]}
     if epochs is not None:
-        variant = config["models"].setdefault(model, {}) or {}
-        variant.setdefault("training", {})["epochs"] = epochs
-        config["models"][model] = variant
+        override = {"training": {"epochs": epochs}}
+        config["models"][model] = merge(config["models"].get(model) or {}, override)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
