@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from tracklstm.constants import CHI2_5DOF_68, CHI2_5DOF_95
 from tracklstm.data.simulate import simulate_tracks
 from tracklstm.data.windows import make_windows
 from tracklstm.evaluate.calibration import calibration_metrics, covariance_metrics
+from tracklstm.evaluate.calibration_plot import coverage_curve
+from tracklstm.evaluate.gaussian import chi2_5dof_cdf
+from tracklstm.evaluate.metrics import EvaluationInputError
 from tracklstm.export.loading import METADATA_NAME
 from tracklstm.export.module import ExportedCovarianceModel, exported_module
 from tracklstm.models.residual import build_residual
@@ -133,6 +137,8 @@ def test_calibration_statistics_of_known_gaussians() -> None:
         errors, np.broadcast_to(cov, (40_000, 5, 5)), rng.uniform(1, 3, 40_000)
     )
     assert all(abs(w - 1) < 0.03 for w in result["pull_width"].values())
+    assert all(abs(w - 1) < 0.03 for w in result["pull_width_core"].values())
+    assert len(result["pull_width_core_by_momentum_quartile"]) == 4
     assert abs(result["chi2_ndf_mean"] - 1) < 0.03
     assert abs(result["coverage_68"] - 0.683) < 0.01 and abs(result["coverage_95"] - 0.95) < 0.01
     assert len(result["pull_width_by_momentum_quartile"]) == 4
@@ -140,6 +146,71 @@ def test_calibration_statistics_of_known_gaussians() -> None:
     covs[:7] = -np.eye(5)  # not positive definite: counted, left out of the statistics
     result = calibration_metrics(errors[:20], covs, np.ones(20))
     assert result["not_positive_definite"] == 7
+
+
+def test_the_core_width_follows_the_bulk_and_the_chi2_distribution() -> None:
+    """One window in a hundred a thousand sigma off (a hard collision) sets the standard
+    deviation, not the core's width; the 5-dof chi2 distribution puts its 68.3 %, 95 % and
+    median where the constants say."""
+    rng = np.random.default_rng(3)
+    errors = rng.normal(size=(20_000, 5))
+    errors[::100, 4] *= 1000.0
+    unit = np.broadcast_to(np.eye(5), (20_000, 5, 5))
+    result = calibration_metrics(errors, unit, np.ones(20_000))
+    assert result["pull_width"]["pz"] > 50 and abs(result["pull_width_core"]["pz"] - 1) < 0.04
+    assert abs(result["pull_width"]["x"] - 1) < 0.03
+    assert chi2_5dof_cdf(np.array([CHI2_5DOF_68, CHI2_5DOF_95, 4.35146, 0.0, -1.0])) == (
+        pytest.approx([0.6827, 0.95, 0.5, 0.0, 0.0], abs=1e-4)
+    )
+    chi2 = (rng.normal(size=(50_000, 5)) ** 2).sum(axis=1)
+    levels = np.array([0.1, 0.5, 0.683, 0.95])
+    assert coverage_curve(chi2, levels) == pytest.approx(levels, abs=0.01)
+    assert coverage_curve(chi2 / 4, levels)[1] > 0.9  # a covariance 4 times too wide
+
+
+def test_the_calibration_plot_from_the_model_file(tmp_path: Path) -> None:
+    """The plot of an exported one-state model with a covariance, from its file and the test
+    windows, draws the numbers of its evaluation; a model without a covariance is refused, by
+    name, and its command exits 1."""
+    from test_export import make_run
+    from test_train import make_windows_file
+
+    from tracklstm.evaluate.calibration_plot import calibration_plot, main
+    from tracklstm.evaluate.run import evaluate
+    from tracklstm.export.formats import export
+
+    run = make_run(tmp_path / "run", (16, 16), kind="residual", history=0, covariance=True)
+    export(run, torchscript=tmp_path / "model.ts")
+    windows = make_windows_file(tmp_path / "windows.h5", tracks=simulate_tracks(40, seed=2))
+    metrics = evaluate(tmp_path / "model.ts", windows, tmp_path / "eval", plots=False)
+    out = tmp_path / "calibration.png"
+    judged = calibration_plot(tmp_path / "model.ts", windows, out, tmp_path / "eval/metrics.json")
+    assert out.stat().st_size > 30_000 and not list(tmp_path.glob("*.tmp*"))
+    widths = metrics["covariance"]["pull_width"]
+    assert judged["pulls"].std(axis=0) == pytest.approx(list(widths.values()), rel=1e-3)
+    assert len(judged["chi2"]) == metrics["covariance"]["windows"]
+    plain = make_run(tmp_path / "plain", (16, 16), kind="residual", history=0)
+    export(plain, torchscript=tmp_path / "plain.ts")
+    with pytest.raises(EvaluationInputError, match=r"plain\.ts: this model predicts no cov"):
+        calibration_plot(tmp_path / "plain.ts", windows, tmp_path / "plain.png")
+    args = ["--model", str(tmp_path / "plain.ts"), "--windows", str(windows)]
+    assert main([*args, "--out", str(tmp_path / "plain.png")]) == 1
+    assert not (tmp_path / "plain.png").exists()
+
+
+def test_the_summary_page_has_the_covariance_table() -> None:
+    """summary.html's covariance section: each feature's widths and the calibration numbers."""
+    from tracklstm.evaluate.report import _covariance
+
+    rng = np.random.default_rng(1)
+    cov = calibration_metrics(
+        rng.normal(size=(400, 5)), np.broadcast_to(np.eye(5), (400, 5, 5)), rng.uniform(1, 3, 400)
+    )
+    cov["walk"] = {"per_plane": [{"plane": 24, "chi2_ndf_mean": 1.234}]}
+    html = "".join(_covariance({"covariance": cov}))
+    assert "core width" in html and "inside the 95 % region" in html
+    assert f"<td>{cov['coverage_68']:.4g}</td>" in html and "plane 24" in html and "1.234" in html
+    assert _covariance({}) == []
 
 
 def test_torchscript_export_has_the_second_method(

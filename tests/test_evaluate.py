@@ -438,6 +438,11 @@ def test_evaluation_plan_targets_and_checks() -> None:
     targets = plan.targets(config)
     assert "results/a/m/evaluation/a/loss_curves.png" in targets
     assert "results/a/m/evaluation/b/walk.png" in targets
+    assert not any(t.endswith("calibration.png") for t in targets)  # no covariance head
+    config["models"]["m"] = {"model": {"kind": "residual", "covariance": True}}
+    assert {"results/a/m/evaluation/a/calibration.png", "results/a/m/evaluation/b/calibration.png"
+            } <= set(plan.targets(config))  # fmt: skip
+    config["models"]["m"] = {}
     assert "results/external/x/evaluation/a/metrics.json" in targets
     assert "results/external/x/evaluation/b/metrics.json" not in targets  # build datasets only
     assert "results/external/x/evaluation/a/loss_curves.png" not in targets  # never trained

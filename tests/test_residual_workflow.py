@@ -143,3 +143,18 @@ def test_the_plain_file_and_the_track_fit(with_residual: tuple) -> None:
     assert 0.5 < field["chi2_ndf_mean"] < 2 and field["p_resolution_core"] < 0.1
     assert fit["result"]["learned"]["ms_per_track"] > 0
     assert (res / "markov" / "track_fit" / "fit.png").stat().st_size > 10_000
+
+
+def test_the_calibration_plot_of_the_model_with_a_covariance(with_residual: tuple) -> None:
+    """Only the variant that predicts its covariance gets the calibration plot, and its summary
+    page has the covariance's table."""
+    work, rules = with_residual
+    res = work / "results" / "tiny"
+    assert "calibration_plot" in rules
+    assert (res / "markov" / "evaluation" / "tiny" / "calibration.png").stat().st_size > 30_000
+    for model in ("small", "resid"):
+        assert not (res / model / "evaluation" / "tiny" / "calibration.png").exists()
+    page = (res / "markov" / "evaluation" / "tiny" / "summary.html").read_text()
+    assert "Predicted covariance on the test windows" in page and "core width" in page
+    assert "Predicted covariance" not in (res / "resid" / "evaluation" / "tiny" / "summary.html"
+                                          ).read_text()  # fmt: skip

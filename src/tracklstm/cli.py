@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "tracklstm.evaluate.cli",
     "compare": "tracklstm.evaluate.compare",
     "track-fit": "tracklstm.evaluate.track_fit",
+    "calibration-plot": "tracklstm.evaluate.calibration_plot",
 }
 
 
@@ -34,8 +35,9 @@ def _summary(module: str) -> str:
 
 def usage() -> str:
     lines = ["usage: tracklstm [--version] <command> [options]", "", "commands:"]
+    width = max(map(len, COMMANDS))
     for name, module in COMMANDS.items():
-        lines.append(f"  {name:<12} {_summary(module)}")
+        lines.append(f"  {name:<{width}} {_summary(module)}")
     lines.append("")
     lines.append("'tracklstm <command> --help' shows the options of one command.")
     return "\n".join(lines)

@@ -32,6 +32,8 @@ EVALUATION_FILES: dict[str, tuple[str, str, str]] = {
     "walk": ("walk.png", "walk.rst", "walking a track"),
     "loss_curves": ("loss_curves.png", "loss_curves.rst", "loss curves"),
 }
+#: The calibration plot of a model with a covariance head, beside its evaluation's files.
+CALIBRATION_PLOT: str = "calibration.png"
 #: Files of a comparison folder.
 COMPARE_FILES: tuple[str, ...] = (
     "metrics.html",
@@ -95,6 +97,13 @@ def has_plain_form(settings: dict[str, Any]) -> bool:
     return settings.get("kind") == "residual" and settings.get("body") == "mlp"
 
 
+def has_covariance_head(config: dict[str, Any], dataset: str, model: str) -> bool:
+    """Whether a model predicts its covariance (the residual kind with ``model.covariance``):
+    its evaluations get the calibration plot (rule ``calibration_plot``)."""
+    settings = resolve_section(config, "model", dataset, model)
+    return settings.get("kind") == "residual" and bool(settings.get("covariance"))
+
+
 def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
     """The models of the build whose track fit (rule ``track_fit``) runs on ``dataset``: a
     simulated dataset, one-state models (``history: 0``) with a covariance head."""
@@ -121,7 +130,10 @@ def targets(config: dict[str, Any]) -> list[str]:
     for ds in config["build"]["datasets"]:
         for model in config["build"]["models"]:
             for data in evaluated_on(config, ds, model):
-                out += evaluation_files(f"results/{ds}/{model}/evaluation/{data}")
+                folder = f"results/{ds}/{model}/evaluation/{data}"
+                out += evaluation_files(folder)
+                if has_covariance_head(config, ds, model):
+                    out.append(f"{folder}/{CALIBRATION_PLOT}")
                 evaluated.append(data)
     for ext in external_models(config):
         for data in external_data(config):

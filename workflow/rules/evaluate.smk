@@ -78,6 +78,40 @@ rule evaluate:
         " --settings {params.settings:q} --threads {threads} 2> {log}"
 
 
+rule calibration_plot:
+    """The covariance a model predicts, judged on the test tracks of dataset {data}: pulls,
+    coverage of the predicted regions, pull widths per |p| quartile and the chi2/ndf of the
+    covariance carried along the walk."""
+    input:
+        model="results/{dataset}/{model}/model.ts",
+        windows="results/{data}/windows.h5",
+        metrics=f"{EVALUATION}/metrics.json",
+        code=code("evaluate.calibration_plot"),
+    output:
+        report(
+            f"{EVALUATION}/{tl_plan.CALIBRATION_PLOT}",
+            caption="../report/calibration.rst",
+            category="Evaluation",
+            subcategory="{dataset}/{model} on {data}",
+            labels={
+                "run": "{dataset}/{model} on {data}",
+                "figure": "covariance calibration",
+            },
+        ),
+    log:
+        "results/{dataset}/logs/calibration_plot/{model}/{data}.log",
+    conda:
+        "../envs/tracklstm.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    shell:
+        "python -m tracklstm.evaluate.calibration_plot --model {input.model}"
+        " --windows {input.windows} --metrics {input.metrics} --out {output}"
+        " --threads {threads} 2> {log}"
+
+
 rule predict_external:
     """Answers of an exported model file (evaluation.external_models) to the challenge-format
     test inputs of dataset {data}."""

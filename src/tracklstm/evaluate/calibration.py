@@ -5,7 +5,10 @@ error at the next plane, e = truth - prediction for x, y, px, py, pz, is judged 
 covariance C the model predicts for it:
 
 - pulls e_i / sqrt(C_ii) per feature: width (standard deviation) and mean, overall and per
-  quartile of |p| (the last input state's momentum); a calibrated model gives widths of 1;
+  quartile of |p| (the last input state's momentum); a calibrated model gives widths of 1. Beside
+  each width its core's (``pull_width_core``, from the median absolute deviation): scattering's
+  and straggling's far tails (a hard collision takes a thousand times the median loss in one
+  step) set the standard deviation, which no Gaussian follows in the bulk and the tails at once;
 - chi2 = e^T C^-1 e (5 degrees of freedom): chi2/ndf mean and median, and the shares of windows
   inside the 68.3 % and 95 % regions (chi2 below 5.89 and 11.07: 0.683 and 0.95 if calibrated);
 - how many predicted covariances are not positive definite (none, by construction), judged on
@@ -13,7 +16,8 @@ covariance C the model predicts for it:
 
 For a one-state model (``model.history: 0``) the walk too: the model stepped plane by plane on
 its own predictions, the covariance carried along with its Jacobian (``walk_with_covariance``).
-``evaluate.run`` puts the results under ``covariance`` in ``metrics.json``.
+``evaluate.run`` puts the results under ``covariance`` in ``metrics.json``;
+``evaluate.calibration_plot`` draws them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_68, CHI2_5DOF_95
-from tracklstm.evaluate.gaussian import chi2_of
+from tracklstm.evaluate.gaussian import chi2_of, core_width
 from tracklstm.evaluate.jacobian import model_jacobian
 from tracklstm.export.loading import COVARIANCE_BATCH, predict_with_covariance
 
@@ -32,24 +36,47 @@ def _widths(pulls: np.ndarray) -> dict[str, float]:
     return {f: round(float(pulls[:, i].std()), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
-def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:
-    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5)."""
+def _core_widths(pulls: np.ndarray) -> dict[str, float]:
+    return {f: round(core_width(pulls[:, i]), 4) for i, f in enumerate(ANSWER_FEATURES)}
+
+
+def pulls_and_chi2(
+    errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Of the windows whose covariance is positive definite: ``pulls`` (n, 5), ``chi2`` (n,),
+    ``momentum`` (n,) and ``quartile`` (n,: 0-3, of |p|, edges ``edges``); ``positive`` (N,)."""
     chi2, positive = chi2_of(errors, covs)
     sigma = np.sqrt(np.diagonal(covs[positive], axis1=1, axis2=2))
-    pulls = errors[positive] / sigma
     p = momentum[positive]
-    edges = np.quantile(p, [0.25, 0.5, 0.75])
-    quartile = np.searchsorted(edges, p)
+    edges = np.quantile(p, [0.25, 0.5, 0.75]) if len(p) else np.zeros(3)
+    return {
+        "pulls": errors[positive] / sigma,
+        "chi2": chi2,
+        "momentum": p,
+        "edges": edges,
+        "quartile": np.searchsorted(edges, p),
+        "positive": positive,
+    }
+
+
+def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:
+    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5)."""
+    judged = pulls_and_chi2(errors, covs, momentum)
+    pulls, chi2, quartile = judged["pulls"], judged["chi2"], judged["quartile"]
     ndf = len(ANSWER_FEATURES)
     return {
         "windows": len(errors),
-        "not_positive_definite": int((~positive).sum()),
+        "not_positive_definite": int((~judged["positive"]).sum()),
         "pull_width": _widths(pulls),
+        "pull_width_core": _core_widths(pulls),
         "pull_mean": {
             f: round(float(pulls[:, i].mean()), 4) for i, f in enumerate(ANSWER_FEATURES)
         },
-        "momentum_quartile_edges": [round(float(e), 4) for e in edges],
+        "momentum_quartile_edges": [round(float(e), 4) for e in judged["edges"]],
         "pull_width_by_momentum_quartile": [_widths(pulls[quartile == q]) for q in range(4)],
+        "pull_width_core_by_momentum_quartile": [
+            _core_widths(pulls[quartile == q]) for q in range(4)
+        ],
         "chi2_ndf_mean": round(float(chi2.mean() / ndf), 4),
         "chi2_ndf_median": round(float(np.median(chi2) / ndf), 4),
         "coverage_68": round(float(np.mean(chi2 < CHI2_5DOF_68)), 4),
@@ -87,12 +114,20 @@ def walk_with_covariance(
     return {"start_plane": start, "tracks": len(tracks), "per_plane": planes}
 
 
-def covariance_metrics(
+def errors_and_covariances(
     model: Any, windows: np.ndarray, truth: np.ndarray, batch: int = COVARIANCE_BATCH
-) -> dict[str, Any]:
-    """The model's covariance judged on ``windows`` (N, window, 6) against ``truth`` (N, 6)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's errors (N, 5) of x, y, px, py, pz on ``windows`` (N, window, 6) against
+    ``truth`` (N, 6), its covariances (N, 5, 5), and each window's |p| (its last state's)."""
     states, covs = predict_with_covariance(model, windows, batch)
     index = list(ANSWER_INDEX)
     errors = truth[:, index].astype(np.float64) - states[:, index]
     momentum = np.linalg.norm(windows[:, -1, 3:].astype(np.float64), axis=1)
-    return calibration_metrics(errors, covs, momentum)
+    return errors, covs, momentum
+
+
+def covariance_metrics(
+    model: Any, windows: np.ndarray, truth: np.ndarray, batch: int = COVARIANCE_BATCH
+) -> dict[str, Any]:
+    """The model's covariance judged on ``windows`` (N, window, 6) against ``truth`` (N, 6)."""
+    return calibration_metrics(*errors_and_covariances(model, windows, truth, batch))

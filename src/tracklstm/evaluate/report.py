@@ -164,6 +164,51 @@ def _jacobian(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _covariance(result: dict[str, Any]) -> list[str]:
+    """The calibration of the model's predicted covariance (``evaluate.calibration``)."""
+    cov = result.get("covariance")
+    if not cov:
+        return []
+    quartiles = cov["pull_width_by_momentum_quartile"]
+    rows = [
+        [
+            f,
+            cov["pull_width"][f],
+            cov.get("pull_width_core", {}).get(f),
+            cov["pull_mean"][f],
+            *[q[f] for q in quartiles],
+        ]
+        for f in ANSWER_FEATURES
+    ]
+    lo, mid, hi = (f"{e:.2f}" for e in cov["momentum_quartile_edges"])
+    header = [
+        "feature",
+        "pull width (std)",
+        "core width",
+        "pull mean",
+        *[f"std, |p| {b} GeV/c" for b in (f"< {lo}", f"{lo}-{mid}", f"{mid}-{hi}", f"> {hi}")],
+    ]
+    summary = [
+        ["chi2/ndf, mean", cov["chi2_ndf_mean"], "1.00"],
+        ["chi2/ndf, median", cov["chi2_ndf_median"], "0.87"],
+        ["inside the 68.3 % region", cov["coverage_68"], "0.683"],
+        ["inside the 95 % region", cov["coverage_95"], "0.95"],
+        ["not positive definite", cov["not_positive_definite"], "0"],
+    ]
+    last = ((cov.get("walk") or {}).get("per_plane") or [None])[-1]
+    if last:
+        summary.append(
+            [f"walk: chi2/ndf at plane {last['plane']} (C' = J C J^T + Q)",
+             last["chi2_ndf_mean"], "1.00"]
+        )  # fmt: skip
+    return [
+        f"<h2>Predicted covariance on the test windows ({cov['windows']:,}): pulls per feature "
+        "and per |p| quartile (1 if calibrated)</h2>",
+        html_table(header, rows),
+        html_table(["statistic", "value", "if calibrated (Gaussian)"], summary),
+    ]
+
+
 def _real_track(result: dict[str, Any], methods: Sequence[str]) -> list[str]:
     """The challenge score on the real track of the package (sim-to-real)."""
     real = result.get("real_track")
@@ -206,6 +251,7 @@ def summary_html(result: dict[str, Any]) -> str:
         *_intro(result),
         *_score_table(result, methods),
         *_against_physics(result),
+        *_covariance(result),
         *_jacobian(result),
         *_real_track(result, methods),
         *_residual_tables(result, methods),

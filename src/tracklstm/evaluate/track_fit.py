@@ -45,6 +45,7 @@ import torch
 
 from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX
+from tracklstm.evaluate.gaussian import MAD_TO_SIGMA, core_width
 from tracklstm.evaluate.jacobian import field_jacobian, helix_jacobian, model_jacobian
 from tracklstm.evaluate.metrics import load_test_set
 from tracklstm.export.loading import has_covariance, load_model, predict_with_covariance
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 IDX = list(ANSWER_INDEX)
 #: Degrees of freedom of a fit: x and y at 24 planes, 5 parameters.
 NDF: int = 2 * 24 - 5
-#: A Gaussian's standard deviation over its median absolute deviation.
-MAD_TO_SIGMA: float = 1.4826
 #: The settings (config ``track_fit``): tracks fitted, measurement resolution (cm).
 DEFAULTS: dict[str, Any] = defaults("track_fit")
 #: A step: (states (N, 6), z_next) -> (next states (N, 6), J (N, 5, 5), Q (N, 5, 5)).
@@ -280,10 +279,7 @@ def summarize(errors: dict[str, np.ndarray]) -> dict[str, Any]:
         # scatter or a Landau loss widen the standard deviation, which a Gaussian fit cannot
         # follow
         "pull_width_core": {
-            f: round(
-                float(MAD_TO_SIGMA * np.median(np.abs(pulls[:, i] - np.median(pulls[:, i])))), 3
-            )
-            for i, f in enumerate(ANSWER_FEATURES)
+            f: round(core_width(pulls[:, i]), 3) for i, f in enumerate(ANSWER_FEATURES)
         },
         "chi2_ndf_mean": round(float(np.mean(chi2_ndf)), 3),
         "chi2_ndf_median": round(float(np.median(chi2_ndf)), 3),
