@@ -21,7 +21,7 @@ from tracklstm.evaluate.gaussian import chi2_5dof_cdf
 from tracklstm.evaluate.metrics import EvaluationInputError
 from tracklstm.export.loading import METADATA_NAME
 from tracklstm.export.module import ExportedCovarianceModel, exported_module
-from tracklstm.models.residual import build_residual
+from tracklstm.models.residual import COV_SCALE_KNOTS, build_residual
 from tracklstm.train.covariance import CHOICE_TRIM, fit_covariance, split_nll, trimmed_mean
 from tracklstm.train.data import DeviceWindows, subset_batches
 from tracklstm.train.runtime import Dist
@@ -244,6 +244,12 @@ def test_onnx_has_the_covariance_as_its_second_output(tmp_path: Path) -> None:
     from tracklstm.export.parity import example_inputs
 
     run = make_run(tmp_path / "run", (16, 16), kind="residual", history=0, covariance=True)
+    model, _ = load_physical_model(run)
+    with torch.no_grad():  # a calibrated scale that changes with |p|, as full-size runs have
+        model.cov_scale_momentum.copy_(torch.linspace(0.8, 3.2, COV_SCALE_KNOTS).double())
+        model.cov_scale.copy_(torch.linspace(1.5, 0.7, COV_SCALE_KNOTS).double()[:, None])
+    for name in ("weights_best.pt", "weights_last.pt"):
+        torch.save(model.state_dict(), run / name)
     report = export(run, torchscript=tmp_path / "model.ts", onnx=tmp_path / "model.onnx")
     formats = [c["format"] for c in report["checks"]]
     assert "onnx covariance" in formats and report["passed"]
@@ -259,6 +265,8 @@ def test_onnx_has_the_covariance_as_its_second_output(tmp_path: Path) -> None:
     assert cov.dtype == torch.float64 and cov.shape == (50, 5, 5)
     torch.testing.assert_close(state, want_state, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(cov, want_cov, rtol=1e-5, atol=1e-12)
+    momentum = torch.linalg.vector_norm(x[:, -1, 3:6].double(), dim=1)
+    assert momentum.min() < 1.5 and momentum.max() > 2.2  # the scale differs across them
     plain = make_run(tmp_path / "plain", (16, 16), kind="residual")
     export(plain, torchscript=tmp_path / "p.ts", onnx=tmp_path / "p.onnx")
     assert not has_covariance(load_model(tmp_path / "p.onnx")[0])
@@ -418,8 +426,10 @@ def test_the_covariance_scale_is_calibrated_on_held_out_windows(
         train_src = DeviceWindows(inputs[:cut], targets[:cut])
         weights = fit_covariance(model, model.state_dict(), train_src, val_src, cfg)
     assert f"covariance scale of x, y, px, py, pz from {test - cut} held-out windows" in caplog.text
-    scale = weights["cov_scale"]
-    assert torch.equal(model.cov_scale, scale) and scale[4] == 1 and not torch.all(scale == 1)
+    scale, knots = weights["cov_scale"], weights["cov_scale_momentum"]
+    assert torch.equal(model.cov_scale, scale) and torch.equal(model.cov_scale_momentum, knots)
+    assert scale.shape == (COV_SCALE_KNOTS, 5) and bool((knots.diff() > 0).all())
+    assert bool((scale[:, 4] == 1).all()) and not torch.all(scale == 1)
     held = inputs[cut:test].numpy(), targets[cut:test].numpy().astype(float)
     widths = covariance_metrics(model, *held)["pull_width"]
     # the root mean square of the held-out pulls is 1 (their standard deviation: nearly)
@@ -427,16 +437,62 @@ def test_the_covariance_scale_is_calibrated_on_held_out_windows(
     with torch.no_grad():
         pred = model(inputs[cut:test]).double()
     doubled = targets[cut:test].double() + (targets[cut:test].double() - pred)
-    once = calibrate_scale(model, [(inputs[cut:test], targets[cut:test])])
+    _, once = calibrate_scale(model, [(inputs[cut:test], targets[cut:test])])
     monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", default)
     # 5,000 held-out windows do not pin a scale down to the default 3 % (the demo's neither)
     batches = list(val_src.eval_batches(256, Dist()))
-    assert torch.equal(calibrate_scale(model, batches), torch.ones(5, dtype=torch.float64))
+    assert torch.equal(calibrate_scale(model, batches)[1], torch.ones(COV_SCALE_KNOTS, 5).double())
     monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", 0.2)
-    twice = calibrate_scale(model, [(inputs[cut:test], doubled)])
-    torch.testing.assert_close(twice[:4], 2 * once[:4], rtol=2e-3, atol=0)
-    assert once[4] == twice[4] == 1
-    old = {k: v for k, v in weights.items() if k != "cov_scale"}
+    _, twice = calibrate_scale(model, [(inputs[cut:test], doubled)])
+    torch.testing.assert_close(twice[:, :4], 2 * once[:, :4], rtol=2e-3, atol=0)
+    assert bool((once[:, 4] == 1).all()) and bool((twice[:, 4] == 1).all())
+    old = {k: v for k, v in weights.items() if k not in ("cov_scale", "cov_scale_momentum")}
     fresh = build_residual({"hidden_sizes": [32], "history": 0, "covariance": True})
     fresh.load_state_dict(old)
-    assert torch.equal(fresh.cov_scale, torch.ones(5, dtype=torch.float64))
+    assert torch.equal(fresh.cov_scale, torch.ones(COV_SCALE_KNOTS, 5, dtype=torch.float64))
+    # saved when the scale was one per feature: that scale at every |p|
+    fresh.load_state_dict({**old, "cov_scale": torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double()})
+    assert torch.equal(fresh.cov_scale[5], torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double())
+    momentum = torch.tensor([0.5, 2.0, 9.0], dtype=torch.float64)
+    assert torch.allclose(fresh.covariance_scale(momentum)[:, 3], torch.full((3,), 1.4).double())
+
+
+def test_the_covariance_scale_follows_momentum(
+    windows: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors that are twice as large above the median |p| as the head says, and as large
+    below: the scale is calibrated at knots in |p|, about 1 at the low knots and 2 at the high
+    ones, and the pulls of the lowest and the highest quarter get width 1 again; between the
+    knots it is interpolated linearly, constant beyond them."""
+    from tracklstm.train import covariance
+    from tracklstm.train.covariance import calibrate_scale
+
+    monkeypatch.setattr(covariance, "MAX_SCALE_ERROR", 0.2)
+    model = model_with_head(windows, history=0, steps=300)
+    inputs = windows[0][:6000]
+    momentum = torch.linalg.vector_norm(inputs[:, -1, 3:6].double(), dim=1)
+    _, body_cov = model.forward_with_covariance(inputs)
+    with torch.no_grad():
+        pred = model(inputs).double()
+        # errors of the spread the head says (pulls of width 1), times 2 above the median |p|
+        white = torch.randn(len(inputs), 5, generator=torch.Generator().manual_seed(4)).double()
+        sigma = torch.sqrt(torch.diagonal(body_cov, dim1=1, dim2=2))
+        factor = torch.where(momentum > momentum.median(), 2.0, 1.0).unsqueeze(1)
+        errors = white * sigma * factor
+    bent = pred.clone()
+    bent[:, [0, 1, 3, 4, 5]] += errors
+    knots, scale = calibrate_scale(model, [(inputs, bent.float())])
+    assert bool((knots.diff() > 0).all()) and scale.shape == (COV_SCALE_KNOTS, 5)
+    ratio = scale[-1, :4] / scale[0, :4]
+    assert bool(((ratio > 1.6) & (ratio < 2.4)).all()), scale
+    with torch.no_grad():
+        model.cov_scale_momentum.copy_(knots)
+        model.cov_scale.copy_(scale)
+        between = model.covariance_scale((knots[:2].sum() / 2).reshape(1))[0]
+        beyond = model.covariance_scale(torch.tensor([0.0, 100.0], dtype=torch.float64))
+    torch.testing.assert_close(between, scale[:2].mean(0))
+    torch.testing.assert_close(beyond, scale[[0, -1]])
+    result = covariance_metrics(model, inputs.numpy(), bent.numpy())
+    quartiles = result["pull_width_by_momentum_quartile"]
+    low, high = quartiles[0], quartiles[3]
+    assert all(abs(low[f] - 1) < 0.12 and abs(high[f] - 1) < 0.12 for f in ("x", "y", "px")), result

@@ -53,9 +53,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Path]]
                        history=history, covariance=True)  # fmt: skip
         # a head that is not at its initialization: correlations well away from 0
         model, _ = load_physical_model(run)
+        # and a calibrated scale that changes with |p| (knots from 0.6 to 4 GeV/c)
         with torch.no_grad():
             for p in model.cov_head.parameters():
                 p.add_(0.3 * torch.randn_like(p))
+            model.cov_scale_momentum.copy_(torch.tensor([0.6, 0.9, 1.2, 1.6, 2.0, 2.5, 3.0, 4.0]))
+            model.cov_scale.copy_(0.6 + 0.8 * torch.rand(8, 5, dtype=torch.float64))
         for name in ("weights_best.pt", "weights_last.pt"):
             torch.save(model.state_dict(), run / name)
         export(run, torchscript=run / "model.ts")

@@ -154,7 +154,8 @@ inline Network read_network(Reader& r, const std::string& key, int n_in, int n_o
 class Propagator {
  public:
   static constexpr const char* kMagic = "tracklstm-propagator";
-  static constexpr int kVersion = 1;
+  // Version 2: the covariance's scale at knots in |p|; version 1 (one scale) is read too.
+  static constexpr int kVersion = 2;
   // Windows per batch call of the network (scratch memory: 2 * kBlock * kMaxWidth floats).
   static constexpr int kBlock = 64;
 
@@ -162,8 +163,10 @@ class Propagator {
     detail::Reader r(path);
     Propagator p;
     r.expect(kMagic);
-    if (r.count(0, 1 << 20) != kVersion)
-      r.fail(1, "unsupported version (this header reads version " + std::to_string(kVersion) + ")");
+    const int version = r.count(0, 1 << 20);
+    if (version < 1 || version > kVersion)
+      r.fail(1, "unsupported version (this header reads versions 1 to " + std::to_string(kVersion) +
+                    ")");
     p.metadata_ = r.metadata();
     r.expect("history");
     p.history_ = r.count(0, 6);
@@ -191,7 +194,17 @@ class Propagator {
     if (r.count(0, 1) == 1) {
       p.max_unit_ = r.values("max_unit_entry", 1)[0];
       p.min_diagonal_ = r.values("min_cholesky_diagonal", 1)[0];
-      p.cov_scale_ = r.values("covariance_scale", 5);
+      if (version >= 2) {
+        r.expect("covariance_scale_momentum");
+        const int n_knots = r.count(1, 64);
+        for (int k = 0; k < n_knots; ++k) p.cov_knots_.push_back(r.number());
+        for (int k = 1; k < n_knots; ++k)
+          if (!(p.cov_knots_[k] > p.cov_knots_[k - 1]))
+            r.fail(r.line(), "covariance_scale_momentum: the knots must increase");
+      } else {
+        p.cov_knots_ = {0.0};
+      }
+      p.cov_scale_ = r.values("covariance_scale", 5 * static_cast<int>(p.cov_knots_.size()));
       p.cov_head_ = detail::read_network(r, "covariance_head", detail::kStatic, 15);
       p.has_covariance_ = true;
     }
@@ -245,7 +258,11 @@ class Propagator {
       }
       if (covariance) {
         cov_head_.apply(stat, out, rows, a, b);
-        for (int r = 0; r < rows; ++r) cholesky_product(out + r * 15, covariance + (start + r) * 25);
+        for (int r = 0; r < rows; ++r) {
+          const double* last = states + ((start + r) * per + per - 1) * 6;
+          const double p = std::sqrt(last[3] * last[3] + last[4] * last[4] + last[5] * last[5]);
+          cholesky_product(out + r * 15, p, covariance + (start + r) * 25);
+        }
       }
       if (jacobian_out)
         for (int r = 0; r < rows; ++r)
@@ -420,14 +437,26 @@ class Propagator {
         jac[i * 5 + t] = prior[detail::kCorrected[i]].d[t] + dout[t * 5 + i] * corr_std_[i];
   }
 
+  // The calibrated scale of feature i's spread at |p| = p: covariance_scale interpolated
+  // linearly between the knots, constant beyond them (ResidualPropagator.covariance_scale).
+  double scale_at(double p, int i) const {
+    double s = cov_scale_[i];
+    for (std::size_t k = 0; k + 1 < cov_knots_.size(); ++k) {
+      const double t = (p - cov_knots_[k]) / (cov_knots_[k + 1] - cov_knots_[k]);
+      const double ramp = std::clamp(t, 0.0, 1.0);
+      s += ramp * (cov_scale_[(k + 1) * 5 + i] - cov_scale_[k * 5 + i]);
+    }
+    return s;
+  }
+
   // The covariance head's 15 numbers -> (L s)(L s)^T, L = D U (CovarianceHead), s = corr_std times
-  // the calibrated covariance_scale, per row.
-  void cholesky_product(const float* raw, double* cov) const {
+  // the calibrated covariance_scale at the window's |p| = p, per row.
+  void cholesky_product(const float* raw, double p, double* cov) const {
     double l[5][5] = {};
     for (int i = 0; i < 5; ++i) {
       const double x = raw[i];  // softplus (torch's: linear above 20) plus the floor
       const double spread = (x > 20.0 ? x : std::log1p(std::exp(x))) + min_diagonal_;
-      l[i][i] = spread * (corr_std_[i] * cov_scale_[i]);
+      l[i][i] = spread * (corr_std_[i] * scale_at(p, i));
     }
     int k = 5;  // the unit-triangular entries, row by row (torch.tril_indices)
     for (int i = 1; i < 5; ++i)
@@ -446,7 +475,7 @@ class Propagator {
   std::vector<double> field_z_, field_qbz_, plane_z_;
   double curvature_ = 0.0, series_below_ = 0.0;
   std::vector<double> step_mean_, step_std_, static_mean_, static_std_, corr_mean_, corr_std_;
-  std::vector<double> cov_scale_;
+  std::vector<double> cov_knots_, cov_scale_;  // knots in |p|; 5 scales per knot
   detail::Network body_, cov_head_;
   bool has_covariance_ = false;
   double max_unit_ = 0.0, min_diagonal_ = 0.0;

@@ -9,12 +9,15 @@ head. It reads ``model.weights.txt``, which this module writes from a training r
 the model uses (field, plane table, statistics, layers; float32 weights written so that they
 read back exactly) and the export metadata, in a text format a person can read:
 
-    tracklstm-propagator 1
+    tracklstm-propagator 2
     metadata {...the export metadata, JSON...}
     history H  window W  field R z qbz ...  planes N z ...  curvature 1 c  ...
     step_mean 6 ...  step_std 6 ...  static_mean 16 ...  static_std 16 ...  corr_mean 5 ...
     body L  dense n_in n_out W (row by row) b  ...  covariance 0|1 [max_unit_entry 1 ...
-    min_cholesky_diagonal 1 ...  covariance_scale 5 ...  covariance_head ...]  end
+    min_cholesky_diagonal 1 ...  covariance_scale_momentum K ...  covariance_scale 5K ...
+    covariance_head ...]  end
+
+(Version 1 files, which the header still reads, had one ``covariance_scale 5`` for all |p|.)
 
 Only the residual kind with an MLP body has one (``supported``). Before the file appears under
 its name the stage compiles ``cpp/tracklstm_propagate.cpp`` with the machine's C++ compiler
@@ -65,7 +68,7 @@ from tracklstm.settings import defaults
 log = logging.getLogger(__name__)
 
 #: The first line of a propagator file (``cpp/include/tracklstm/propagator.hpp`` reads version 1).
-MAGIC = "tracklstm-propagator 1"
+MAGIC = "tracklstm-propagator 2"
 #: The C++ folder of this project (the rule passes the workflow's own).
 CPP_DIR = Path(__file__).resolve().parents[3] / "cpp"
 #: The program the check compiles, in the C++ folder (its headers: ``include/tracklstm/``).
@@ -139,6 +142,7 @@ def weights_text(model: ResidualPropagator, meta: dict[str, Any]) -> str:
             "covariance 1",
             f"max_unit_entry 1 {float(head.max_unit)!r}",
             f"min_cholesky_diagonal 1 {float(head.min_diagonal)!r}",
+            _vector("covariance_scale_momentum", model.cov_scale_momentum),
             _vector("covariance_scale", model.cov_scale),
             *_network("covariance_head", head.net),
         ]

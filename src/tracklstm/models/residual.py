@@ -172,11 +172,27 @@ class CovarianceHead(nn.Module):
         return spread.unsqueeze(2) * unit
 
 
-def _ones_for_missing_cov_scale(state: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Weights saved before the covariance had its calibrated scale: a scale of 1."""
-    key = prefix + "cov_scale"
-    if key not in state and prefix + "cov_head.net.0.weight" in state:
-        state[key] = torch.ones(len(CORRECTED), dtype=torch.float64)
+#: Knots in |p| of the covariance's calibrated scale (``cov_scale_momentum``): the scale is
+#: interpolated linearly between them, constant beyond the outer ones
+#: (``train.covariance.calibrate_scale`` uses as many as the held-out windows pin down).
+COV_SCALE_KNOTS: int = 8
+
+
+def uniform_cov_scale(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(knots, scales) of a scale (5,) that does not depend on |p|: the knots 0, 1, ... (any
+    increasing ones), the same scale at each."""
+    knots = torch.arange(COV_SCALE_KNOTS, dtype=torch.float64)
+    return knots, scale.to(torch.float64).expand(COV_SCALE_KNOTS, -1).clone()
+
+
+def _uniform_for_older_cov_scale(state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Weights saved before the covariance had its calibrated scale (a scale of 1), or before
+    the scale depended on |p| (one scale per feature): the same scale at every |p|."""
+    key, knots = prefix + "cov_scale", prefix + "cov_scale_momentum"
+    if prefix + "cov_head.net.0.weight" not in state or knots in state:
+        return
+    scale = state.get(key, torch.ones(len(CORRECTED), dtype=torch.float64))
+    state[knots], state[key] = uniform_cov_scale(scale.reshape(-1)[: len(CORRECTED)])
 
 
 class ResidualPropagator(nn.Module):
@@ -230,10 +246,13 @@ class ResidualPropagator(nn.Module):
         self.has_covariance = bool(covariance)
         if self.has_covariance:
             self.cov_head = CovarianceHead(n_static, COVARIANCE_HIDDEN)
-            # the covariance's spread per feature, calibrated on held-out windows after the
-            # head is trained (train.covariance.calibrate_scale); 1 before
-            self.register_buffer("cov_scale", torch.ones(len(CORRECTED), dtype=f64))
-            self._register_load_state_dict_pre_hook(_ones_for_missing_cov_scale)
+            # the covariance's spread per feature as a function of |p| (at the knots
+            # cov_scale_momentum), calibrated on held-out windows after the head is trained
+            # (train.covariance.calibrate_scale); 1 before
+            knots, scale = uniform_cov_scale(torch.ones(len(CORRECTED), dtype=f64))
+            self.register_buffer("cov_scale_momentum", knots)
+            self.register_buffer("cov_scale", scale)
+            self._register_load_state_dict_pre_hook(_uniform_for_older_cov_scale)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
         """Float64 helix step from the window's last state to the next plane: (B, 6).
@@ -317,8 +336,21 @@ class ResidualPropagator(nn.Module):
         the scattering and energy-loss noise on the way plus the model's own error)."""
         steps, static, prior = self.encode(states)
         state = self._state(steps, static, prior)
-        factor = self.cov_head(static) * (self.corr_std * self.cov_scale).unsqueeze(1)
+        momentum = torch.linalg.vector_norm(states[:, -1, 3:6].to(torch.float64), dim=1)
+        spread = self.corr_std.unsqueeze(0) * self.covariance_scale(momentum)
+        factor = self.cov_head(static) * spread.unsqueeze(2)
         return state, factor @ factor.transpose(1, 2)
+
+    def covariance_scale(self, momentum: torch.Tensor) -> torch.Tensor:
+        """The calibrated scale of the covariance's spread (B, 5) at |p| ``momentum`` (B,):
+        ``cov_scale`` interpolated linearly between its knots ``cov_scale_momentum``, constant
+        beyond them (a sum of clamped ramps, which every export form runs)."""
+        knots, scale = self.cov_scale_momentum, self.cov_scale
+        out = scale[0].unsqueeze(0).expand(momentum.shape[0], -1)
+        for k in range(knots.shape[0] - 1):
+            ramp = ((momentum - knots[k]) / (knots[k + 1] - knots[k])).clamp(0.0, 1.0)
+            out = out + ramp.unsqueeze(1) * (scale[k + 1] - scale[k]).unsqueeze(0)
+        return out
 
     def head_error(
         self, states: torch.Tensor, targets: torch.Tensor
