@@ -101,6 +101,42 @@ def test_cpp_equals_the_eager_model(
     assert (np.abs(correlation) - np.eye(5)).max() > 0.3  # correlations well away from 0
 
 
+def test_a_version_1_file_has_one_scale_for_every_momentum(
+    program: Path, runs: dict, tmp_path: Path
+) -> None:
+    """A propagator file of version 1 (one covariance_scale per feature, no knots) still loads:
+    its covariance is the model's with that scale at every |p|."""
+    files = runs[0]
+    lines = files["weights"].read_text().splitlines()
+    assert lines[0] == "tracklstm-propagator 2"
+    old = []
+    for line in lines:
+        key, *values = line.split(" ")
+        if key == "covariance_scale_momentum":
+            continue
+        if key == "covariance_scale":
+            line = " ".join(["covariance_scale", "5", *values[1:6]])
+        old.append(line)
+    old[0] = "tracklstm-propagator 1"
+    (tmp_path / "v1.txt").write_text("\n".join(old) + "\n")
+    model, summary = load_physical_model(files["run"])
+    with torch.no_grad():
+        model.cov_scale.copy_(model.cov_scale[:1].expand_as(model.cov_scale))
+        x = example_inputs(summary, n=200, seed=5)
+        _, want = model.forward_with_covariance(x)
+    write_tensor(tmp_path / "in.bin", x.numpy())
+    io = ["--input", tmp_path / "in.bin", "--output", tmp_path / "out.bin"]
+    result = run_cpp(program, "--model", tmp_path / "v1.txt", *io, "--covariance", tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    sigma = np.sqrt(np.diagonal(want.numpy(), axis1=1, axis2=2))
+    diff = np.abs(read_tensor(tmp_path / "c") - want.numpy())
+    assert (diff / (sigma[:, :, None] * sigma[:, None, :])).max() < 1e-5
+    old[0] = "tracklstm-propagator 3"
+    (tmp_path / "v3.txt").write_text("\n".join(old) + "\n")
+    result = run_cpp(program, "--model", tmp_path / "v3.txt", *io)
+    assert result.returncode != 0 and "v3.txt:1: unsupported version" in result.stderr
+
+
 def test_export_report_and_file(runs: dict) -> None:
     files = runs[0]
     text = files["weights"].read_text()
