@@ -192,13 +192,13 @@ def calibrate_scale(
     keeps a scale of 1 (on the demo's few thousand held-out windows: every feature).
 
     The head's Gaussian fit leaves the second moment of heavy-tailed errors off, by an amount
-    that changes with |p|: at full size (2026-12-07) it promised 5-6 % too little spread in x,
-    y, px, py below 1.3 GeV/c and 12 % too much above 2.7 (pull widths 1.06 and 0.88 per
-    quartile after one scale for all |p|; 0.98-1.01 with 8 knots). This scales it back on
-    held-out windows, a variance calibration that keeps the head's shape and correlations.
-    pz's second moment is set by the few largest Landau losses (the largest 1 % of a step's pz
-    deviations carry 65 % of its variance): its scale is not pinned down, even at full size,
-    and stays 1."""
+    that changes with |p|: at full size (2026-12-07) it promised 15-19 % too little spread in x,
+    y, px, py at 0.85 GeV/c and 5 % too much at 3.2 GeV/c. One scale for all |p| left the test
+    windows' pull widths at 1.05-1.06 in the lowest |p| quartile and 0.88-0.89 in the highest;
+    the 8 knots bring every quartile to 0.97-1.00. A variance calibration on held-out windows,
+    it keeps the head's shape and correlations. pz's second moment is set by the few largest
+    Landau losses (the largest 1 % of a step's pz deviations carry 65 % of its variance): its
+    scale is not pinned down, even at full size, and stays 1."""
     n = len(CORRECTED)
     ratios, momenta = [], []
     for x, y in batches:
@@ -217,10 +217,10 @@ def calibrate_scale(
             ", ".join(f"{v:.3f}" for v in relative.tolist()),
             MAX_SCALE_ERROR,
         )
+    order = torch.argsort(momentum)
     for bins in (COV_SCALE_KNOTS, 4, 2):
         if not pinned.any() or len(ratio) < 2 * bins:
             break
-        order = torch.argsort(momentum)
         parts = [order[i] for i in torch.tensor_split(torch.arange(len(order)), bins)]
         fits = [_pinned_scales(ratio[i]) for i in parts]
         medians = torch.stack([momentum[i].median() for i in parts])
