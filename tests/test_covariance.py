@@ -496,3 +496,23 @@ def test_the_covariance_scale_follows_momentum(
     quartiles = result["pull_width_by_momentum_quartile"]
     low, high = quartiles[0], quartiles[3]
     assert all(abs(low[f] - 1) < 0.12 and abs(high[f] - 1) < 0.12 for f in ("x", "y", "px")), result
+
+
+def test_the_scale_mixture_of_the_tails_benchmark() -> None:
+    """benchmarks/covariance_mixture.py: chi2 drawn from 90 % at 0.5 C and 10 % at 4 C is
+    fitted back by two components (EM), whose regions then hold 68.3 %, 95 % and 99 %; one
+    Gaussian of the same second moment does not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import covariance_mixture as cm
+
+    rng = np.random.default_rng(8)
+    scale = np.where(rng.random(40_000) < 0.9, 0.5, 4.0)
+    chi2 = scale * (rng.normal(size=(40_000, 5)) ** 2).sum(axis=1)
+    w, s = cm.fit_mixture(chi2, 2)
+    assert w == pytest.approx([0.9, 0.1], abs=0.02) and s == pytest.approx([0.5, 4.0], rel=0.06)
+    coverage = cm.judge(chi2, w, s)["coverage"]
+    assert all(abs(coverage[str(q)] - q) < 0.01 for q in cm.LEVELS), coverage
+    one = cm.judge(chi2, *cm.fit_mixture(chi2, 1))["coverage"]
+    assert one["0.683"] > 0.75, one  # the second moment's Gaussian is too wide for the core
