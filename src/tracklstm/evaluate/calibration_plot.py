@@ -173,6 +173,11 @@ def calibration_plot(
     length = int(meta["window_length"]) if "window_length" in meta else None
     test = load_test_set(windows, length)
     judged = pulls_and_chi2(*errors_and_covariances(model, test.inputs, test.targets, batch))
+    if len(judged["chi2"]) < 4:
+        raise EvaluationInputError(
+            f"{model_path}: {len(judged['chi2'])} of {len(test.inputs)} test windows of {windows} "
+            "have a positive-definite covariance; too few to judge"
+        )
     walk = None
     if metrics is not None:
         walk = (json.loads(Path(metrics).read_text()).get("covariance") or {}).get("walk")
