@@ -60,9 +60,14 @@ def chi2_logpdf(x: np.ndarray) -> np.ndarray:
     return (half - 1) * np.log(x) - x / 2 - half * math.log(2) - math.lgamma(half)
 
 
+def component_logs(x: np.ndarray, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(K, n): log of w_k times the density of chi2 = ``x`` under s_k chi2(5)."""
+    return np.stack([np.log(w[k]) + chi2_logpdf(x / s[k]) - np.log(s[k]) for k in range(len(w))])
+
+
 def mixture_loglik(x: np.ndarray, w: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-window log density of chi2 under sum_k w_k s_k chi2(5)."""
-    parts = np.stack([np.log(w[k]) + chi2_logpdf(x / s[k]) - np.log(s[k]) for k in range(len(w))])
+    parts = component_logs(x, w, s)
     top = parts.max(0)
     return top + np.log(np.exp(parts - top).sum(0))
 
@@ -72,7 +77,7 @@ def fit_mixture(x: np.ndarray, k: int, iterations: int = 500) -> tuple[np.ndarra
     s = np.quantile(x, np.linspace(0.3, 0.97, k)) / NDF if k > 1 else np.array([x.mean() / NDF])
     w = np.full(k, 1 / k)
     for _ in range(iterations):
-        parts = np.stack([np.log(w[j]) + chi2_logpdf(x / s[j]) - np.log(s[j]) for j in range(k)])
+        parts = component_logs(x, w, s)
         r = np.exp(parts - parts.max(0))
         r /= r.sum(0)
         w = r.mean(1)

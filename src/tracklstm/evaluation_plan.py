@@ -97,10 +97,10 @@ def has_plain_form(settings: dict[str, Any]) -> bool:
     return settings.get("kind") == "residual" and settings.get("body") == "mlp"
 
 
-def has_covariance_head(config: dict[str, Any], dataset: str, model: str) -> bool:
-    """Whether a model predicts its covariance (the residual kind with ``model.covariance``):
-    its evaluations get the calibration plot (rule ``calibration_plot``)."""
-    settings = resolve_section(config, "model", dataset, model)
+def has_covariance_head(settings: dict[str, Any]) -> bool:
+    """Whether a model (its resolved ``model`` settings) predicts its covariance (the residual
+    kind with ``model.covariance``): its evaluations get the calibration plot (rule
+    ``calibration_plot``)."""
     return settings.get("kind") == "residual" and bool(settings.get("covariance"))
 
 
@@ -113,7 +113,8 @@ def track_fit_models(config: dict[str, Any], dataset: str) -> list[str]:
     for model in config["build"]["models"]:
         settings = resolve_section(config, "model", dataset, model)
         # one-state: models.build.one_state (not imported: the Snakefile's parse needs no torch)
-        if has_plain_form(settings) and settings.get("covariance") and settings.get("history") == 0:
+        one_state = settings.get("history") == 0
+        if has_plain_form(settings) and has_covariance_head(settings) and one_state:
             out.append(model)
     return out
 
@@ -132,7 +133,7 @@ def targets(config: dict[str, Any]) -> list[str]:
             for data in evaluated_on(config, ds, model):
                 folder = f"results/{ds}/{model}/evaluation/{data}"
                 out += evaluation_files(folder)
-                if has_covariance_head(config, ds, model):
+                if has_covariance_head(resolve_section(config, "model", ds, model)):
                     out.append(f"{folder}/{CALIBRATION_PLOT}")
                 evaluated.append(data)
     for ext in external_models(config):

@@ -178,11 +178,23 @@ class CovarianceHead(nn.Module):
 COV_SCALE_KNOTS: int = 8
 
 
+def cov_scale_table(knots: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's ``cov_scale_momentum`` (``COV_SCALE_KNOTS``,) and ``cov_scale`` (the same,
+    5) from K increasing knots (K,) and their scales (K, 5): beyond the last knot, knots 1 GeV/c
+    apart with its scale (which keeps the scale constant there)."""
+    extra = COV_SCALE_KNOTS - len(knots)
+    knots = knots.to(torch.float64)
+    scales = scales.to(torch.float64)
+    return (
+        torch.cat([knots, knots[-1] + torch.arange(1, extra + 1, dtype=torch.float64)]),
+        torch.cat([scales, scales[-1:].expand(extra, -1)]),
+    )
+
+
 def uniform_cov_scale(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(knots, scales) of a scale (5,) that does not depend on |p|: the knots 0, 1, ... (any
     increasing ones), the same scale at each."""
-    knots = torch.arange(COV_SCALE_KNOTS, dtype=torch.float64)
-    return knots, scale.to(torch.float64).expand(COV_SCALE_KNOTS, -1).clone()
+    return cov_scale_table(torch.zeros(1), scale.reshape(1, -1))
 
 
 def _uniform_for_older_cov_scale(state: dict[str, Any], prefix: str, *_: Any) -> None:

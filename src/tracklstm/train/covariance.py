@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracklstm.models.residual import CORRECTED, COV_SCALE_KNOTS
+from tracklstm.models.residual import CORRECTED, COV_SCALE_KNOTS, cov_scale_table
 from tracklstm.train.checkpoints import cpu_state
 from tracklstm.train.config import DEFAULT_TRAINING
 from tracklstm.train.data import WindowSource, subset_batches
@@ -168,12 +168,13 @@ def fit_covariance(
     return cpu_state(work.state_dict())
 
 
-def _pinned_scales(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sqrt(mean) of each column of ``ratio`` (n, 5: error_i^2 / C_ii), and whether each mean
-    is pinned down to ``MAX_SCALE_ERROR`` (its standard error over the mean)."""
+def _scales(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(mean) of each column of ``ratio`` (n, 5: error_i^2 / C_ii), and each mean's
+    standard error over the mean (infinite for fewer than 2 rows)."""
     mean = ratio.mean(0)
-    error_of_mean = ratio.std(0) / len(ratio) ** 0.5 if len(ratio) > 1 else torch.inf * mean
-    return torch.sqrt(mean), error_of_mean < MAX_SCALE_ERROR * mean
+    if len(ratio) < 2:
+        return torch.sqrt(mean), torch.full_like(mean, torch.inf)
+    return torch.sqrt(mean), ratio.std(0) / len(ratio) ** 0.5 / mean
 
 
 @torch.no_grad()
@@ -207,36 +208,34 @@ def calibrate_scale(
         momenta.append(torch.linalg.vector_norm(x[:, -1, 3:6].double(), dim=1).cpu())
     ratio = torch.cat(ratios) if ratios else torch.zeros(0, n, dtype=torch.float64)
     momentum = torch.cat(momenta) if momenta else torch.zeros(0, dtype=torch.float64)
-    scale, pinned = _pinned_scales(ratio)
-    knots = momentum.median().reshape(1) if len(momentum) else torch.zeros(1, dtype=torch.float64)
-    table = torch.where(pinned, scale, torch.ones_like(scale)).unsqueeze(0)
+    scale, relative = _scales(ratio)
+    pinned = relative < MAX_SCALE_ERROR
     if len(ratio) > 1:
-        relative = ratio.std(0) / ratio.mean(0) / len(ratio) ** 0.5
         log.info(
             "covariance scale: relative error of each mean %s (scaled below %g)",
             ", ".join(f"{v:.3f}" for v in relative.tolist()),
             MAX_SCALE_ERROR,
         )
+    knots = momentum.median().reshape(1) if len(momentum) else torch.zeros(1, dtype=torch.float64)
+    table = scale.unsqueeze(0)
     order = torch.argsort(momentum)
     for bins in (COV_SCALE_KNOTS, 4, 2):
         if not pinned.any() or len(ratio) < 2 * bins:
             break
         parts = [order[i] for i in torch.tensor_split(torch.arange(len(order)), bins)]
-        fits = [_pinned_scales(ratio[i]) for i in parts]
+        fits = [_scales(ratio[i]) for i in parts]
         medians = torch.stack([momentum[i].median() for i in parts])
-        if all(bool(ok[pinned].all()) for _, ok in fits) and bool((medians.diff() > 0).all()):
-            knots = medians
-            table = torch.stack([torch.where(pinned, s, torch.ones_like(s)) for s, _ in fits])
+        pinned_in_each = all(bool((rel[pinned] < MAX_SCALE_ERROR).all()) for _, rel in fits)
+        if pinned_in_each and bool((medians.diff() > 0).all()):
+            knots, table = medians, torch.stack([s for s, _ in fits])
             break
+    table = torch.where(pinned, table, torch.ones_like(table))  # the others stay at 1
     log.info(
         "covariance scale of x, y, px, py, pz at %d |p| knot(s) (%s GeV/c): %s",
         len(knots),
         ", ".join(f"{v:.2f}" for v in knots.tolist()),
         "; ".join(", ".join(f"{v:.3f}" for v in row) for row in table.tolist()),
     )
-    # the table at every knot: beyond the last bin's, knots 1 GeV/c apart with its scale
-    extra = COV_SCALE_KNOTS - len(knots)
-    knots = torch.cat([knots, knots[-1] + torch.arange(1, extra + 1, dtype=torch.float64)])
-    table = torch.cat([table, table[-1:].expand(extra, -1)])
+    knots, table = cov_scale_table(knots, table)
     device = model.cov_scale.device
     return knots.to(device), table.to(device)
