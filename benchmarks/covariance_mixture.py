@@ -4,7 +4,8 @@ A model's covariance C describes the second moment of its errors, and the errors
 heavier tails than a Gaussian (a hard collision takes a thousand times the median loss in one
 step): inside C's 68.3 % region lie 88 % of the windows, not 68.3 %. A Gaussian-sum filter would
 describe each step's noise as a few Gaussians of the same shape, s_k C with weights w_k. This
-benchmark measures how many such components the errors need:
+benchmark measures how many such components the errors need (the fitting is
+``tracklstm.models.scale_mixture``'s):
 
 - the chi2 = e^T C^-1 e of the validation windows (windows the head never learned on) under the
   model's C; for K = 1, 2, 3 components, the weights w_k and scales s_k of chi2 ~ sum_k w_k s_k
@@ -12,7 +13,10 @@ benchmark measures how many such components the errors need:
 - on the test windows: the share inside each fitted model's 68.3 %, 95 % and 99 % regions (for a
   mixture of one shape, the region of content q is chi2 below the q-quantile of the mixture),
   the mean log-likelihood of chi2 per window (higher is better), and the deciles of the
-  probability integral transform (0.1, 0.2, ... if calibrated).
+  probability integral transform (0.1, 0.2, ... if calibrated);
+- the fit the Bayesian information criterion chooses (``models.scale_mixture.fit_scale_mixture``,
+  what the training stage stores in a model: ``chosen_by_bic``), and the model's own stored one
+  (``stored_in_model``, from the file's metadata), judged the same way.
 
     PYTHONPATH=src python benchmarks/covariance_mixture.py \\
         [--model results/demo/residual_markov/model.ts] [--windows results/demo/windows.h5]
@@ -27,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,52 +46,25 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchlib import machine  # noqa: E402
 
 from tracklstm.evaluate.calibration import errors_and_covariances  # noqa: E402
-from tracklstm.evaluate.gaussian import chi2_5dof_cdf, chi2_of  # noqa: E402
+from tracklstm.evaluate.gaussian import chi2_of  # noqa: E402
 from tracklstm.evaluate.metrics import load_model, load_test_set  # noqa: E402
 from tracklstm.files import write_json  # noqa: E402
+from tracklstm.models.scale_mixture import (  # noqa: E402
+    NDF,
+    fit_components,
+    fit_scale_mixture,
+    mixture_cdf,
+    mixture_loglik,
+)
 
 log = logging.getLogger("covariance_mixture")
 RESULTS = ROOT / "benchmarks" / "results" / "covariance_mixture.json"
-NDF = 5
 LEVELS = (0.683, 0.95, 0.99)
-
-
-def chi2_logpdf(x: np.ndarray) -> np.ndarray:
-    """log density of chi2 with 5 degrees of freedom."""
-    x = np.maximum(x, 1e-300)
-    half = NDF / 2
-    return (half - 1) * np.log(x) - x / 2 - half * math.log(2) - math.lgamma(half)
-
-
-def component_logs(x: np.ndarray, w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(K, n): log of w_k times the density of chi2 = ``x`` under s_k chi2(5)."""
-    return np.stack([np.log(w[k]) + chi2_logpdf(x / s[k]) - np.log(s[k]) for k in range(len(w))])
-
-
-def mixture_loglik(x: np.ndarray, w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Per-window log density of chi2 under sum_k w_k s_k chi2(5)."""
-    parts = component_logs(x, w, s)
-    top = parts.max(0)
-    return top + np.log(np.exp(parts - top).sum(0))
-
-
-def fit_mixture(x: np.ndarray, k: int, iterations: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and scales of a k-component scale mixture of chi2(5), by EM on ``x``."""
-    s = np.quantile(x, np.linspace(0.3, 0.97, k)) / NDF if k > 1 else np.array([x.mean() / NDF])
-    w = np.full(k, 1 / k)
-    for _ in range(iterations):
-        parts = component_logs(x, w, s)
-        r = np.exp(parts - parts.max(0))
-        r /= r.sum(0)
-        w = r.mean(1)
-        s = (r * x).sum(1) / (NDF * r.sum(1))
-    order = np.argsort(s)
-    return w[order], s[order]
 
 
 def judge(x: np.ndarray, w: np.ndarray, s: np.ndarray) -> dict[str, Any]:
     """Coverage, mean log-likelihood and PIT deciles of ``x`` under the mixture."""
-    pit = sum(w[k] * chi2_5dof_cdf(x / s[k]) for k in range(len(w)))
+    pit = mixture_cdf(x, w, s)
     return {
         "coverage": {str(q): round(float(np.mean(pit < q)), 4) for q in LEVELS},
         "mean_loglik": round(float(mixture_loglik(x, w, s).mean()), 4),
@@ -119,10 +95,11 @@ def measure(model_path: Path, windows: Path, components: int) -> dict[str, Any]:
         "test_windows": len(test_x),
         "test_chi2_ndf_mean": round(float(test_x.mean() / NDF), 4),
         "as_predicted": judge(test_x, np.ones(1), np.ones(1)),
+        "chosen_by_bic": None,
         "mixtures": [],
     }
     for k in range(1, components + 1):
-        w, s = fit_mixture(fit_x, k)
+        w, s, _ = fit_components(fit_x, k)
         entry = {
             "components": k,
             "weights": [round(float(v), 5) for v in w],
@@ -131,6 +108,14 @@ def measure(model_path: Path, windows: Path, components: int) -> dict[str, Any]:
             "test": judge(test_x, w, s),
         }
         out["mixtures"].append(entry)
+    w, s = fit_scale_mixture(fit_x, components)
+    out["chosen_by_bic"] = {"components": len(w), "test": judge(test_x, w, s)}
+    stored = meta.get("covariance_mixture")
+    if stored:  # what the training stored in the model: the same fit, on the same windows
+        out["stored_in_model"] = {
+            **stored,
+            "test": judge(test_x, np.asarray(stored["weights"]), np.asarray(stored["scales"])),
+        }
         log.info("K=%d weights %s scales %s: test %s", k, entry["weights"], entry["scales"],
                  entry["test"]["coverage"])  # fmt: skip
     return out

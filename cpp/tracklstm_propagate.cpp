@@ -2,9 +2,11 @@
 // Runge-Kutta (tracklstm/runge_kutta.hpp) from the command line, without libtorch.
 //
 //   tracklstm_propagate --model model.weights.txt --input windows.bin --output next.bin
-//                       [--covariance cov.bin] [--jacobian jac.bin]
+//                       [--covariance cov.bin] [--jacobian jac.bin] [--mixture mix.bin]
 //                                                          next-plane states (and covariances,
-//                                                          and Jacobians d next / d last state)
+//                                                          and Jacobians d next / d last state,
+//                                                          and the covariance's scale mixture,
+//                                                          (K, 2): weight, scale per component)
 //   tracklstm_propagate --model model.weights.txt --input states.bin --to-z Z --output out.bin
 //                                                          states (n, 6) at planes, plane by
 //                                                          plane to the plane at z = Z (a
@@ -40,7 +42,7 @@ using tracklstm::State;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::string model, field, input, output, covariance, jacobian, targets, truth;
+  std::string model, field, input, output, covariance, jacobian, mixture, targets, truth;
   double to_z = std::nan("");
   bool bench = false;
   int threads = 1;
@@ -68,6 +70,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--output") o.output = value();
     else if (a == "--covariance") o.covariance = value();
     else if (a == "--jacobian") o.jacobian = value();
+    else if (a == "--mixture") o.mixture = value();
     else if (a == "--targets") o.targets = value();
     else if (a == "--truth") o.truth = value();
     else if (a == "--to-z") o.to_z = std::atof(value().c_str());
@@ -142,6 +145,16 @@ int run_model(const Options& o) {
   if (!cov.empty())
     tracklstm::write_tensor(o.covariance, {static_cast<std::int64_t>(n), 5, 5}, cov.data());
   if (!jac.empty()) tracklstm::write_tensor(o.jacobian, {static_cast<std::int64_t>(n), 5, 5}, jac.data());
+  if (!o.mixture.empty()) {
+    if (!p.has_covariance()) throw std::runtime_error("--mixture: this model has no covariance head");
+    const auto& w = p.covariance_mixture_weights();
+    std::vector<double> mix;
+    for (std::size_t k = 0; k < w.size(); ++k) {
+      mix.push_back(w[k]);
+      mix.push_back(p.covariance_mixture_scales()[k]);
+    }
+    tracklstm::write_tensor(o.mixture, {static_cast<std::int64_t>(w.size()), 2}, mix.data());
+  }
   return 0;
 }
 

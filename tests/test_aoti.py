@@ -33,7 +33,7 @@ ROUNDING = 1e-6
 def small_module(run: Path) -> tuple[ExportedTrackModel, dict, torch.Tensor]:
     """The module ``tracklstm export`` builds for a run, its metadata and 300 example windows."""
     eager, summary = load_physical_model(run)
-    meta = metadata(summary, "best")
+    meta = metadata(summary, "best", eager)
     return ExportedTrackModel(eager, meta).eval(), meta, example_inputs(summary, n=300)
 
 
@@ -89,8 +89,8 @@ def test_rule_builds_the_package_and_nothing_else(package: dict) -> None:
 @pytest.mark.slow
 def test_metadata_travels_inside(package: dict) -> None:
     model, meta = loading.load_package(package["path"])
-    summary = json.loads((package["run"] / "training.json").read_text())
-    assert meta == json.loads(json.dumps(metadata(summary, "best")))
+    eager, summary = load_physical_model(package["run"])
+    assert meta == json.loads(json.dumps(metadata(summary, "best", eager)))
     assert meta["plane_z"] == list(PLANE_Z) and meta["window_length"] == 7
     assert meta["data_fingerprint"] == summary["data_fingerprint"] != ""
     assert loading.read_metadata(package["path"]) == meta  # from the archive, no code loaded

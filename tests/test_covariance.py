@@ -17,11 +17,11 @@ from tracklstm.data.simulate import simulate_tracks
 from tracklstm.data.windows import make_windows
 from tracklstm.evaluate.calibration import calibration_metrics, covariance_metrics
 from tracklstm.evaluate.calibration_plot import coverage_curve
-from tracklstm.evaluate.gaussian import chi2_5dof_cdf
 from tracklstm.evaluate.metrics import EvaluationInputError
 from tracklstm.export.loading import METADATA_NAME
 from tracklstm.export.module import ExportedCovarianceModel, exported_module
 from tracklstm.models.residual import COV_SCALE_KNOTS, build_residual
+from tracklstm.models.scale_mixture import chi2_5dof_cdf
 from tracklstm.train.covariance import CHOICE_TRIM, fit_covariance, split_nll, trimmed_mean
 from tracklstm.train.data import DeviceWindows, subset_batches
 from tracklstm.train.runtime import Dist
@@ -189,6 +189,9 @@ def test_the_calibration_plot_from_the_model_file(tmp_path: Path) -> None:
     widths = metrics["covariance"]["pull_width"]
     assert judged["pulls"].std(axis=0) == pytest.approx(list(widths.values()), rel=1e-3)
     assert len(judged["chi2"]) == metrics["covariance"]["windows"]
+    # the scale mixture the training fitted travels in the file's metadata to the evaluation
+    mixture = metrics["covariance"]["mixture"]
+    assert sum(mixture["weights"]) == pytest.approx(1) and 0 <= mixture["coverage_68"] <= 1
     plain = make_run(tmp_path / "plain", (16, 16), kind="residual", history=0)
     export(plain, torchscript=tmp_path / "plain.ts")
     with pytest.raises(EvaluationInputError, match=r"plain\.ts: this model predicts no cov"):
@@ -446,10 +449,16 @@ def test_the_covariance_scale_is_calibrated_on_held_out_windows(
     _, twice = calibrate_scale(model, [(inputs[cut:test], doubled)])
     torch.testing.assert_close(twice[:, :4], 2 * once[:, :4], rtol=2e-3, atol=0)
     assert bool((once[:, 4] == 1).all()) and bool((twice[:, 4] == 1).all())
-    old = {k: v for k, v in weights.items() if k not in ("cov_scale", "cov_scale_momentum")}
+    # the mixture of the errors' shape, fitted on the same held-out windows, is stored too
+    mix_w, mix_s = weights["cov_mixture_weight"], weights["cov_mixture_scale"]
+    assert torch.equal(model.cov_mixture_weight, mix_w) and float(mix_w.sum()) == pytest.approx(1)
+    assert "chi2 scale mixture, 1 component(s)" in caplog.text and bool((mix_s > 0).all())
+    old = {k: v for k, v in weights.items() if not k.startswith(("cov_scale", "cov_mixture"))}
     fresh = build_residual({"hidden_sizes": [32], "history": 0, "covariance": True})
     fresh.load_state_dict(old)
     assert torch.equal(fresh.cov_scale, torch.ones(COV_SCALE_KNOTS, 5, dtype=torch.float64))
+    assert fresh.cov_mixture_weight.tolist() == [1, 0, 0]
+    assert fresh.cov_mixture_scale.tolist() == [1, 1, 1]
     # saved when the scale was one per feature: that scale at every |p|
     fresh.load_state_dict({**old, "cov_scale": torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double()})
     assert torch.equal(fresh.cov_scale[5], torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double())
@@ -496,23 +505,3 @@ def test_the_covariance_scale_follows_momentum(
     quartiles = result["pull_width_by_momentum_quartile"]
     low, high = quartiles[0], quartiles[3]
     assert all(abs(low[f] - 1) < 0.12 and abs(high[f] - 1) < 0.12 for f in ("x", "y", "px")), result
-
-
-def test_the_scale_mixture_of_the_tails_benchmark() -> None:
-    """benchmarks/covariance_mixture.py: chi2 drawn from 90 % at 0.5 C and 10 % at 4 C is
-    fitted back by two components (EM), whose regions then hold 68.3 %, 95 % and 99 %; one
-    Gaussian of the same second moment does not."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import covariance_mixture as cm
-
-    rng = np.random.default_rng(8)
-    scale = np.where(rng.random(40_000) < 0.9, 0.5, 4.0)
-    chi2 = scale * (rng.normal(size=(40_000, 5)) ** 2).sum(axis=1)
-    w, s = cm.fit_mixture(chi2, 2)
-    assert w == pytest.approx([0.9, 0.1], abs=0.02) and s == pytest.approx([0.5, 4.0], rel=0.06)
-    coverage = cm.judge(chi2, w, s)["coverage"]
-    assert all(abs(coverage[str(q)] - q) < 0.01 for q in cm.LEVELS), coverage
-    one = cm.judge(chi2, *cm.fit_mixture(chi2, 1))["coverage"]
-    assert one["0.683"] > 0.75, one  # the second moment's Gaussian is too wide for the core

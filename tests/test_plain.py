@@ -59,6 +59,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Path]]
                 p.add_(0.3 * torch.randn_like(p))
             model.cov_scale_momentum.copy_(torch.tensor([0.6, 0.9, 1.2, 1.6, 2.0, 2.5, 3.0, 4.0]))
             model.cov_scale.copy_(0.6 + 0.8 * torch.rand(8, 5, dtype=torch.float64))
+            # and a scale mixture of three components
+            model.cov_mixture_weight.copy_(torch.tensor([0.7, 0.25, 0.05]).double())
+            model.cov_mixture_scale.copy_(torch.tensor([0.5, 2.0, 30.0]).double())
         for name in ("weights_best.pt", "weights_last.pt"):
             torch.save(model.state_dict(), run / name)
         export(run, torchscript=run / "model.ts")
@@ -101,16 +104,32 @@ def test_cpp_equals_the_eager_model(
     assert (np.abs(correlation) - np.eye(5)).max() > 0.3  # correlations well away from 0
 
 
-def test_a_version_1_file_has_one_scale_for_every_momentum(
+def test_older_files_load_and_a_later_version_is_refused(
     program: Path, runs: dict, tmp_path: Path
 ) -> None:
-    """A propagator file of version 1 (one covariance_scale per feature, no knots) still loads:
-    its covariance is the model's with that scale at every |p|."""
+    """The file (version 3) carries the covariance's scale mixture, read back in C++ as the
+    model holds it. A version 2 file (no mixture) loads with one component of scale 1; a
+    version 1 file (one covariance_scale per feature, no knots) also has that scale at every
+    |p|; a later version is refused by name."""
     files = runs[0]
     lines = files["weights"].read_text().splitlines()
-    assert lines[0] == "tracklstm-propagator 2"
+    assert lines[0] == "tracklstm-propagator 3"
+    model, summary = load_physical_model(files["run"])
+    x = example_inputs(summary, n=200, seed=5)
+    write_tensor(tmp_path / "in.bin", x.numpy())
+    io = ["--input", tmp_path / "in.bin", "--output", tmp_path / "out.bin"]
+    result = run_cpp(program, "--model", files["weights"], *io, "--mixture", tmp_path / "mix")
+    assert result.returncode == 0, result.stderr
+    stored = np.stack([model.cov_mixture_weight.numpy(), model.cov_mixture_scale.numpy()], 1)
+    assert np.array_equal(read_tensor(tmp_path / "mix"), stored)
+    v2 = [line for line in lines if not line.startswith("covariance_mixture")]
+    v2[0] = "tracklstm-propagator 2"
+    (tmp_path / "v2.txt").write_text("\n".join(v2) + "\n")
+    result = run_cpp(program, "--model", tmp_path / "v2.txt", *io, "--mixture", tmp_path / "m2")
+    assert result.returncode == 0, result.stderr
+    assert read_tensor(tmp_path / "m2").tolist() == [[1.0, 1.0]]
     old = []
-    for line in lines:
+    for line in v2:
         key, *values = line.split(" ")
         if key == "covariance_scale_momentum":
             continue
@@ -119,22 +138,18 @@ def test_a_version_1_file_has_one_scale_for_every_momentum(
         old.append(line)
     old[0] = "tracklstm-propagator 1"
     (tmp_path / "v1.txt").write_text("\n".join(old) + "\n")
-    model, summary = load_physical_model(files["run"])
     with torch.no_grad():
         model.cov_scale.copy_(model.cov_scale[:1].expand_as(model.cov_scale))
-        x = example_inputs(summary, n=200, seed=5)
         _, want = model.forward_with_covariance(x)
-    write_tensor(tmp_path / "in.bin", x.numpy())
-    io = ["--input", tmp_path / "in.bin", "--output", tmp_path / "out.bin"]
     result = run_cpp(program, "--model", tmp_path / "v1.txt", *io, "--covariance", tmp_path / "c")
     assert result.returncode == 0, result.stderr
     sigma = np.sqrt(np.diagonal(want.numpy(), axis1=1, axis2=2))
     diff = np.abs(read_tensor(tmp_path / "c") - want.numpy())
     assert (diff / (sigma[:, :, None] * sigma[:, None, :])).max() < 1e-5
-    old[0] = "tracklstm-propagator 3"
-    (tmp_path / "v3.txt").write_text("\n".join(old) + "\n")
-    result = run_cpp(program, "--model", tmp_path / "v3.txt", *io)
-    assert result.returncode != 0 and "v3.txt:1: unsupported version" in result.stderr
+    old[0] = "tracklstm-propagator 4"
+    (tmp_path / "v4.txt").write_text("\n".join(old) + "\n")
+    result = run_cpp(program, "--model", tmp_path / "v4.txt", *io)
+    assert result.returncode != 0 and "v4.txt:1: unsupported version" in result.stderr
 
 
 def test_export_report_and_file(runs: dict) -> None:
@@ -246,6 +261,12 @@ def test_broken_files_are_named_with_their_line(program: Path, runs: dict, tmp_p
         "truncated": "\n".join(lines[:20]),
         "number": "\n".join([*lines[:9], lines[9].replace(" ", " x", 1), *lines[10:]]),
         "magic": "\n".join(["tracklstm-propagator 7", *lines[1:]]),
+        "mixture": "\n".join(
+            "covariance_mixture_weight 3 0.7 0.25 0.5"
+            if line.startswith("covariance_mixture_w")
+            else line
+            for line in lines
+        ),
     }
     write_tensor(tmp_path / "in.bin", np.zeros((2, 7, 6), np.float32))
     for case, text in cases.items():
@@ -261,6 +282,10 @@ def test_broken_files_are_named_with_their_line(program: Path, runs: dict, tmp_p
     ).stderr  # fmt: skip
     assert ":10: not a number" in run_cpp(
         program, "--model", tmp_path / "number.txt", "--input", tmp_path / "in.bin",
+        "--output", tmp_path / "o.bin",
+    ).stderr  # fmt: skip
+    assert "the weights must add up to 1" in run_cpp(
+        program, "--model", tmp_path / "mixture.txt", "--input", tmp_path / "in.bin",
         "--output", tmp_path / "o.bin",
     ).stderr  # fmt: skip
     assert not (tmp_path / "o.bin").exists()

@@ -154,8 +154,9 @@ inline Network read_network(Reader& r, const std::string& key, int n_in, int n_o
 class Propagator {
  public:
   static constexpr const char* kMagic = "tracklstm-propagator";
-  // Version 2: the covariance's scale at knots in |p|; version 1 (one scale) is read too.
-  static constexpr int kVersion = 2;
+  // Version 3: the scale mixture of the covariance (its errors' tails); version 2 (the scale at
+  // knots in |p|, no mixture) and version 1 (one scale) are read too.
+  static constexpr int kVersion = 3;
   // Windows per batch call of the network (scratch memory: 2 * kBlock * kMaxWidth floats).
   static constexpr int kBlock = 64;
 
@@ -205,6 +206,25 @@ class Propagator {
         p.cov_knots_ = {0.0};
       }
       p.cov_scale_ = r.values("covariance_scale", 5 * static_cast<int>(p.cov_knots_.size()));
+      if (version >= 3) {
+        r.expect("covariance_mixture_weight");
+        const int n_components = r.count(1, 16);
+        double total = 0.0;
+        for (int k = 0; k < n_components; ++k) {
+          p.mix_weight_.push_back(r.number());
+          total += p.mix_weight_.back();
+          if (!(p.mix_weight_.back() >= 0.0))
+            r.fail(r.line(), "covariance_mixture_weight: a weight must be >= 0");
+        }
+        if (!(std::abs(total - 1.0) < 1e-6))
+          r.fail(r.line(), "covariance_mixture_weight: the weights must add up to 1");
+        p.mix_scale_ = r.values("covariance_mixture_scale", n_components);
+        for (double s : p.mix_scale_)
+          if (!(s > 0.0)) r.fail(r.line(), "covariance_mixture_scale: a scale must be > 0");
+      } else {
+        p.mix_weight_ = {1.0};
+        p.mix_scale_ = {1.0};
+      }
       p.cov_head_ = detail::read_network(r, "covariance_head", detail::kStatic, 15);
       p.has_covariance_ = true;
     }
@@ -221,6 +241,12 @@ class Propagator {
   bool has_covariance() const { return has_covariance_; }
   const std::vector<double>& plane_z() const { return plane_z_; }
   const std::string& metadata_json() const { return metadata_; }
+  // The shape of the errors around the covariance Q of next()/step(): sum_k w_k N(0, s_k Q), a
+  // scale mixture fitted to held-out windows (tracklstm.models.scale_mixture) that describes the
+  // tails of scattering and energy loss: the components of a Gaussian-sum filter. Weights add up
+  // to 1 (components of weight 0 are unused); one component of scale 1 for a version 1 or 2 file.
+  const std::vector<double>& covariance_mixture_weights() const { return mix_weight_; }
+  const std::vector<double>& covariance_mixture_scales() const { return mix_scale_; }
 
   // n tracks: states (n, states_per_step(), 6), oldest first, the last at a plane -> next
   // (n, 6) at the next plane; covariance (n, 25) when not null (needs has_covariance());
@@ -476,6 +502,7 @@ class Propagator {
   double curvature_ = 0.0, series_below_ = 0.0;
   std::vector<double> step_mean_, step_std_, static_mean_, static_std_, corr_mean_, corr_std_;
   std::vector<double> cov_knots_, cov_scale_;  // knots in |p|; 5 scales per knot
+  std::vector<double> mix_weight_, mix_scale_;  // the covariance's scale mixture
   detail::Network body_, cov_head_;
   bool has_covariance_ = false;
   double max_unit_ = 0.0, min_diagonal_ = 0.0;

@@ -11,6 +11,9 @@ covariance C the model predicts for it:
   step) set the standard deviation, which no Gaussian follows in the bulk and the tails at once;
 - chi2 = e^T C^-1 e (5 degrees of freedom): chi2/ndf mean and median, and the shares of windows
   inside the 68.3 % and 95 % regions (chi2 below 5.89 and 11.07: 0.683 and 0.95 if calibrated);
+- with the scale mixture of C that the training fitted to describe the errors' tails
+  (``models.scale_mixture``; the file's metadata ``covariance_mixture``): the shares inside its
+  68.3, 95 and 99 % regions (chi2 below the mixture's quantiles), under ``mixture``;
 - how many predicted covariances are not positive definite (none, by construction), judged on
   the correlation matrices (so that the features' very different units do not matter).
 
@@ -30,6 +33,10 @@ from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX, CHI2_5DOF_68, CHI
 from tracklstm.evaluate.gaussian import chi2_of, core_width
 from tracklstm.evaluate.jacobian import model_jacobian
 from tracklstm.export.loading import COVARIANCE_BATCH, predict_with_covariance
+from tracklstm.models.scale_mixture import mixture_cdf
+
+#: The contents of the mixture's regions whose coverage is measured.
+MIXTURE_LEVELS: dict[str, float] = {"68": 0.6827, "95": 0.95, "99": 0.99}
 
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
@@ -59,11 +66,33 @@ def pulls_and_chi2(
     }
 
 
-def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict:
-    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5)."""
+def mixture_coverage(chi2: np.ndarray, mixture: dict[str, list[float]]) -> dict[str, Any]:
+    """The scale mixture of the covariance (``mixture``: its ``weights`` and ``scales``) and
+    the shares of ``chi2`` inside its regions of content 68.3, 95 and 99 %."""
+    weights, scales = np.asarray(mixture["weights"]), np.asarray(mixture["scales"])
+    content = mixture_cdf(chi2, weights, scales)
+    return {
+        "weights": [round(float(v), 6) for v in weights],
+        "scales": [round(float(v), 4) for v in scales],
+        **{
+            f"coverage_{name}": round(float(np.mean(content < level)), 4)
+            for name, level in MIXTURE_LEVELS.items()
+        },
+    }
+
+
+def calibration_metrics(
+    errors: np.ndarray,
+    covs: np.ndarray,
+    momentum: np.ndarray,
+    mixture: dict[str, list[float]] | None = None,
+) -> dict:
+    """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5); with
+    ``mixture`` (the model's ``covariance_mixture``) its coverage too."""
     judged = pulls_and_chi2(errors, covs, momentum)
     pulls, chi2, quartile = judged["pulls"], judged["chi2"], judged["quartile"]
     ndf = len(ANSWER_FEATURES)
+    extra = {"mixture": mixture_coverage(chi2, mixture)} if mixture else {}
     return {
         "windows": len(errors),
         "not_positive_definite": int((~judged["positive"]).sum()),
@@ -81,6 +110,7 @@ def calibration_metrics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarr
         "chi2_ndf_median": round(float(np.median(chi2) / ndf), 4),
         "coverage_68": round(float(np.mean(chi2 < CHI2_5DOF_68)), 4),
         "coverage_95": round(float(np.mean(chi2 < CHI2_5DOF_95)), 4),
+        **extra,
     }
 
 
@@ -127,7 +157,12 @@ def errors_and_covariances(
 
 
 def covariance_metrics(
-    model: Any, windows: np.ndarray, truth: np.ndarray, batch: int = COVARIANCE_BATCH
+    model: Any,
+    windows: np.ndarray,
+    truth: np.ndarray,
+    batch: int = COVARIANCE_BATCH,
+    mixture: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """The model's covariance judged on ``windows`` (N, window, 6) against ``truth`` (N, 6)."""
-    return calibration_metrics(*errors_and_covariances(model, windows, truth, batch))
+    """The model's covariance judged on ``windows`` (N, window, 6) against ``truth`` (N, 6)
+    (and the scale mixture of its shape, ``mixture``, from the file's metadata, if any)."""
+    return calibration_metrics(*errors_and_covariances(model, windows, truth, batch), mixture)

@@ -9,7 +9,9 @@ deviation and their core's width (1.4826 times the median absolute deviation). B
 
 - coverage: the share of windows inside the predicted region of each probability content
   (chi2 = e^T C^-1 e below the 5-degree-of-freedom quantile), against that content; on the
-  diagonal if calibrated, above it where the covariance is too wide. Overall and per |p| quartile;
+  diagonal if calibrated, above it where the covariance is too wide. Overall and per |p| quartile,
+  and overall for the regions of the covariance's scale mixture (the Gaussian sum that describes
+  the errors' tails, ``models.scale_mixture``; dashed), if the model has one;
 - the pull widths per |p| quartile (standard deviation, and the core's dashed) with the band
   1.00 +- 0.05;
 - for a one-state model, the covariance carried along the walk (C' = J C J^T + Q): chi2/ndf at
@@ -37,11 +39,12 @@ import torch
 from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES
 from tracklstm.evaluate.calibration import errors_and_covariances, pulls_and_chi2
-from tracklstm.evaluate.gaussian import chi2_5dof_cdf, core_width
+from tracklstm.evaluate.gaussian import core_width
 from tracklstm.evaluate.metrics import EvaluationInputError, load_model, load_test_set
 from tracklstm.evaluate.plots import save_figure
 from tracklstm.export.loading import COVARIANCE_BATCH, has_covariance
 from tracklstm.files import check_outputs
+from tracklstm.models.scale_mixture import chi2_5dof_cdf, mixture_cdf
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,17 @@ QUARTILE_COLORS = ("#440154", "#31688e", "#35b779", "#b5a300")
 FEATURE_COLORS = dict(zip(ANSWER_FEATURES, ("C0", "C1", "C2", "C3", "C4"), strict=True))
 
 
-def coverage_curve(chi2: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def coverage_curve(
+    chi2: np.ndarray, levels: np.ndarray, mixture: dict[str, list[float]] | None = None
+) -> np.ndarray:
     """The share of windows inside the predicted region of each probability content in
-    ``levels``: the share whose chi2 lies below the 5-dof quantile, i.e. whose P(chi2) does."""
-    content = np.sort(chi2_5dof_cdf(chi2))
+    ``levels``: the share whose chi2 lies below the 5-dof quantile, i.e. whose P(chi2) does
+    (with ``mixture``, the covariance's scale mixture: below the mixture's quantile)."""
+    if mixture:
+        weights, scales = np.asarray(mixture["weights"]), np.asarray(mixture["scales"])
+        content = np.sort(mixture_cdf(chi2, weights, scales))
+    else:
+        content = np.sort(chi2_5dof_cdf(chi2))
     return np.searchsorted(content, levels, side="right") / max(len(content), 1)
 
 
@@ -76,7 +86,9 @@ def _pull_panel(ax: Any, pulls: np.ndarray, feature: str) -> None:
     )  # fmt: skip
 
 
-def _coverage_panel(ax: Any, judged: dict[str, np.ndarray]) -> None:
+def _coverage_panel(
+    ax: Any, judged: dict[str, np.ndarray], mixture: dict[str, list[float]] | None
+) -> None:
     levels = np.linspace(0.0, 1.0, 101)
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="calibrated")
     for q in range(4):
@@ -89,9 +101,19 @@ def _coverage_panel(ax: Any, judged: dict[str, np.ndarray]) -> None:
         ax.plot([content], [share], "o", color="red", ms=5)
         ax.annotate(f"{share:.3f} inside {100 * content:.1f} %", (content, share),
                     textcoords="offset points", xytext=(-95, 6), fontsize=8.5)  # fmt: skip
+    if mixture:
+        ax.plot(levels, coverage_curve(judged["chi2"], levels, mixture), color="C3", lw=2,
+                ls="--", label="all, Gaussian sum")  # fmt: skip
+        shares = coverage_curve(judged["chi2"], np.array([0.683, 0.95]), mixture)
+        ax.plot([0.683, 0.95], shares, "o", color="C3", ms=5)
+        pairs = zip(mixture["weights"], mixture["scales"], strict=True)
+        parts = "\n".join(f"  {100 * w:.3g} % at {s:.2g} C" for w, s in pairs)
+        ax.text(0.03, 0.97, f"Gaussian sum:\n{parts}\n{shares[0]:.3f} inside its 68.3 %\n"
+                f"{shares[1]:.3f} inside its 95 %", transform=ax.transAxes, va="top",
+                fontsize=8, color="C3")  # fmt: skip
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="probability content of the predicted region",
            ylabel="share of test windows inside", title="coverage (chi2, 5 dof)")  # fmt: skip
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7.5, loc="lower right")
 
 
 def _quartile_panel(ax: Any, judged: dict[str, np.ndarray]) -> None:
@@ -131,9 +153,14 @@ def _walk_panel(ax: Any, walk: dict[str, Any] | None) -> None:
 
 
 def plot_calibration(
-    judged: dict[str, np.ndarray], walk: dict[str, Any] | None, title: str, path: str | Path
+    judged: dict[str, np.ndarray],
+    walk: dict[str, Any] | None,
+    title: str,
+    path: str | Path,
+    mixture: dict[str, list[float]] | None = None,
 ) -> None:
-    """The figure of the module notes, from ``calibration.pulls_and_chi2``'s ``judged``."""
+    """The figure of the module notes, from ``calibration.pulls_and_chi2``'s ``judged`` (and
+    the model's ``covariance_mixture``, if any)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +170,7 @@ def plot_calibration(
     grid = fig.add_gridspec(2, 15)
     for i, f in enumerate(ANSWER_FEATURES):
         _pull_panel(fig.add_subplot(grid[0, 3 * i : 3 * i + 3]), judged["pulls"][:, i], f)
-    _coverage_panel(fig.add_subplot(grid[1, 0:5]), judged)
+    _coverage_panel(fig.add_subplot(grid[1, 0:5]), judged, mixture)
     _quartile_panel(fig.add_subplot(grid[1, 5:10]), judged)
     _walk_panel(fig.add_subplot(grid[1, 10:15]), walk)
     bad = int((~judged["positive"]).sum())
@@ -182,7 +209,7 @@ def calibration_plot(
     if metrics is not None:
         walk = (json.loads(Path(metrics).read_text()).get("covariance") or {}).get("walk")
     title = f"{Path(model_path).parent.name} on {Path(windows).parent.name}"
-    plot_calibration(judged, walk, title, out)
+    plot_calibration(judged, walk, title, out, meta.get("covariance_mixture"))
     log.info(
         "%s: %d test windows, pull widths %s",
         out,

@@ -2,13 +2,12 @@
 
 One owner for ``evaluate.calibration`` (a model's predicted covariances),
 ``evaluate.sim_vs_real`` (the simulator's spread against real tracks) and
-``evaluate.track_fit`` (the fitted parameters' pulls): the chi2 itself, its distribution for 5
-degrees of freedom, and the core width of a pull distribution; numpy only.
+``evaluate.track_fit`` (the fitted parameters' pulls): the chi2 itself and the core width of a
+pull distribution; numpy only (chi2's distribution for 5 degrees of freedom, and the scale
+mixtures of it that describe a model's tails, are ``models.scale_mixture``'s).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -41,14 +40,3 @@ def core_width(values: np.ndarray) -> float:
     deviation, hardly move it)."""
     values = np.asarray(values, dtype=np.float64)
     return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
-
-
-def chi2_5dof_cdf(chi2: np.ndarray) -> np.ndarray:
-    """P(chi2 < x) for 5 degrees of freedom: erf(sqrt(x/2)) - sqrt(2/pi) e^(-x/2) (sqrt(x) +
-    x^(3/2)/3) (the regularized lower gamma function P(5/2, x/2) in closed form)."""
-    x = np.clip(np.asarray(chi2, dtype=np.float64), 0.0, None)
-    erf = np.vectorize(math.erf, otypes=[np.float64])
-    root = np.sqrt(x)
-    return erf(root / math.sqrt(2.0)) - math.sqrt(2.0 / math.pi) * np.exp(-x / 2) * (
-        root + x * root / 3.0
-    )

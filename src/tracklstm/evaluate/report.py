@@ -195,6 +195,18 @@ def _covariance(result: dict[str, Any]) -> list[str]:
         ["inside the 95 % region", cov["coverage_95"], "0.95"],
         ["not positive definite", cov["not_positive_definite"], "0"],
     ]
+    mixture = cov.get("mixture")
+    if mixture:
+        parts = ", ".join(
+            f"{w:.3g} at {s:.3g} C"
+            for w, s in zip(mixture["weights"], mixture["scales"], strict=True)
+        )
+        summary += [
+            [f"inside the 68.3 % region of the Gaussian sum ({parts})", mixture["coverage_68"],
+             "0.683"],
+            ["inside its 95 % region", mixture["coverage_95"], "0.95"],
+            ["inside its 99 % region", mixture["coverage_99"], "0.99"],
+        ]  # fmt: skip
     last = ((cov.get("walk") or {}).get("per_plane") or [None])[-1]
     if last:
         summary.append(

@@ -280,6 +280,16 @@ def log_summary(result: dict[str, Any]) -> None:
             cov["not_positive_definite"],
             cov["windows"],
         )
+        if cov.get("mixture"):
+            log.info(
+                "inside the 68.3 %% / 95 %% / 99 %% regions of the covariance's scale mixture "
+                "(weights %s, scales %s): %.3f / %.3f / %.3f",
+                cov["mixture"]["weights"],
+                cov["mixture"]["scales"],
+                cov["mixture"]["coverage_68"],
+                cov["mixture"]["coverage_95"],
+                cov["mixture"]["coverage_99"],
+            )
         last = (cov.get("walk", {}).get("per_plane") or [None])[-1]
         if last:
             log.info(
@@ -354,7 +364,10 @@ def evaluate(
     if one_state and not differentiable:
         log.info("%s: no Jacobian of this file (it cannot be differentiated)", inputs.model_path)
     if has_covariance(inputs.model):
-        result["covariance"] = covariance_metrics(inputs.model, inputs.test.inputs, truth, batch)
+        mixture = inputs.meta.get("covariance_mixture")
+        result["covariance"] = covariance_metrics(
+            inputs.model, inputs.test.inputs, truth, batch, mixture
+        )
         if one_state and differentiable:
             result["covariance"]["walk"] = covariance_walk(inputs, batch)
     if one_state and differentiable:

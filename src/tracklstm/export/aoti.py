@@ -308,7 +308,7 @@ def export_run(
 ) -> PackageReport:
     """Compile a training run folder's model (as ``tracklstm export`` builds it) to ``out``."""
     eager, summary = load_physical_model(run_dir, weights)
-    meta = metadata(summary, weights)
+    meta = metadata(summary, weights, eager)
     module = exported_module(eager, meta).eval()
     inputs = example_inputs(summary, n=max(CHECK_BATCHES))
     return compile_with_report(

@@ -168,7 +168,7 @@ def export(
     Returns the report.
     """
     eager, summary = load_physical_model(run_dir, weights)
-    meta = metadata(summary, weights)
+    meta = metadata(summary, weights, eager)
     module = exported_module(eager, meta).eval().requires_grad_(False)
     inputs = example_inputs(summary, n=max(CHECK_BATCHES))
     finals = [Path(torchscript)]

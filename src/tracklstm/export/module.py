@@ -29,6 +29,7 @@ from tracklstm.models.build import (
     read_weights,
 )
 from tracklstm.models.reference import PhysicalModel
+from tracklstm.models.scale_mixture import from_buffers
 
 #: The format of the exported files (their metadata's ``format``).
 FORMAT = "tracklstm-export-1"
@@ -169,8 +170,17 @@ def load_physical_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.
     return model.eval(), summary
 
 
-def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
-    """What a host needs to use the model correctly, stored inside the exported files."""
+def covariance_mixture(model: nn.Module) -> dict[str, list[float]] | None:
+    """A model with a covariance head: the scale mixture of its covariance that describes its
+    errors' shape (``models.scale_mixture``; the weights and scales of its components)."""
+    if not hasattr(model, "cov_mixture_weight"):
+        return None
+    return from_buffers(model.cov_mixture_weight.numpy(), model.cov_mixture_scale.numpy())
+
+
+def metadata(summary: dict[str, Any], weights: str, model: nn.Module) -> dict[str, Any]:
+    """What a host needs to use ``model`` (of the run ``summary``) correctly, stored inside the
+    exported files."""
     return {
         "format": FORMAT,
         "input": "float32 (batch, window_length, 6): x, y, z [cm], px, py, pz [GeV/c]",
@@ -182,6 +192,9 @@ def metadata(summary: dict[str, Any], weights: str) -> dict[str, Any]:
             if summary["settings"].get("model", {}).get("covariance")
             else None
         ),
+        # errors ~ sum_k weights[k] N(0, scales[k] C): the regions of content q are chi2 =
+        # e^T C^-1 e below the mixture's q-quantile (tracklstm.models.scale_mixture)
+        "covariance_mixture": covariance_mixture(model),
         "onnx_input": ONNX_INPUT,
         "onnx_output": ONNX_OUTPUT,
         "window_length": int(summary["window_length"]),

@@ -20,10 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from tracklstm.constants import N_FEATURES, PLANE_Z
+from tracklstm.models.scale_mixture import padded
 from tracklstm.physics.helix_prior import field_tables, helix_step
 from tracklstm.settings import defaults
 
@@ -197,14 +199,20 @@ def uniform_cov_scale(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cov_scale_table(torch.zeros(1), scale.reshape(1, -1))
 
 
-def _uniform_for_older_cov_scale(state: dict[str, Any], prefix: str, *_: Any) -> None:
+def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> None:
     """Weights saved before the covariance had its calibrated scale (a scale of 1), or before
-    the scale depended on |p| (one scale per feature): the same scale at every |p|."""
-    key, knots = prefix + "cov_scale", prefix + "cov_scale_momentum"
-    if prefix + "cov_head.net.0.weight" not in state or knots in state:
+    the scale depended on |p| (one scale per feature): the same scale at every |p|; saved before
+    the mixture of its shape: one component of scale 1 (a single Gaussian)."""
+    if prefix + "cov_head.net.0.weight" not in state:
         return
-    scale = state.get(key, torch.ones(len(CORRECTED), dtype=torch.float64))
-    state[knots], state[key] = uniform_cov_scale(scale.reshape(-1)[: len(CORRECTED)])
+    key, knots = prefix + "cov_scale", prefix + "cov_scale_momentum"
+    if knots not in state:
+        scale = state.get(key, torch.ones(len(CORRECTED), dtype=torch.float64))
+        state[knots], state[key] = uniform_cov_scale(scale.reshape(-1)[: len(CORRECTED)])
+    if prefix + "cov_mixture_weight" not in state:
+        weight, spread = padded(np.ones(1), np.ones(1))
+        state[prefix + "cov_mixture_weight"] = torch.from_numpy(weight)
+        state[prefix + "cov_mixture_scale"] = torch.from_numpy(spread)
 
 
 class ResidualPropagator(nn.Module):
@@ -264,7 +272,12 @@ class ResidualPropagator(nn.Module):
             knots, scale = uniform_cov_scale(torch.ones(len(CORRECTED), dtype=f64))
             self.register_buffer("cov_scale_momentum", knots)
             self.register_buffer("cov_scale", scale)
-            self._register_load_state_dict_pre_hook(_uniform_for_older_cov_scale)
+            # the errors' shape under that covariance, sum_k w_k N(0, s_k C), fitted on the
+            # held-out windows too (models.scale_mixture); one component of scale 1 before
+            weight, spread = padded(np.ones(1), np.ones(1))
+            self.register_buffer("cov_mixture_weight", torch.from_numpy(weight))
+            self.register_buffer("cov_mixture_scale", torch.from_numpy(spread))
+            self._register_load_state_dict_pre_hook(_defaults_for_older_weights)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
         """Float64 helix step from the window's last state to the next plane: (B, 6).

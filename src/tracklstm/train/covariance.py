@@ -26,7 +26,10 @@ body's errors by Gaussian negative log-likelihood: Adam at 1e-3 with cosine deca
 
 Then its spread per feature is calibrated on windows it did not learn on (the validation
 split, or the odd batches): ``calibrate_scale`` sets ``cov_scale`` so that their pulls have
-width 1, for each feature whose scale they pin down (x, y, px, py; not pz).
+width 1, for each feature whose scale they pin down (x, y, px, py; not pz). Last, the shape of
+the errors under that covariance: a scale mixture sum_k w_k N(0, s_k C) with at most
+``training.covariance_components`` components fitted to the same windows' chi2
+(``models.scale_mixture``), stored as ``cov_mixture_weight`` and ``cov_mixture_scale``.
 
 The prediction of the state is untouched (the body's weights do not move), so a model with a
 covariance head predicts exactly what it would without one.
@@ -41,10 +44,12 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from tracklstm.models.residual import CORRECTED, COV_SCALE_KNOTS, cov_scale_table
+from tracklstm.models.scale_mixture import fit_scale_mixture, padded
 from tracklstm.train.checkpoints import cpu_state
 from tracklstm.train.config import DEFAULT_TRAINING
 from tracklstm.train.data import WindowSource, subset_batches
@@ -164,6 +169,12 @@ def fit_covariance(
     for target in (work, model):
         target.cov_scale_momentum.copy_(knots)
         target.cov_scale.copy_(scale)
+    weight, spread = padded(
+        *fit_scale_mixture(held_out_chi2(work, choose_part), int(cfg["covariance_components"]))
+    )
+    for target in (work, model):
+        target.cov_mixture_weight.copy_(torch.from_numpy(weight))
+        target.cov_mixture_scale.copy_(torch.from_numpy(spread))
     model.cov_head.load_state_dict(best[1])
     return cpu_state(work.state_dict())
 
@@ -175,6 +186,21 @@ def _scales(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if len(ratio) < 2:
         return torch.sqrt(mean), torch.full_like(mean, torch.inf)
     return torch.sqrt(mean), ratio.std(0) / len(ratio) ** 0.5 / mean
+
+
+@torch.no_grad()
+def held_out_chi2(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """chi2 = e^T C^-1 e of the windows of ``batches`` under the model's calibrated covariance
+    (the head's, scaled by ``covariance_scale`` at each window's |p|): what the mixture of its
+    shape is fitted to (``models.scale_mixture.fit_scale_mixture``)."""
+    values = []
+    for x, y in batches:
+        error, factor = model.head_error(x, y)
+        momentum = torch.linalg.vector_norm(x[:, -1, 3:6].double(), dim=1)
+        scaled = error / model.covariance_scale(momentum)
+        white = torch.linalg.solve_triangular(factor, scaled.unsqueeze(2), upper=False)
+        values.append((white.squeeze(2) ** 2).sum(1).cpu())
+    return torch.cat(values).numpy() if values else np.zeros(0)
 
 
 @torch.no_grad()
