@@ -142,6 +142,18 @@ def test_calibration_statistics_of_known_gaussians() -> None:
     assert abs(result["chi2_ndf_mean"] - 1) < 0.03
     assert abs(result["coverage_68"] - 0.683) < 0.01 and abs(result["coverage_95"] - 0.95) < 0.01
     assert len(result["pull_width_by_momentum_quartile"]) == 4
+    # standard errors: a Gaussian pull's square has variance 2, chi2(5)'s variance is 10
+    expected = 1 / np.sqrt(2 * 40_000)
+    assert all(abs(e / expected - 1) < 0.1 for e in result["pull_width_error"].values())
+    assert result["chi2_ndf_mean_error"] == pytest.approx(np.sqrt(10) / 5 / 200, rel=0.1)
+    assert len(result["pull_width_error_by_momentum_quartile"]) == 4
+    # one hard collision (300 sigma) in 40,000 windows takes the mean chi2/ndf from 1 to 4, and
+    # its standard error says that this is one window's doing (a shift of one error)
+    hard = errors.copy()
+    hard[0] *= 300
+    heavy = calibration_metrics(hard, np.broadcast_to(cov, (40_000, 5, 5)), np.ones(40_000))
+    assert heavy["chi2_ndf_mean"] > 3.5
+    assert heavy["chi2_ndf_mean"] - result["chi2_ndf_mean"] < 1.1 * heavy["chi2_ndf_mean_error"]
     covs = np.broadcast_to(cov, (20, 5, 5)).copy()
     covs[:7] = -np.eye(5)  # not positive definite: counted, left out of the statistics
     result = calibration_metrics(errors[:20], covs, np.ones(20))
@@ -212,6 +224,7 @@ def test_the_summary_page_has_the_covariance_table() -> None:
     cov["walk"] = {"per_plane": [{"plane": 24, "chi2_ndf_mean": 1.234}]}
     html = "".join(_covariance({"covariance": cov}))
     assert "core width" in html and "inside the 95 % region" in html
+    assert f"{cov['chi2_ndf_mean']:.4g} ± {cov['chi2_ndf_mean_error']:.2g}" in html
     assert f"<td>{cov['coverage_68']:.4g}</td>" in html and "plane 24" in html and "1.234" in html
     assert _covariance({}) == []
 

@@ -15,7 +15,8 @@ deviation and their core's width (1.4826 times the median absolute deviation). B
 - the pull widths per |p| quartile (standard deviation, and the core's dashed) with the band
   1.00 +- 0.05;
 - for a one-state model, the covariance carried along the walk (C' = J C J^T + Q): chi2/ndf at
-  each plane, mean and median, with the band 1.00 +- 0.10 (from ``metrics.json``).
+  each plane, mean (with its standard error) and median, with the band 1.00 +- 0.10 (from
+  ``metrics.json``).
 
 The numbers are ``evaluate.calibration``'s (``metrics.json`` ``covariance``), recomputed from the
 model file and the test windows: the plot needs every window's pulls.
@@ -143,7 +144,9 @@ def _walk_panel(ax: Any, walk: dict[str, Any] | None) -> None:
         ax.set(title="covariance carried along the walk", xticks=[], yticks=[])
         return
     x = [p["plane"] for p in planes]
-    ax.plot(x, [p["chi2_ndf_mean"] for p in planes], "o-", color="C0", label="mean")
+    ax.errorbar(x, [p["chi2_ndf_mean"] for p in planes], fmt="o-", color="C0", capsize=2,
+                yerr=[p.get("chi2_ndf_mean_error", 0.0) for p in planes],
+                label="mean (and its standard error)")  # fmt: skip
     ax.plot(x, [p["chi2_ndf_median"] for p in planes], "s--", color="C1", ms=3.5,
             label="median (0.87 if Gaussian)")  # fmt: skip
     ax.axhspan(0.9, 1.1, color="green", alpha=0.12, label="1.00 +- 0.10")

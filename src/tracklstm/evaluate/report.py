@@ -164,6 +164,11 @@ def _jacobian(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _with_error(value: float, error: float | None) -> str:
+    """``value`` with its standard error, if there is one: 1.392 +- 0.413."""
+    return f"{value:.4g}" if error is None else f"{value:.4g} ± {error:.2g}"
+
+
 def _covariance(result: dict[str, Any]) -> list[str]:
     """The calibration of the model's predicted covariance (``evaluate.calibration``)."""
     cov = result.get("covariance")
@@ -173,7 +178,7 @@ def _covariance(result: dict[str, Any]) -> list[str]:
     rows = [
         [
             f,
-            cov["pull_width"][f],
+            _with_error(cov["pull_width"][f], cov.get("pull_width_error", {}).get(f)),
             cov.get("pull_width_core", {}).get(f),
             cov["pull_mean"][f],
             *[q[f] for q in quartiles],
@@ -183,13 +188,14 @@ def _covariance(result: dict[str, Any]) -> list[str]:
     lo, mid, hi = (f"{e:.2f}" for e in cov["momentum_quartile_edges"])
     header = [
         "feature",
-        "pull width (std)",
+        "pull width (std ± its standard error)",
         "core width",
         "pull mean",
         *[f"std, |p| {b} GeV/c" for b in (f"< {lo}", f"{lo}-{mid}", f"{mid}-{hi}", f"> {hi}")],
     ]
+    mean_chi2 = _with_error(cov["chi2_ndf_mean"], cov.get("chi2_ndf_mean_error"))
     summary = [
-        ["chi2/ndf, mean", cov["chi2_ndf_mean"], "1.00"],
+        ["chi2/ndf, mean", mean_chi2, "1.00"],
         ["chi2/ndf, median", cov["chi2_ndf_median"], "0.87"],
         ["inside the 68.3 % region", cov["coverage_68"], "0.683"],
         ["inside the 95 % region", cov["coverage_95"], "0.95"],
@@ -211,7 +217,7 @@ def _covariance(result: dict[str, Any]) -> list[str]:
     if last:
         summary.append(
             [f"walk: chi2/ndf at plane {last['plane']} (C' = J C J^T + Q)",
-             last["chi2_ndf_mean"], "1.00"]
+             _with_error(last["chi2_ndf_mean"], last.get("chi2_ndf_mean_error")), "1.00"]
         )  # fmt: skip
     return [
         f"<h2>Predicted covariance on the test windows ({cov['windows']:,}): pulls per feature "

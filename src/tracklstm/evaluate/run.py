@@ -271,10 +271,11 @@ def log_summary(result: dict[str, Any]) -> None:
     cov = result.get("covariance")
     if cov:
         log.info(
-            "covariance: pull widths %s; chi2/ndf mean %.3f; inside the 68.3 %% / 95 %% regions "
-            "%.3f / %.3f; not positive definite %d of %d",
+            "covariance: pull widths %s; chi2/ndf mean %.3f +- %.3f; inside the 68.3 %% / 95 %% "
+            "regions %.3f / %.3f; not positive definite %d of %d",
             ", ".join(f"{k} {v:.3f}" for k, v in cov["pull_width"].items()),
             cov["chi2_ndf_mean"],
+            cov["chi2_ndf_mean_error"],
             cov["coverage_68"],
             cov["coverage_95"],
             cov["not_positive_definite"],
