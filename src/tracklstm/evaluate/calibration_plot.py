@@ -108,7 +108,7 @@ def _coverage_panel(
         shares = coverage_curve(judged["chi2"], np.array([0.683, 0.95]), mixture)
         ax.plot([0.683, 0.95], shares, "o", color="C3", ms=5)
         pairs = zip(mixture["weights"], mixture["scales"], strict=True)
-        parts = "\n".join(f"  {100 * w:.3g} % at {s:.2g} C" for w, s in pairs)
+        parts = "\n".join(f"  {100 * w:.3g} % at {s:.3g} C" for w, s in pairs)
         ax.text(0.03, 0.97, f"Gaussian sum:\n{parts}\n{shares[0]:.3f} inside its 68.3 %\n"
                 f"{shares[1]:.3f} inside its 95 %", transform=ax.transAxes, va="top",
                 fontsize=8, color="C3")  # fmt: skip
