@@ -43,24 +43,29 @@ MIXTURE_LEVELS: dict[str, float] = {"68": 0.6827, "95": 0.95, "99": 0.99}
 
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
+    if not len(pulls):  # an empty |p| quartile
+        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
     return {f: round(float(pulls[:, i].std()), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
 def _width_errors(pulls: np.ndarray) -> dict[str, float]:
     """The standard error of each width sqrt(mean(pull^2)): std(pull^2) / (2 width sqrt(n))."""
-    n = max(len(pulls), 1)
+    if not len(pulls):
+        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
     square = pulls * pulls
-    width = np.sqrt(square.mean(0)) if len(pulls) else np.ones(pulls.shape[1])
-    error = square.std(0) / (2 * np.maximum(width, 1e-300) * np.sqrt(n))
+    width = np.sqrt(square.mean(0))
+    error = square.std(0) / (2 * np.maximum(width, 1e-300) * np.sqrt(len(pulls)))
     return {f: round(float(error[i]), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
 def chi2_ndf_error(chi2: np.ndarray, ndf: int) -> float:
     """The standard error of the mean chi2/ndf: std(chi2) / (ndf sqrt(n))."""
-    return float(chi2.std() / (ndf * np.sqrt(max(len(chi2), 1))))
+    return float(chi2.std() / (ndf * np.sqrt(len(chi2)))) if len(chi2) else float("nan")
 
 
 def _core_widths(pulls: np.ndarray) -> dict[str, float]:
+    if not len(pulls):
+        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
     return {f: round(core_width(pulls[:, i]), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 

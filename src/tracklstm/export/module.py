@@ -175,7 +175,8 @@ def covariance_mixture(model: nn.Module) -> dict[str, list[float]] | None:
     errors' shape (``models.scale_mixture``; the weights and scales of its components)."""
     if not hasattr(model, "cov_mixture_weight"):
         return None
-    return from_buffers(model.cov_mixture_weight.numpy(), model.cov_mixture_scale.numpy())
+    weights, scales = model.cov_mixture_weight, model.cov_mixture_scale
+    return from_buffers(weights.detach().cpu().numpy(), scales.detach().cpu().numpy())
 
 
 def metadata(summary: dict[str, Any], weights: str, model: nn.Module) -> dict[str, Any]:

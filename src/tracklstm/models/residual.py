@@ -199,6 +199,13 @@ def uniform_cov_scale(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cov_scale_table(torch.zeros(1), scale.reshape(1, -1))
 
 
+def single_gaussian() -> tuple[torch.Tensor, torch.Tensor]:
+    """``cov_mixture_weight`` and ``cov_mixture_scale`` of one component of scale 1 (the errors
+    a single Gaussian of the covariance C): a model's before its mixture is fitted."""
+    weight, scale = padded(np.ones(1), np.ones(1))
+    return torch.from_numpy(weight), torch.from_numpy(scale)
+
+
 def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> None:
     """Weights saved before the covariance had its calibrated scale (a scale of 1), or before
     the scale depended on |p| (one scale per feature): the same scale at every |p|; saved before
@@ -210,9 +217,9 @@ def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> 
         scale = state.get(key, torch.ones(len(CORRECTED), dtype=torch.float64))
         state[knots], state[key] = uniform_cov_scale(scale.reshape(-1)[: len(CORRECTED)])
     if prefix + "cov_mixture_weight" not in state:
-        weight, spread = padded(np.ones(1), np.ones(1))
-        state[prefix + "cov_mixture_weight"] = torch.from_numpy(weight)
-        state[prefix + "cov_mixture_scale"] = torch.from_numpy(spread)
+        state[prefix + "cov_mixture_weight"], state[prefix + "cov_mixture_scale"] = (
+            single_gaussian()
+        )
 
 
 class ResidualPropagator(nn.Module):
@@ -274,9 +281,9 @@ class ResidualPropagator(nn.Module):
             self.register_buffer("cov_scale", scale)
             # the errors' shape under that covariance, sum_k w_k N(0, s_k C), fitted on the
             # held-out windows too (models.scale_mixture); one component of scale 1 before
-            weight, spread = padded(np.ones(1), np.ones(1))
-            self.register_buffer("cov_mixture_weight", torch.from_numpy(weight))
-            self.register_buffer("cov_mixture_scale", torch.from_numpy(spread))
+            weight, spread = single_gaussian()
+            self.register_buffer("cov_mixture_weight", weight)
+            self.register_buffer("cov_mixture_scale", spread)
             self._register_load_state_dict_pre_hook(_defaults_for_older_weights)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
