@@ -91,3 +91,29 @@ def test_the_stage_writes_its_files_and_refuses_other_models(
         assert not any(f.exists() for f in out.values())
     with pytest.raises(SystemExit):
         kalman_fit.main([*args, "--model", str(run / "model.ts"), "--tracks", "x"])
+
+
+def test_the_gaussian_sum_benchmark_reweights_each_step() -> None:
+    """benchmarks/gaussian_sum_fit.py: its EM step gives a step whose smoothed noise is 10
+    sigma the tail's width and a quiet one the core's; with one component of scale 1 its fit is
+    the workflow's second pass exactly."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gaussian_sum_fit as gs
+
+    eye = np.eye(5)[None].repeat(2, 0)
+    kinked = np.stack([np.full(5, 10 / np.sqrt(5)), np.full(5, 0.3)])  # chi2 100 and 0.45
+    xs, ps, gains = [np.zeros((2, 5)), kinked], [0 * eye, 0 * eye], [0 * eye]
+    mixture = (np.array([0.9, 0.1]), np.array([0.5, 5.5]))
+    factor = gs.noise_scales(xs, ps, gains, [eye], [eye], mixture)[0]
+    assert factor == pytest.approx([5.5, 0.5], rel=2e-3)
+    truth = simulate_tracks(30, seed=6)[:, 1:]
+    measured, start = measure(truth)
+    planes = truth[0, :, 2]
+    first, _, _ = kalman_fit.fit(kalman_fit.field_step, measured, planes, start, 0.02)
+    want = kalman_fit.refit(kalman_fit.field_step, measured, planes, first, start, 0.02)
+    one = (np.ones(1), np.ones(1))
+    got = gs.refit_gaussian_sum(kalman_fit.field_step, measured, planes, first, start, 0.02, one)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)

@@ -5,9 +5,9 @@ models with a covariance head: ``history: 0``, ``covariance: true``).
 
 The test tracks of a simulated dataset (their true states at planes 1-24) are measured in x, y
 at every plane with a Gaussian resolution (``track_fit.resolution_cm``, 0.02 cm). Each track is
-fitted by a forward extended Kalman filter and a Rauch-Tung-Striebel smoother back to plane 1,
-the same code for the three propagators; only the step (next state, its Jacobian J, its process
-noise Q) differs:
+fitted by a forward extended Kalman filter and a Rauch-Tung-Striebel smoother back to plane 1
+(``evaluate.kalman``), the same code for the three propagators; only the step (next state, its
+Jacobian J, its process noise Q) differs:
 
 - field map: the simulator's Runge-Kutta in its field, minus the mean energy loss of the plane's
   layer and the gas; J by central differences; Q = J diag(0, 0, s^2, s^2, 0) J^T with s the rms
@@ -47,6 +47,7 @@ from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX
 from tracklstm.evaluate.gaussian import MAD_TO_SIGMA, core_width
 from tracklstm.evaluate.jacobian import field_jacobian, helix_jacobian, model_jacobian
+from tracklstm.evaluate.kalman import linear_fit, smooth, update
 from tracklstm.evaluate.metrics import load_test_set
 from tracklstm.export.loading import has_covariance, load_model, predict_with_covariance
 from tracklstm.files import atomic_path, check_outputs, write_json
@@ -140,39 +141,6 @@ SEED_PRIOR: np.ndarray = np.diag([0.1, 0.1, 1e-4, 1e-4, 1e-2])
 WEAK_PRIOR: np.ndarray = 100.0 * SEED_PRIOR
 
 
-#: The measurement: x and y of (x, y, px, py, pz).
-MEASURED: np.ndarray = np.eye(2, 5)
-
-
-def _update(
-    x: np.ndarray, p: np.ndarray, resid: np.ndarray, sigma: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Kalman update by a measurement of x, y: (x, P, chi2 of the residual)."""
-    h = MEASURED
-    s = h @ p @ h.T + sigma**2 * np.eye(2)
-    s_inv = np.linalg.inv(s)
-    gain = p @ h.T @ s_inv
-    x = x + np.einsum("nij,nj->ni", gain, resid)
-    p = (np.eye(5) - gain @ h) @ p
-    return x, p, np.einsum("ni,nij,nj->n", resid, s_inv, resid)
-
-
-def _smooth(
-    filt: list[np.ndarray],
-    filt_p: list[np.ndarray],
-    pred: list[np.ndarray],
-    pred_p: list[np.ndarray],
-    jacs: list[np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rauch-Tung-Striebel back to the first plane: its smoothed (x, P)."""
-    xs, ps = filt[-1], filt_p[-1]
-    for i in range(len(filt) - 2, -1, -1):
-        c = filt_p[i] @ jacs[i].transpose(0, 2, 1) @ np.linalg.inv(pred_p[i + 1])
-        xs = filt[i] + np.einsum("nij,nj->ni", c, xs - pred[i + 1])
-        ps = filt_p[i] + c @ (ps - pred_p[i + 1]) @ c.transpose(0, 2, 1)
-    return xs, ps
-
-
 def fit(
     step: Step, measured: np.ndarray, planes_z: np.ndarray, seed: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,14 +160,28 @@ def fit(
             jacs.append(jac)
         pred.append(x)
         pred_p.append(p)
-        x, p, c2 = _update(x, p, measured[:, i] - x[:, :2], sigma)
+        x, p, c2 = update(x, p, measured[:, i] - x[:, :2], sigma)
         chi2 += c2
         filt.append(x)
         filt_p.append(p)
-    xs, ps = _smooth(filt, filt_p, pred, pred_p, jacs)
+    xs, ps, _ = smooth(filt, filt_p, pred, pred_p, jacs)
     out = seed.copy()
-    out[:, IDX] = xs
-    return out, ps, chi2
+    out[:, IDX] = xs[0]
+    return out, ps[0], chi2
+
+
+def linearize(
+    step: Step, around: np.ndarray, planes_z: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The reference trajectory from ``around`` (N, 6) at the first plane, propagated once to
+    each later plane of ``planes_z``, and each step's J and Q along it: (states, Js, Qs)."""
+    refs, jacs, qs = [around], [], []
+    for z in planes_z[1:]:
+        nxt, jac, q = step(refs[-1], float(z))
+        refs.append(nxt)
+        jacs.append(jac)
+        qs.append(q)
+    return refs, jacs, qs
 
 
 def refit(
@@ -211,34 +193,16 @@ def refit(
     sigma: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The second pass: the trajectory that starts at ``around`` (the first pass's state at
-    the first plane) is propagated once, each step's J and Q taken along it, and a linear
-    filter and smoother fit the departures from it; the prior is ``seed`` with
-    ``WEAK_PRIOR``, counted once. (Starting a second extended pass from the first's result
-    with the seed's prior would count the measurements twice, through that prior, and make
-    the fitted covariance too small: pulls of 1.11-1.15 in the momenta with Gaussian noise.)
-    Returns (state at the first plane (N, 6), its covariance, chi2)."""
-    n, k = measured.shape[:2]
-    refs, jacs, qs = [around], [], []
-    for i in range(1, k):
-        nxt, jac, q = step(refs[-1], float(planes_z[i]))
-        refs.append(nxt)
-        jacs.append(jac)
-        qs.append(q)
-    d = (seed - around)[:, IDX]
-    p = WEAK_PRIOR[None].repeat(n, 0)
-    filt, filt_p, pred, pred_p = [], [], [], []
-    chi2 = np.zeros(n)
-    for i in range(k):
-        if i > 0:
-            d = np.einsum("nij,nj->ni", jacs[i - 1], d)
-            p = jacs[i - 1] @ p @ jacs[i - 1].transpose(0, 2, 1) + qs[i - 1]
-        pred.append(d)
-        pred_p.append(p)
-        d, p, c2 = _update(d, p, measured[:, i] - refs[i][:, :2] - d[:, :2], sigma)
-        chi2 += c2
-        filt.append(d)
-        filt_p.append(p)
-    ds, ps = _smooth(filt, filt_p, pred, pred_p, jacs)
+    the first plane) is propagated once, each step's J and Q taken along it (``linearize``), and
+    a linear filter and smoother fit the departures from it (``evaluate.kalman.linear_fit``);
+    the prior is ``seed`` with ``WEAK_PRIOR``, counted once. (Starting a second extended pass
+    from the first's result with the seed's prior would count the measurements twice, through
+    that prior, and make the fitted covariance too small: pulls of 1.11-1.15 in the momenta
+    with Gaussian noise.) Returns (state at the first plane (N, 6), its covariance, chi2)."""
+    refs, jacs, qs = linearize(step, around, planes_z)
+    resids = [measured[:, i] - ref[:, :2] for i, ref in enumerate(refs)]
+    d0, p0 = (seed - around)[:, IDX], WEAK_PRIOR[None].repeat(len(around), 0)
+    ds, ps, chi2 = linear_fit(d0, p0, jacs, qs, resids, sigma)
     out = around.copy()
     out[:, IDX] += ds
     return out, ps, chi2
