@@ -8,7 +8,7 @@ covariance C the model predicts for it:
   quartile of |p| (the last input state's momentum); a calibrated model gives widths of 1. Each
   width and mean chi2/ndf has its standard error (``*_error``): a heavy tail makes them large
   (on the demo's 3,600 test windows one hard collision, chi2 = 7,354, adds 0.41 to the mean
-  chi2/ndf: 1.39 +- 0.41, pz's width 1.51 +- 0.50, where x's is 1.03 +- 0.03). Beside
+  chi2/ndf: 1.39 +- 0.41, pz's width 1.51 +- 0.50, where x's is 1.02 +- 0.02). Beside
   each width its core's (``pull_width_core``, from the median absolute deviation): scattering's
   and straggling's far tails (a hard collision takes a thousand times the median loss in one
   step) set the standard deviation, which no Gaussian follows in the bulk and the tails at once;

@@ -165,7 +165,7 @@ def _jacobian(result: dict[str, Any]) -> list[str]:
 
 
 def _with_error(value: float, error: float | None) -> str:
-    """``value`` with its standard error, if there is one: 1.392 +- 0.413."""
+    """``value`` with its standard error, if there is one: "1.392 ± 0.41"."""
     return f"{value:.4g}" if error is None else f"{value:.4g} ± {error:.2g}"
 
 
