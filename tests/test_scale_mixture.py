@@ -112,3 +112,12 @@ def test_the_benchmark_judges_each_number_of_components() -> None:
     assert all(abs(coverage[str(q)] - q) < 0.01 for q in cm.LEVELS), coverage
     one = cm.judge(chi2, *fit_components(chi2, 1)[:2])["coverage"]
     assert one["0.683"] > 0.75, one
+
+
+def test_the_setting_allows_what_the_model_holds() -> None:
+    """training.covariance_components: at most the components the model's buffers hold."""
+    from tracklstm.models.scale_mixture import MAX_COMPONENTS
+    from tracklstm.settings import defaults, schema
+
+    spec = schema()["properties"]["training"]["properties"]["covariance_components"]
+    assert spec["maximum"] == MAX_COMPONENTS == defaults("training")["covariance_components"]
