@@ -38,20 +38,21 @@ from tracklstm.evaluate.jacobian import model_jacobian
 from tracklstm.export.loading import COVARIANCE_BATCH, predict_with_covariance
 from tracklstm.models.scale_mixture import mixture_cdf
 
+NAN: float = float("nan")
 #: The contents of the mixture's regions whose coverage is measured.
 MIXTURE_LEVELS: dict[str, float] = {"68": 0.6827, "95": 0.95, "99": 0.99}
 
 
 def _widths(pulls: np.ndarray) -> dict[str, float]:
     if not len(pulls):  # an empty |p| quartile
-        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
+        return dict.fromkeys(ANSWER_FEATURES, NAN)
     return {f: round(float(pulls[:, i].std()), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
 def _width_errors(pulls: np.ndarray) -> dict[str, float]:
     """The standard error of each width sqrt(mean(pull^2)): std(pull^2) / (2 width sqrt(n))."""
     if not len(pulls):
-        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
+        return dict.fromkeys(ANSWER_FEATURES, NAN)
     square = pulls * pulls
     width = np.sqrt(square.mean(0))
     error = square.std(0) / (2 * np.maximum(width, 1e-300) * np.sqrt(len(pulls)))
@@ -60,12 +61,12 @@ def _width_errors(pulls: np.ndarray) -> dict[str, float]:
 
 def chi2_ndf_error(chi2: np.ndarray, ndf: int) -> float:
     """The standard error of the mean chi2/ndf: std(chi2) / (ndf sqrt(n))."""
-    return float(chi2.std() / (ndf * np.sqrt(len(chi2)))) if len(chi2) else float("nan")
+    return float(chi2.std() / (ndf * np.sqrt(len(chi2)))) if len(chi2) else NAN
 
 
 def _core_widths(pulls: np.ndarray) -> dict[str, float]:
     if not len(pulls):
-        return dict.fromkeys(ANSWER_FEATURES, float("nan"))
+        return dict.fromkeys(ANSWER_FEATURES, NAN)
     return {f: round(core_width(pulls[:, i]), 4) for i, f in enumerate(ANSWER_FEATURES)}
 
 
@@ -159,13 +160,16 @@ def walk_with_covariance(
         state, noise = predict_with_covariance(model, windows, batch)
         cov = step @ cov @ step.transpose(0, 2, 1) + noise
         chi2, positive = chi2_of(tracks[:, plane, index] - state[:, index], cov)
+        judged = len(chi2) > 0  # none: every walked covariance not positive definite
         planes.append(
             {
                 "plane": plane,
-                "chi2_ndf_mean": round(float(chi2.mean() / len(index)), 4),
+                "chi2_ndf_mean": round(float(chi2.mean() / len(index)), 4) if judged else NAN,
                 "chi2_ndf_mean_error": round(chi2_ndf_error(chi2, len(index)), 4),
-                "chi2_ndf_median": round(float(np.median(chi2) / len(index)), 4),
-                "coverage_95": round(float(np.mean(chi2 < CHI2_5DOF_95)), 4),
+                "chi2_ndf_median": (
+                    round(float(np.median(chi2) / len(index)), 4) if judged else NAN
+                ),
+                "coverage_95": round(float(np.mean(chi2 < CHI2_5DOF_95)), 4) if judged else NAN,
                 "not_positive_definite": int((~positive).sum()),
             }
         )
