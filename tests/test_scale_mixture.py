@@ -121,3 +121,15 @@ def test_the_setting_allows_what_the_model_holds() -> None:
 
     spec = schema()["properties"]["training"]["properties"]["covariance_components"]
     assert spec["maximum"] == MAX_COMPONENTS == defaults("training")["covariance_components"]
+
+
+def test_a_very_large_set_is_fitted_on_a_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More windows than MAX_FIT_WINDOWS: the fit uses a fixed random subset, and finds the
+    same mixture."""
+    from tracklstm.models import scale_mixture
+
+    monkeypatch.setattr(scale_mixture, "MAX_FIT_WINDOWS", 8000)
+    _, chi2 = draw(40_000, seed=8)
+    w, s = fit_scale_mixture(chi2)
+    assert w == pytest.approx(WEIGHTS, abs=0.03) and s == pytest.approx(SCALES, rel=0.12)
+    assert np.array_equal(fit_scale_mixture(chi2)[1], s)  # the same subset each time

@@ -35,6 +35,9 @@ MAX_COMPONENTS: int = 3
 WINDOWS_PER_PARAMETER: int = 200
 #: Expectation-maximization stops when the mean log-likelihood gains less than this.
 TOLERANCE: float = 1e-9
+#: The most windows a fit uses (a fixed random subset of more): the mixture has 5 numbers, and
+#: each EM iteration costs its components times its windows.
+MAX_FIT_WINDOWS: int = 1_000_000
 
 
 def chi2_5dof_cdf(chi2: np.ndarray) -> np.ndarray:
@@ -105,9 +108,12 @@ def fit_scale_mixture(
     """Weights and scales (increasing) of sum_k w_k s_k chi2(5) fitted to ``chi2`` (the
     held-out windows' chi2 under the predicted covariance) by expectation-maximization: of the
     fits with 1 to ``max_components`` components (each with at least ``WINDOWS_PER_PARAMETER``
-    windows per free parameter), the one with the lowest Bayesian information criterion."""
+    windows per free parameter), the one with the lowest Bayesian information criterion (on at
+    most ``MAX_FIT_WINDOWS`` of them)."""
     chi2 = np.asarray(chi2, dtype=np.float64)
     chi2 = chi2[np.isfinite(chi2)]
+    if len(chi2) > MAX_FIT_WINDOWS:
+        chi2 = np.random.default_rng(0).choice(chi2, MAX_FIT_WINDOWS, replace=False)
     if len(chi2) == 0:
         return np.ones(1), np.ones(1)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
