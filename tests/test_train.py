@@ -27,6 +27,7 @@ from tracklstm.train.config import (
     DEFAULT_MODEL,
     DEFAULT_RUNTIME,
     DEFAULT_TRAINING,
+    budget_epochs,
     resolve_settings,
 )
 from tracklstm.train.data import DeviceWindows, StreamedWindows, inspect_windows
@@ -416,9 +417,19 @@ def test_plateau_schedule_and_early_stopping(wfile: Path, tmp_path: Path) -> Non
 
 
 def test_cosine_schedule(wfile: Path, tmp_path: Path) -> None:
-    train(wfile, tmp_path / "run", tiny(epochs=4, scheduler={"kind": "cosine", "min_lr": 0.0}))
+    """The cosine schedule over the epochs; with training.max_steps, over the epochs whose
+    steps (here 8 cut to 4), which the run's settings then say."""
+    cosine = {"kind": "cosine", "min_lr": 0.0}
+    summary = train(wfile, tmp_path / "run", tiny(epochs=4, scheduler=cosine))
     lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run/metrics.csv")]
     assert lrs == pytest.approx([1e-2 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)])
+    steps = -(-summary["n_train"] // summary["settings"]["training"]["batch_size"])
+    cut = train(wfile, tmp_path / "cut", tiny(epochs=8, scheduler=cosine, max_steps=5 * steps - 1))
+    assert cut["epochs_run"] == 4 == cut["settings"]["training"]["epochs"]
+    assert [float(r["lr"]) for r in read_metrics(tmp_path / "cut/metrics.csv")] == lrs
+    assert budget_epochs({"epochs": 8, "max_steps": None, "batch_size": 10}, 95) == 8
+    assert budget_epochs({"epochs": 8, "max_steps": 1, "batch_size": 10}, 95) == 1
+    assert budget_epochs({"epochs": 8, "max_steps": 20, "batch_size": 10}, 95) == 2
 
 
 def test_init_from_another_run(wfile: Path, tmp_path: Path) -> None:

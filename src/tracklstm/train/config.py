@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from tracklstm.models.build import build_model
@@ -44,6 +45,17 @@ def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:
     ):
         raise TrainingInputError(f"window_length: expected an integer >= 1 or null, got {length!r}")
     return resolved
+
+
+def budget_epochs(cfg: dict[str, Any], n_train: int) -> int:
+    """``training.epochs``, cut to the most whole epochs of ``n_train`` windows (one optimizer
+    step per ``batch_size`` of them) whose steps stay within ``training.max_steps``, if it is set
+    (at least one)."""
+    epochs, budget = int(cfg["epochs"]), cfg.get("max_steps")
+    if budget is None:
+        return epochs
+    steps = max(math.ceil(n_train / int(cfg["batch_size"])), 1)
+    return max(1, min(epochs, int(budget) // steps))
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

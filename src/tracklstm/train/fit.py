@@ -40,7 +40,7 @@ from tracklstm.train.checkpoints import (
     versions,
     write_metrics,
 )
-from tracklstm.train.config import resolve_settings
+from tracklstm.train.config import budget_epochs, resolve_settings
 from tracklstm.train.covariance import fit_covariance, has_covariance
 from tracklstm.train.data import (
     WindowsInfo,
@@ -230,6 +230,16 @@ def run_training(setup: RunSetup) -> dict[str, Any]:
     train_src, val_src, placement = load_windows(
         setup.info, setup.device, rt["data_on_device"], int(rt["stream_chunk"])
     )
+    epochs = budget_epochs(setup.cfg, train_src.n)
+    if epochs != int(setup.cfg["epochs"]):  # the run's settings say what it trained
+        log.info(
+            "training.max_steps %d: %d epochs of %d windows instead of %d",
+            setup.cfg["max_steps"],
+            epochs,
+            train_src.n,
+            setup.cfg["epochs"],
+        )
+        setup.cfg["epochs"] = epochs
     try:
         with run_lock(setup.checkpoint, setup.dist.main):
             term = build_term(model, train_src, setup.cfg)
