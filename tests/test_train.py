@@ -418,7 +418,7 @@ def test_plateau_schedule_and_early_stopping(wfile: Path, tmp_path: Path) -> Non
 
 def test_cosine_schedule(wfile: Path, tmp_path: Path) -> None:
     """The cosine schedule over the epochs; with training.max_steps, over the epochs whose
-    steps (here 8 cut to 4), which the run's settings then say."""
+    steps stay within it (here 8 cut to 4), which the run's settings then say."""
     cosine = {"kind": "cosine", "min_lr": 0.0}
     summary = train(wfile, tmp_path / "run", tiny(epochs=4, scheduler=cosine))
     lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run/metrics.csv")]

@@ -5,7 +5,7 @@ track from a reference trajectory follow d' = J d + w from plane to plane (J the
 w its process noise, covariance Q) and are measured in x, y with resolution sigma. ``update`` is
 the filter's measurement step (the first pass's too), ``smooth`` the Rauch-Tung-Striebel
 smoother (every plane's smoothed departure, its covariance and the smoother's gains),
-``filter_and_smooth`` both over a track, ``linear_fit`` its answer at the first plane.
+``filter_and_smooth`` both over a track.
 (``benchmarks/gaussian_sum_fit.py`` runs the same with Gaussian-sum process noise.)
 """
 
@@ -57,8 +57,11 @@ def filter_and_smooth(
     resids: list[np.ndarray],
     sigma: float,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """The linear filter of the departures (from ``d0``, prior ``p0``) and the smoother:
-    smoothed departures, covariances, gains, and the measurements' chi2."""
+    """Fit the departures: ``d0`` (N, 5) and its prior ``p0`` at the first plane, the steps'
+    ``jacs`` and noise ``qs`` (k-1 of (N, 5, 5)), the measured x, y minus the reference's,
+    ``resids`` (k of (N, 2)), resolution ``sigma``, by the linear filter and the smoother.
+    Returns each plane's smoothed departure and covariance, the smoother's gains and the fit's
+    chi2 (of the measurements)."""
     d, p = d0, p0
     filt, filt_p, pred, pred_p = [], [], [], []
     chi2 = np.zeros(len(d0))
@@ -74,19 +77,3 @@ def filter_and_smooth(
         filt_p.append(p)
     xs, ps, gains = smooth(filt, filt_p, pred, pred_p, jacs)
     return xs, ps, gains, chi2
-
-
-def linear_fit(
-    d0: np.ndarray,
-    p0: np.ndarray,
-    jacs: list[np.ndarray],
-    qs: list[np.ndarray],
-    resids: list[np.ndarray],
-    sigma: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit the departures: ``d0`` (N, 5) and its prior ``p0`` at the first plane, the steps'
-    ``jacs`` and noise ``qs`` (k-1 of (N, 5, 5)), the measured x, y minus the reference's,
-    ``resids`` (k of (N, 2)), resolution ``sigma``. Returns the smoothed departure at the first
-    plane, its covariance and the fit's chi2 (of the measurements)."""
-    xs, ps, _, chi2 = filter_and_smooth(d0, p0, jacs, qs, resids, sigma)
-    return xs[0], ps[0], chi2

@@ -47,7 +47,7 @@ from tracklstm import stage_cli
 from tracklstm.constants import ANSWER_FEATURES, ANSWER_INDEX
 from tracklstm.evaluate.gaussian import MAD_TO_SIGMA, core_width
 from tracklstm.evaluate.jacobian import field_jacobian, helix_jacobian, model_jacobian
-from tracklstm.evaluate.kalman import linear_fit, smooth, update
+from tracklstm.evaluate.kalman import filter_and_smooth, smooth, update
 from tracklstm.evaluate.metrics import load_test_set
 from tracklstm.export.loading import has_covariance, load_model, predict_with_covariance
 from tracklstm.files import atomic_path, check_outputs, write_json
@@ -194,7 +194,7 @@ def refit(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The second pass: the trajectory that starts at ``around`` (the first pass's state at
     the first plane) is propagated once, each step's J and Q taken along it (``linearize``), and
-    a linear filter and smoother fit the departures from it (``evaluate.kalman.linear_fit``);
+    a linear filter and smoother fit the departures from it (``evaluate.kalman``);
     the prior is ``seed`` with ``WEAK_PRIOR``, counted once. (Starting a second extended pass
     from the first's result with the seed's prior would count the measurements twice, through
     that prior, and make the fitted covariance too small: pulls of 1.11-1.15 in the momenta
@@ -202,10 +202,10 @@ def refit(
     refs, jacs, qs = linearize(step, around, planes_z)
     resids = [measured[:, i] - ref[:, :2] for i, ref in enumerate(refs)]
     d0, p0 = (seed - around)[:, IDX], WEAK_PRIOR[None].repeat(len(around), 0)
-    ds, ps, chi2 = linear_fit(d0, p0, jacs, qs, resids, sigma)
+    ds, ps, _, chi2 = filter_and_smooth(d0, p0, jacs, qs, resids, sigma)
     out = around.copy()
-    out[:, IDX] += ds
-    return out, ps, chi2
+    out[:, IDX] += ds[0]
+    return out, ps[0], chi2
 
 
 def fit_errors(
