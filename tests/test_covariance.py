@@ -225,6 +225,11 @@ def test_the_summary_page_has_the_covariance_table() -> None:
     html = "".join(_covariance({"covariance": cov}))
     assert "core width" in html and "inside the 95 % region" in html
     assert f"{cov['chi2_ndf_mean']:.4g} ± {cov['chi2_ndf_mean_error']:.2g}" in html
+    q4, q4_error = (
+        cov["pull_width_by_momentum_quartile"][3],
+        cov["pull_width_error_by_momentum_quartile"][3],
+    )
+    assert f"{q4['py']:.4g} ± {q4_error['py']:.2g}" in html  # each quartile's width too
     assert f"<td>{cov['coverage_68']:.4g}</td>" in html and "plane 24" in html and "1.234" in html
     assert _covariance({}) == []
 

@@ -175,13 +175,14 @@ def _covariance(result: dict[str, Any]) -> list[str]:
     if not cov:
         return []
     quartiles = cov["pull_width_by_momentum_quartile"]
+    errors = cov.get("pull_width_error_by_momentum_quartile") or [{} for _ in quartiles]
     rows = [
         [
             f,
             _with_error(cov["pull_width"][f], cov.get("pull_width_error", {}).get(f)),
             cov.get("pull_width_core", {}).get(f),
             cov["pull_mean"][f],
-            *[q[f] for q in quartiles],
+            *[_with_error(q[f], e.get(f)) for q, e in zip(quartiles, errors, strict=True)],
         ]
         for f in ANSWER_FEATURES
     ]
