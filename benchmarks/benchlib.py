@@ -1,5 +1,6 @@
-"""What the benchmarks share: the facts of the machine the numbers come from, and a run folder
-of the reference model to export.
+"""What the benchmarks share: the facts of the machine the numbers come from, a run folder of
+the reference model to export, and the arguments and results file of the benchmarks that judge
+an exported model on a windows file.
 
 The benchmarks run as scripts (``python benchmarks/<name>.py``), so this folder is on their
 import path: ``from benchlib import machine``.
@@ -7,6 +8,7 @@ import path: ``from benchlib import machine``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,7 +18,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from tracklstm.files import write_json
 from tracklstm.models.build import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_model_and_windows(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (default: the demo's one-state model) and ``--windows`` (the demo's)."""
+    parser.add_argument("--model", type=Path,
+                        default=ROOT / "results/demo/residual_markov/model.ts")  # fmt: skip
+    parser.add_argument("--windows", type=Path, default=ROOT / "results/demo/windows.h5")
+
+
+def record_per_dataset(out: Path, windows: Path, result: dict[str, Any]) -> None:
+    """Put ``result`` into the JSON file ``out`` under the name of ``windows``'s folder (the
+    dataset: ``demo``, ``full``), keeping the other datasets' entries."""
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    record[windows.resolve().parent.name] = result
+    write_json(out, record)
 
 
 def machine() -> dict[str, Any]:

@@ -29,7 +29,6 @@ With ``bench_residual_full.py --keep DIR``: ``--model DIR/results/full/residual_
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -43,12 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import machine  # noqa: E402
+from benchlib import add_model_and_windows, machine, record_per_dataset  # noqa: E402
 
 from tracklstm.evaluate.calibration import errors_and_covariances  # noqa: E402
 from tracklstm.evaluate.gaussian import chi2_of  # noqa: E402
 from tracklstm.evaluate.metrics import load_model, load_test_set  # noqa: E402
-from tracklstm.files import write_json  # noqa: E402
 from tracklstm.models.scale_mixture import (  # noqa: E402
     NDF,
     fit_components,
@@ -123,21 +121,17 @@ def measure(model_path: Path, windows: Path, components: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path,
-                        default=ROOT / "results/demo/residual_markov/model.ts")  # fmt: skip
-    parser.add_argument("--windows", type=Path, default=ROOT / "results/demo/windows.h5")
+    add_model_and_windows(parser)
     parser.add_argument("--components", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    record = json.loads(args.out.read_text()) if args.out.is_file() else {}
     started = time.perf_counter()
     result = measure(args.model, args.windows, args.components)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["machine"] = machine()
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    record[args.windows.resolve().parent.name] = result
-    write_json(args.out, record)
+    record_per_dataset(args.out, args.windows, result)
     return 0
 
 

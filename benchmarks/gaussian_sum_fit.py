@@ -26,7 +26,6 @@ Results: ``benchmarks/results/gaussian_sum_fit.json`` (one entry per windows fil
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -40,14 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import machine  # noqa: E402
+from benchlib import add_model_and_windows, machine, record_per_dataset  # noqa: E402
 
 from tracklstm.data.simulate import simulate_tracks  # noqa: E402
 from tracklstm.evaluate import track_fit as tf  # noqa: E402
 from tracklstm.evaluate.kalman import filter_and_smooth  # noqa: E402
 from tracklstm.evaluate.metrics import load_test_set  # noqa: E402
 from tracklstm.export.loading import load_model  # noqa: E402
-from tracklstm.files import write_json  # noqa: E402
 from tracklstm.physics import material  # noqa: E402
 
 log = logging.getLogger("gaussian_sum_fit")
@@ -151,15 +149,12 @@ def compare(step: tf.Step, truth: np.ndarray, mixture: Mixture, sigma: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path,
-                        default=ROOT / "results/demo/residual_markov/model.ts")  # fmt: skip
-    parser.add_argument("--windows", type=Path, default=ROOT / "results/demo/windows.h5")
+    add_model_and_windows(parser)
     parser.add_argument("--tracks", type=int, default=1000)
     parser.add_argument("--resolution", type=float, default=tf.DEFAULTS["resolution_cm"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    record = json.loads(args.out.read_text()) if args.out.is_file() else {}
     tail, width = material.TAIL_WEIGHT, material.TAIL_WIDTH
     second = 1 - tail + tail * width**2  # the scattering's second moment, Q's
     simulator = (np.array([1 - tail, tail]), np.array([1.0, width**2]) / second)
@@ -179,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         step = tf.learned_step(model, length)
         result["learned"] = compare(step, test[:, 1:], mixture, args.resolution)
     result.update(model=str(args.model), machine=machine(), date=time.strftime("%Y-%m-%d %H:%M"))
-    record[args.windows.resolve().parent.name] = result
-    write_json(args.out, record)
+    record_per_dataset(args.out, args.windows, result)
     return 0
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import machine  # noqa: E402
+from benchlib import add_model_and_windows, machine  # noqa: E402
 
 from tracklstm.evaluate.track_fit import DEFAULTS, track_fit  # noqa: E402
 from tracklstm.files import write_json  # noqa: E402
@@ -29,10 +29,7 @@ from tracklstm.files import write_json  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--windows", type=Path, default=ROOT / "results/demo/windows.h5")
-    parser.add_argument(
-        "--model", type=Path, default=ROOT / "results/demo/residual_markov/model.ts"
-    )
+    add_model_and_windows(parser)
     parser.add_argument("--tracks", type=int, default=DEFAULTS["tracks"])
     parser.add_argument("--resolution", type=float, default=DEFAULTS["resolution_cm"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/kalman_fit.json")
