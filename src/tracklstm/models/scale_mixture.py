@@ -89,9 +89,10 @@ def fit_components(
     for _ in range(iterations):
         parts = component_logs(chi2, w, s)
         top = parts.max(0)
-        mean_loglik = float((top + np.log(np.exp(parts - top).sum(0))).mean())
         r = np.exp(parts - top)
-        r /= r.sum(0)
+        total = r.sum(0)
+        mean_loglik = float((top + np.log(total)).mean())
+        r /= total
         w = r.mean(1)
         s = np.maximum((r * chi2).sum(1) / (NDF * np.maximum(r.sum(1), 1e-300)), 1e-12)
         if mean_loglik - last < TOLERANCE:
