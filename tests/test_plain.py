@@ -62,6 +62,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Path]]
             # and a scale mixture of three components
             model.cov_mixture_weight.copy_(torch.tensor([0.7, 0.25, 0.05]).double())
             model.cov_mixture_scale.copy_(torch.tensor([0.5, 2.0, 30.0]).double())
+            # and an energy-loss term of 2 MeV/c along the momentum
+            model.cov_loss_variance.fill_(2e-3**2)
         for name in ("weights_best.pt", "weights_last.pt"):
             torch.save(model.state_dict(), run / name)
         export(run, torchscript=run / "model.ts")
@@ -107,22 +109,34 @@ def test_cpp_equals_the_eager_model(
 def test_older_files_load_and_a_later_version_is_refused(
     program: Path, runs: dict, tmp_path: Path
 ) -> None:
-    """The file (version 3) carries the covariance's scale mixture, read back in C++ as the
-    model holds it. A version 2 file (no mixture) loads with one component of scale 1; a
-    version 1 file (one covariance_scale per feature, no knots) also has that scale at every
-    |p|; a later version is refused by name."""
+    """The file (version 4) carries the covariance's scale mixture and energy-loss term, read
+    back in C++ as the model holds them. A version 3 file (no energy-loss term) loads with none;
+    a version 2 file (no mixture either) with one component of scale 1; a version 1 file (one
+    covariance_scale per feature, no knots) also has that scale at every |p|; a later version
+    is refused by name."""
     files = runs[0]
     lines = files["weights"].read_text().splitlines()
-    assert lines[0] == "tracklstm-propagator 3"
+    assert lines[0] == "tracklstm-propagator 4"
     model, summary = load_physical_model(files["run"])
+    assert float(model.cov_loss_variance) == 2e-3**2
     x = example_inputs(summary, n=200, seed=5)
     write_tensor(tmp_path / "in.bin", x.numpy())
     io = ["--input", tmp_path / "in.bin", "--output", tmp_path / "out.bin"]
-    result = run_cpp(program, "--model", files["weights"], *io, "--mixture", tmp_path / "mix")
+    result = run_cpp(program, "--model", files["weights"], *io, "--mixture", tmp_path / "mix",
+                     "--covariance", tmp_path / "c4")  # fmt: skip
     assert result.returncode == 0, result.stderr
     stored = np.stack([model.cov_mixture_weight.numpy(), model.cov_mixture_scale.numpy()], 1)
     assert np.array_equal(read_tensor(tmp_path / "mix"), stored)
-    v2 = [line for line in lines if not line.startswith("covariance_mixture")]
+    v3 = [line for line in lines if not line.startswith("covariance_loss_variance")]
+    v3[0] = "tracklstm-propagator 3"
+    (tmp_path / "v3.txt").write_text("\n".join(v3) + "\n")
+    result = run_cpp(program, "--model", tmp_path / "v3.txt", *io, "--covariance", tmp_path / "c3")
+    assert result.returncode == 0, result.stderr
+    u = x[:, -1, 3:].double().numpy()
+    u = np.concatenate([np.zeros((len(u), 2)), u / np.linalg.norm(u, axis=1, keepdims=True)], 1)
+    term = 2e-3**2 * u[:, :, None] * u[:, None, :]  # v u u^T, u = (0, 0, p / |p|)
+    assert np.abs(read_tensor(tmp_path / "c4") - read_tensor(tmp_path / "c3") - term).max() < 1e-12
+    v2 = [line for line in v3 if not line.startswith("covariance_mixture")]
     v2[0] = "tracklstm-propagator 2"
     (tmp_path / "v2.txt").write_text("\n".join(v2) + "\n")
     result = run_cpp(program, "--model", tmp_path / "v2.txt", *io, "--mixture", tmp_path / "m2")
@@ -140,16 +154,17 @@ def test_older_files_load_and_a_later_version_is_refused(
     (tmp_path / "v1.txt").write_text("\n".join(old) + "\n")
     with torch.no_grad():
         model.cov_scale.copy_(model.cov_scale[:1].expand_as(model.cov_scale))
+        model.cov_loss_variance.zero_()
         _, want = model.forward_with_covariance(x)
     result = run_cpp(program, "--model", tmp_path / "v1.txt", *io, "--covariance", tmp_path / "c")
     assert result.returncode == 0, result.stderr
     sigma = np.sqrt(np.diagonal(want.numpy(), axis1=1, axis2=2))
     diff = np.abs(read_tensor(tmp_path / "c") - want.numpy())
     assert (diff / (sigma[:, :, None] * sigma[:, None, :])).max() < 1e-5
-    old[0] = "tracklstm-propagator 4"
-    (tmp_path / "v4.txt").write_text("\n".join(old) + "\n")
-    result = run_cpp(program, "--model", tmp_path / "v4.txt", *io)
-    assert result.returncode != 0 and "v4.txt:1: unsupported version" in result.stderr
+    old[0] = "tracklstm-propagator 5"
+    (tmp_path / "v5.txt").write_text("\n".join(old) + "\n")
+    result = run_cpp(program, "--model", tmp_path / "v5.txt", *io)
+    assert result.returncode != 0 and "v5.txt:1: unsupported version" in result.stderr
 
 
 def test_export_report_and_file(runs: dict) -> None:

@@ -154,9 +154,9 @@ inline Network read_network(Reader& r, const std::string& key, int n_in, int n_o
 class Propagator {
  public:
   static constexpr const char* kMagic = "tracklstm-propagator";
-  // Version 3: the scale mixture of the covariance (its errors' tails); version 2 (the scale at
-  // knots in |p|, no mixture) and version 1 (one scale) are read too.
-  static constexpr int kVersion = 3;
+  // Version 4: the covariance's energy-loss term; version 3 (no such term), version 2 (no scale
+  // mixture either) and version 1 (one scale for every |p|) are read too.
+  static constexpr int kVersion = 4;
   // Windows per batch call of the network (scratch memory: 2 * kBlock * kMaxWidth floats).
   static constexpr int kBlock = 64;
 
@@ -225,6 +225,11 @@ class Propagator {
         p.mix_weight_ = {1.0};
         p.mix_scale_ = {1.0};
       }
+      if (version >= 4) {
+        p.loss_variance_ = r.values("covariance_loss_variance", 1)[0];
+        if (!(p.loss_variance_ >= 0.0))
+          r.fail(r.line(), "covariance_loss_variance: a variance must be >= 0");
+      }
       p.cov_head_ = detail::read_network(r, "covariance_head", detail::kStatic, 15);
       p.has_covariance_ = true;
     }
@@ -247,6 +252,9 @@ class Propagator {
   // to 1 (components of weight 0 are unused); one component of scale 1 for a version 1 or 2 file.
   const std::vector<double>& covariance_mixture_weights() const { return mix_weight_; }
   const std::vector<double>& covariance_mixture_scales() const { return mix_scale_; }
+  // The variance (GeV/c)^2 that energy-loss straggling adds to the momentum along its own
+  // direction u, beyond the head's: Q = (L s)(L s)^T + v u u^T (0 in a version 1 to 3 file).
+  double covariance_loss_variance() const { return loss_variance_; }
 
   // n tracks: states (n, states_per_step(), 6), oldest first, the last at a plane -> next
   // (n, 6) at the next plane; covariance (n, 25) when not null (needs has_covariance());
@@ -287,7 +295,11 @@ class Propagator {
         for (int r = 0; r < rows; ++r) {
           const double* last = states + ((start + r) * per + per - 1) * 6;
           const double p = std::sqrt(last[3] * last[3] + last[4] * last[4] + last[5] * last[5]);
-          cholesky_product(out + r * 15, p, covariance + (start + r) * 25);
+          double* c = covariance + (start + r) * 25;
+          cholesky_product(out + r * 15, p, c);
+          const double v = loss_variance_ / (p * p);  // the energy-loss term v u u^T, u = p / |p|
+          for (int i = 2; i < 5; ++i)
+            for (int j = 2; j < 5; ++j) c[i * 5 + j] += v * last[i + 1] * last[j + 1];
         }
       }
       if (jacobian_out)
@@ -503,6 +515,7 @@ class Propagator {
   std::vector<double> step_mean_, step_std_, static_mean_, static_std_, corr_mean_, corr_std_;
   std::vector<double> cov_knots_, cov_scale_;  // knots in |p|; 5 scales per knot
   std::vector<double> mix_weight_, mix_scale_;  // the covariance's scale mixture
+  double loss_variance_ = 0.0;                   // the covariance's energy-loss term
   detail::Network body_, cov_head_;
   bool has_covariance_ = false;
   double max_unit_ = 0.0, min_diagonal_ = 0.0;

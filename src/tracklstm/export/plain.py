@@ -9,16 +9,18 @@ head. It reads ``model.weights.txt``, which this module writes from a training r
 the model uses (field, plane table, statistics, layers; float32 weights written so that they
 read back exactly) and the export metadata, in a text format a person can read:
 
-    tracklstm-propagator 3
+    tracklstm-propagator 4
     metadata {...the export metadata, JSON...}
     history H  window W  field R z qbz ...  planes N z ...  curvature 1 c  ...
     step_mean 6 ...  step_std 6 ...  static_mean 16 ...  static_std 16 ...  corr_mean 5 ...
     body L  dense n_in n_out W (row by row) b  ...  covariance 0|1 [max_unit_entry 1 ...
     min_cholesky_diagonal 1 ...  covariance_scale_momentum K ...  covariance_scale 5K ...
-    covariance_mixture_weight M ...  covariance_mixture_scale M ...  covariance_head ...]  end
+    covariance_mixture_weight M ...  covariance_mixture_scale M ...
+    covariance_loss_variance 1 ...  covariance_head ...]  end
 
-(The header still reads version 2 files, without the covariance's scale mixture, and version 1
-files, with one ``covariance_scale 5`` for all |p|.)
+(The header still reads version 3 files, without the covariance's energy-loss term, version 2
+files, without its scale mixture either, and version 1 files, with one ``covariance_scale 5``
+for all |p|.)
 
 Only the residual kind with an MLP body has one (``supported``). Before the file appears under
 its name the stage compiles ``cpp/tracklstm_propagate.cpp`` with the machine's C++ compiler
@@ -68,8 +70,8 @@ from tracklstm.settings import defaults
 
 log = logging.getLogger(__name__)
 
-#: The first line of a propagator file (``cpp/include/tracklstm/propagator.hpp`` reads version 1).
-MAGIC = "tracklstm-propagator 3"
+#: The first line of a propagator file (``cpp/include/tracklstm/propagator.hpp`` reads 1 to 4).
+MAGIC = "tracklstm-propagator 4"
 #: The C++ folder of this project (the rule passes the workflow's own).
 CPP_DIR = Path(__file__).resolve().parents[3] / "cpp"
 #: The program the check compiles, in the C++ folder (its headers: ``include/tracklstm/``).
@@ -147,6 +149,7 @@ def weights_text(model: ResidualPropagator, meta: dict[str, Any]) -> str:
             _vector("covariance_scale", model.cov_scale),
             _vector("covariance_mixture_weight", model.cov_mixture_weight),
             _vector("covariance_mixture_scale", model.cov_mixture_scale),
+            _vector("covariance_loss_variance", model.cov_loss_variance),
             *_network("covariance_head", head.net),
         ]
     else:

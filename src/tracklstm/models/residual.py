@@ -209,7 +209,8 @@ def single_gaussian() -> tuple[torch.Tensor, torch.Tensor]:
 def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> None:
     """Weights saved before the covariance had its calibrated scale (a scale of 1), or before
     the scale depended on |p| (one scale per feature): the same scale at every |p|; saved before
-    the mixture of its shape: one component of scale 1 (a single Gaussian)."""
+    the mixture of its shape: one component of scale 1 (a single Gaussian); saved before its
+    energy-loss term: none."""
     if prefix + "cov_head.net.0.weight" not in state:
         return
     key, knots = prefix + "cov_scale", prefix + "cov_scale_momentum"
@@ -220,6 +221,8 @@ def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> 
         state[prefix + "cov_mixture_weight"], state[prefix + "cov_mixture_scale"] = (
             single_gaussian()
         )
+    if prefix + "cov_loss_variance" not in state:
+        state[prefix + "cov_loss_variance"] = torch.zeros((), dtype=torch.float64)
 
 
 class ResidualPropagator(nn.Module):
@@ -284,6 +287,10 @@ class ResidualPropagator(nn.Module):
             weight, spread = single_gaussian()
             self.register_buffer("cov_mixture_weight", weight)
             self.register_buffer("cov_mixture_scale", spread)
+            # the variance (GeV/c)^2 that energy-loss straggling adds to the momentum along its
+            # own direction, beyond the head's: rare hard collisions that a fit of the bulk
+            # leaves out (train.covariance.loss_variance); 0 before
+            self.register_buffer("cov_loss_variance", torch.zeros((), dtype=f64))
             self._register_load_state_dict_pre_hook(_defaults_for_older_weights)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
@@ -367,11 +374,31 @@ class ResidualPropagator(nn.Module):
         ``forward``; the covariance of its x, y, px, py, pz (batch, 5, 5) float64, cm and GeV/c:
         the scattering and energy-loss noise on the way plus the model's own error)."""
         steps, static, prior = self.encode(states)
-        state = self._state(steps, static, prior)
-        momentum = torch.linalg.vector_norm(states[:, -1, 3:6].to(torch.float64), dim=1)
-        spread = self.corr_std.unsqueeze(0) * self.covariance_scale(momentum)
+        return self._state(steps, static, prior), self._covariance(states, static)
+
+    def _covariance(self, states: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """The calibrated covariance (B, 5, 5) float64: the head's L L^T, its spread scaled to
+        cm and GeV/c and by ``covariance_scale`` at the last state's |p|, plus the energy-loss
+        term ``cov_loss_variance`` u u^T, u = (0, 0, p / |p|) the momentum's direction."""
+        momentum = states[:, -1, 3:6].to(torch.float64)
+        size = torch.linalg.vector_norm(momentum, dim=1)
+        spread = self.corr_std.unsqueeze(0) * self.covariance_scale(size)
         factor = self.cov_head(static) * spread.unsqueeze(2)
-        return state, factor @ factor.transpose(1, 2)
+        u = torch.cat([torch.zeros_like(momentum[:, :2]), momentum / size.unsqueeze(1)], dim=1)
+        loss = self.cov_loss_variance * (u.unsqueeze(2) * u.unsqueeze(1))
+        return factor @ factor.transpose(1, 2) + loss
+
+    @torch.no_grad()
+    def covariance_errors(
+        self, states: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The error of the predicted x, y, px, py, pz (B, 5) and the predicted covariance
+        (B, 5, 5), both float64 in cm and GeV/c (the error from the float64 prediction, before
+        ``forward`` rounds it to float32): what the covariance is judged on in training."""
+        steps, static, prior = self.encode(states)
+        corr = self.body(steps, static).to(torch.float64) * self.corr_std + self.corr_mean
+        truth = targets.to(torch.float64)[:, self.corrected]
+        return truth - prior[:, self.corrected] - corr, self._covariance(states, static)
 
     def covariance_scale(self, momentum: torch.Tensor) -> torch.Tensor:
         """The calibrated scale of the covariance's spread (B, 5) at |p| ``momentum`` (B,):
@@ -396,15 +423,25 @@ class ResidualPropagator(nn.Module):
         return error.to(torch.float64), self.cov_head(static)
 
     def covariance_nll(
-        self, states: torch.Tensor, targets: torch.Tensor, mean: bool = True
+        self,
+        states: torch.Tensor,
+        targets: torch.Tensor,
+        mean: bool = True,
+        dof: float | None = None,
     ) -> torch.Tensor:
-        """Mean Gaussian negative log-likelihood (constant dropped) of the scaled correction's
-        error under the head's covariance (``mean=False``: each window's); the body's
-        prediction is held fixed (no gradient)."""
+        """Mean negative log-likelihood (constants dropped) of the scaled correction's error
+        under the head's L L^T (``mean=False``: each window's): Gaussian, or with ``dof`` a
+        Student t of that many degrees of freedom and scale matrix L L^T, whose heavy tails
+        leave the rare large errors little pull on L. The body's prediction is held fixed (no
+        gradient)."""
         error, factor = self.head_error(states, targets)
         white = torch.linalg.solve_triangular(factor, error.unsqueeze(2), upper=False).squeeze(2)
         log_det = torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
-        nll = 0.5 * (white * white).sum(1) + log_det
+        chi2 = (white * white).sum(1)
+        if dof is None:
+            nll = 0.5 * chi2 + log_det
+        else:
+            nll = 0.5 * (dof + error.shape[1]) * torch.log1p(chi2 / dof) + log_det
         return nll.mean() if mean else nll
 
     def loss_pair(

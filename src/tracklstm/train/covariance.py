@@ -87,12 +87,16 @@ def trimmed_mean(values: torch.Tensor, trim: float) -> torch.Tensor:
 
 
 def split_nll(
-    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], trim: float = 0.0
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    trim: float = 0.0,
+    dof: float | None = None,
 ) -> float:
-    """Mean negative log-likelihood of the windows of ``batches``, leaving out the share
-    ``trim`` of them with the largest (``CHOICE_TRIM`` when a head is chosen)."""
+    """Mean negative log-likelihood of the windows of ``batches`` (a Student t's with ``dof``),
+    leaving out the share ``trim`` of them with the largest (``CHOICE_TRIM`` when a head is
+    chosen)."""
     with torch.no_grad():
-        nll = torch.cat([model.covariance_nll(x, y, mean=False) for x, y in batches])
+        nll = torch.cat([model.covariance_nll(x, y, mean=False, dof=dof) for x, y in batches])
     return float(trimmed_mean(nll, trim)) if len(nll) else 0.0
 
 
@@ -116,6 +120,7 @@ def fit_covariance(
         p.requires_grad_(True)
     cfg = {**DEFAULT_TRAINING, **cfg}
     epochs, batch = int(cfg["covariance_epochs"]), min(int(cfg["batch_size"]), 256)
+    dof = None if cfg["covariance_dof"] is None else float(cfg["covariance_dof"])
     batches = list(val_src.eval_batches(batch, Dist()))
     split = cfg["covariance_split"]
     keep_last = split == "train"
@@ -129,19 +134,19 @@ def fit_covariance(
     optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=1e-5)
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    best = (split_nll(work, choose_part, CHOICE_TRIM), copy.deepcopy(head.state_dict()), 0)
+    best = (split_nll(work, choose_part, CHOICE_TRIM, dof), copy.deepcopy(head.state_dict()), 0)
     for epoch in range(1, epochs + 1):
         started, total, count = time.perf_counter(), 0.0, 0
         for i in torch.randperm(len(fit_part), generator=gen).tolist():
             x, y = fit_part[i]
-            loss = work.covariance_nll(x, y)
+            loss = work.covariance_nll(x, y, dof=dof)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(x)
             count += len(x)
         schedule.step()
-        chosen = split_nll(work, choose_part, CHOICE_TRIM)
+        chosen = split_nll(work, choose_part, CHOICE_TRIM, dof)
         log.info(
             "covariance epoch %d/%d: NLL fit %.4f | check %.4f | %.1fs",
             epoch,
@@ -161,14 +166,18 @@ def fit_covariance(
         sum(len(x) for x, _ in fit_part),
         split,
     )
+    calibration = fit_part + choose_part
     log.info(
-        "covariance scale of x, y, px, py, pz from %d held-out windows",
-        sum(len(x) for x, _ in choose_part),
+        "covariance scale of x, y, px, py and energy-loss term from %d windows",
+        sum(len(x) for x, _ in calibration),
     )
-    knots, scale = calibrate_scale(work, choose_part)
+    knots, scale = calibrate_scale(work, calibration)
     for target in (work, model):
         target.cov_scale_momentum.copy_(knots)
         target.cov_scale.copy_(scale)
+    variance = loss_variance(work, calibration)
+    for target in (work, model):
+        target.cov_loss_variance.fill_(variance)
     weight, spread = padded(
         *fit_scale_mixture(held_out_chi2(work, choose_part), int(cfg["covariance_components"]))
     )
@@ -191,41 +200,74 @@ def _scales(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def held_out_chi2(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
     """chi2 = e^T C^-1 e of the windows of ``batches`` under the model's calibrated covariance
-    (the head's, scaled by ``covariance_scale`` at each window's |p|): what the mixture of its
-    shape is fitted to (``models.scale_mixture.fit_scale_mixture``)."""
+    (``covariance_errors``): what the mixture of its shape is fitted to
+    (``models.scale_mixture.fit_scale_mixture``)."""
     values = []
     for x, y in batches:
-        error, factor = model.head_error(x, y)
-        momentum = torch.linalg.vector_norm(x[:, -1, 3:6].double(), dim=1)
-        scaled = error / model.covariance_scale(momentum)
-        white = torch.linalg.solve_triangular(factor, scaled.unsqueeze(2), upper=False)
+        error, cov = model.covariance_errors(x, y)
+        factor = torch.linalg.cholesky(cov)
+        white = torch.linalg.solve_triangular(factor, error.unsqueeze(2), upper=False)
         values.append((white.squeeze(2) ** 2).sum(1).cpu())
     return torch.cat(values).numpy() if values else np.zeros(0)
+
+
+@torch.no_grad()
+def loss_variance(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The variance (GeV/c)^2 of the energy-loss term (``cov_loss_variance``): the second moment
+    of the momentum's error along its direction u over the windows of ``batches``, less what the
+    scaled head already gives there (mean u^T C u), never below 0.
+
+    Straggling moves the momentum along u. Its rare hard collisions (one thin plane now and
+    then takes 1-40 MeV/c, a thousand times its usual loss) carry most of that second moment;
+    the head, fit to the bulk, leaves them out, and a scale of pz's spread would not put their
+    spread where it belongs: along u, correlated in px, py and pz (a chi2 of thousands for each
+    such window). The term is one number for every step: its rate is a thin plane's,
+    whatever the state; it is pinned down only by many windows (the demo's 41,400: to about
+    30 %)."""
+    model.cov_loss_variance.zero_()
+    along_sum, core_sum, n = 0.0, 0.0, 0
+    for x, y in batches:
+        error, cov = model.covariance_errors(x, y)
+        momentum = x[:, -1, 3:6].to(torch.float64)
+        u = momentum / torch.linalg.vector_norm(momentum, dim=1, keepdim=True)
+        along_sum += float(((error[:, 2:] * u).sum(1) ** 2).sum())
+        core_sum += float(torch.einsum("bi,bij,bj->b", u, cov[:, 2:, 2:], u).sum())
+        n += len(x)
+    if not n:
+        return 0.0
+    variance = max(0.0, (along_sum - core_sum) / n)
+    log.info(
+        "energy-loss term: the momentum error along p %.4f MeV/c rms, the head %.4f: sigma %.4f",
+        1e3 * (along_sum / n) ** 0.5,
+        1e3 * (core_sum / n) ** 0.5,
+        1e3 * variance**0.5,
+    )
+    return variance
 
 
 @torch.no_grad()
 def calibrate_scale(
     model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The covariance's spread per feature, as a function of |p|, that makes the pulls of
-    ``batches`` (windows the head did not learn on) have width 1: (knots in |p| (K,), scales
-    (K, 5)) with K = ``COV_SCALE_KNOTS`` for the model's ``cov_scale_momentum`` and
-    ``cov_scale``, interpolated linearly between the knots.
+    """The covariance's spread per feature, as a function of |p|, that gives the pulls of
+    ``batches`` a width of 1 in x, y, px and py: (knots in |p| (K,), scales (K, 5)) with
+    K = ``COV_SCALE_KNOTS`` for the model's ``cov_scale_momentum`` and ``cov_scale``,
+    interpolated linearly between the knots.
 
-    The windows are cut into |p| bins of equal counts, as many (8, 4, 2 or 1) as pin every bin's
-    mean error_i^2 / C_ii down to ``MAX_SCALE_ERROR`` (its standard error over the mean) for each
-    feature whose mean over all of them is; a knot is a bin's median |p|, its scale
-    sqrt(mean(error_i^2 / C_ii)) over the bin. A feature not pinned down over all the windows
-    keeps a scale of 1 (on the demo's few thousand held-out windows: every feature).
+    The windows are cut into |p| bins of equal counts, as many (8, 4, 2 or 1) as pin every
+    bin's mean error_i^2 / C_ii down to ``MAX_SCALE_ERROR`` (its standard error over the mean)
+    for each of x, y, px, py whose mean over all of them is; a knot is a bin's median |p|, its
+    scale sqrt(mean(error_i^2 / C_ii)) over the bin. A feature not pinned down takes its scale
+    over all the windows at every |p|. pz keeps a scale of 1: its spread beyond the head's is
+    the energy-loss term's (``loss_variance``).
 
-    The head's Gaussian fit leaves the second moment of heavy-tailed errors off, by an amount
-    that changes with |p|: at full size (2026-12-07) it promised 15-19 % too little spread in x,
-    y, px, py at 0.85 GeV/c and 5 % too much at 3.2 GeV/c. One scale for all |p| left the test
-    windows' pull widths at 1.05-1.06 in the lowest |p| quartile and 0.88-0.89 in the highest;
-    the 8 knots bring every quartile to 0.97-1.00. A variance calibration on held-out windows,
-    it keeps the head's shape and correlations. pz's second moment is set by the few largest
-    Landau losses (the largest 1 % of a step's pz deviations carry 65 % of its variance): its
-    scale is not pinned down, even at full size, and stays 1."""
+    The head's fit of the bulk leaves the second moment of heavy-tailed errors off, by an amount
+    that changes with |p| (a Student t head's scale matrix is narrower than the covariance by
+    design: 1.15-1.25 in spread at 10 degrees of freedom). At full size (2026-12-07) the
+    Gaussian head promised 15-19 % too little spread in x, y, px, py at 0.85 GeV/c and 5 % too
+    much at 3.2 GeV/c. One scale for all |p| left the test windows' pull widths at 1.05-1.06 in
+    the lowest |p| quartile and 0.88-0.89 in the highest; the 8 knots brought every quartile to
+    0.97-1.00. A variance calibration, it keeps the head's shape and correlations."""
     n = len(CORRECTED)
     ratios, momenta = [], []
     for x, y in batches:
@@ -235,10 +277,14 @@ def calibrate_scale(
     ratio = torch.cat(ratios) if ratios else torch.zeros(0, n, dtype=torch.float64)
     momentum = torch.cat(momenta) if momenta else torch.zeros(0, dtype=torch.float64)
     scale, relative = _scales(ratio)
-    pinned = relative < MAX_SCALE_ERROR
+    scaled = torch.arange(n) != n - 1  # x, y, px, py; not pz
+    if not len(ratio):
+        scale = torch.ones(n, dtype=torch.float64)
+    scale = torch.where(scaled, scale, torch.ones_like(scale))
+    pinned = scaled & (relative < MAX_SCALE_ERROR)
     if len(ratio) > 1:
         log.info(
-            "covariance scale: relative error of each mean %s (scaled below %g)",
+            "covariance scale: relative error of each mean %s (per |p| below %g)",
             ", ".join(f"{v:.3f}" for v in relative.tolist()),
             MAX_SCALE_ERROR,
         )
@@ -255,7 +301,7 @@ def calibrate_scale(
         if pinned_in_each and bool((medians.diff() > 0).all()):
             knots, table = medians, torch.stack([s for s, _ in fits])
             break
-    table = torch.where(pinned, table, torch.ones_like(table))  # the others stay at 1
+    table = torch.where(pinned, table, scale.unsqueeze(0))  # the others: one scale for all |p|
     log.info(
         "covariance scale of x, y, px, py, pz at %d |p| knot(s) (%s GeV/c): %s",
         len(knots),
