@@ -62,7 +62,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Path]]
             # and a scale mixture of three components
             model.cov_mixture_weight.copy_(torch.tensor([0.7, 0.25, 0.05]).double())
             model.cov_mixture_scale.copy_(torch.tensor([0.5, 2.0, 30.0]).double())
-            # and an energy-loss term of 2 MeV/c along the momentum
+            # and a transform that sets other correlations, and an energy-loss term of 2 MeV/c
+            # along the momentum
+            transform = torch.eye(5, dtype=torch.float64) + 0.3 * torch.rand(5, 5).double()
+            model.cov_transform.copy_(torch.tril(transform))
             model.cov_loss_variance.fill_(2e-3**2)
         for name in ("weights_best.pt", "weights_last.pt"):
             torch.save(model.state_dict(), run / name)
@@ -109,8 +112,9 @@ def test_cpp_equals_the_eager_model(
 def test_older_files_load_and_a_later_version_is_refused(
     program: Path, runs: dict, tmp_path: Path
 ) -> None:
-    """The file (version 4) carries the covariance's scale mixture and energy-loss term, read
-    back in C++ as the model holds them. A version 3 file (no energy-loss term) loads with none;
+    """The file (version 4) carries the covariance's scale mixture, transform and energy-loss
+    term, read back in C++ as the model holds them (the parity test checks the covariance). A
+    version 3 file (no transform, no energy-loss term) loads with the identity and none;
     a version 2 file (no mixture either) with one component of scale 1; a version 1 file (one
     covariance_scale per feature, no knots) also has that scale at every |p|; a later version
     is refused by name."""
@@ -127,15 +131,19 @@ def test_older_files_load_and_a_later_version_is_refused(
     assert result.returncode == 0, result.stderr
     stored = np.stack([model.cov_mixture_weight.numpy(), model.cov_mixture_scale.numpy()], 1)
     assert np.array_equal(read_tensor(tmp_path / "mix"), stored)
-    v3 = [line for line in lines if not line.startswith("covariance_loss_variance")]
+    v3 = [line for line in lines if not line.startswith(("covariance_loss", "covariance_trans"))]
     v3[0] = "tracklstm-propagator 3"
     (tmp_path / "v3.txt").write_text("\n".join(v3) + "\n")
     result = run_cpp(program, "--model", tmp_path / "v3.txt", *io, "--covariance", tmp_path / "c3")
     assert result.returncode == 0, result.stderr
-    u = x[:, -1, 3:].double().numpy()
-    u = np.concatenate([np.zeros((len(u), 2)), u / np.linalg.norm(u, axis=1, keepdims=True)], 1)
-    term = 2e-3**2 * u[:, :, None] * u[:, None, :]  # v u u^T, u = (0, 0, p / |p|)
-    assert np.abs(read_tensor(tmp_path / "c4") - read_tensor(tmp_path / "c3") - term).max() < 1e-12
+    with torch.no_grad():
+        model.cov_transform.copy_(torch.eye(5, dtype=torch.float64))
+        model.cov_loss_variance.zero_()
+        _, want = model.forward_with_covariance(x)  # what a version 3 file holds
+    sigma = np.sqrt(np.diagonal(want.numpy(), axis1=1, axis2=2))
+    scale = sigma[:, :, None] * sigma[:, None, :]
+    assert (np.abs(read_tensor(tmp_path / "c3") - want.numpy()) / scale).max() < 1e-5
+    assert (np.abs(read_tensor(tmp_path / "c4") - want.numpy()) / scale).max() > 1e-2
     v2 = [line for line in v3 if not line.startswith("covariance_mixture")]
     v2[0] = "tracklstm-propagator 2"
     (tmp_path / "v2.txt").write_text("\n".join(v2) + "\n")
@@ -154,7 +162,6 @@ def test_older_files_load_and_a_later_version_is_refused(
     (tmp_path / "v1.txt").write_text("\n".join(old) + "\n")
     with torch.no_grad():
         model.cov_scale.copy_(model.cov_scale[:1].expand_as(model.cov_scale))
-        model.cov_loss_variance.zero_()
         _, want = model.forward_with_covariance(x)
     result = run_cpp(program, "--model", tmp_path / "v1.txt", *io, "--covariance", tmp_path / "c")
     assert result.returncode == 0, result.stderr

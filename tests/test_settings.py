@@ -200,7 +200,10 @@ def test_stage_settings_hold_only_what_the_stage_reads(config: dict) -> None:
     train = settings.stage_settings(config, "train", "demo", "gru")
     assert set(train) == {"model", "training", "runtime", "window_length"}
     assert train["model"]["cell"] == "gru" and train["training"]["epochs"] == 20
-    assert settings.stage_settings(config, "windows", "demo") == {"windows": config["windows"]}
+    # the demo's own windows: (its split) over the top-level ones
+    windows = settings.merge(config["windows"], config["datasets"]["demo"]["windows"])
+    assert settings.stage_settings(config, "windows", "demo") == {"windows": windows}
+    assert windows["split"]["test"] > windows["split"]["train"]
     evaluation = settings.stage_settings(config, "evaluate", "demo", "lstm")["evaluation"]
     assert evaluation["helix_field"] == [[65.0, 2.0]]
 

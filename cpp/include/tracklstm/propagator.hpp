@@ -154,8 +154,8 @@ inline Network read_network(Reader& r, const std::string& key, int n_in, int n_o
 class Propagator {
  public:
   static constexpr const char* kMagic = "tracklstm-propagator";
-  // Version 4: the covariance's energy-loss term; version 3 (no such term), version 2 (no scale
-  // mixture either) and version 1 (one scale for every |p|) are read too.
+  // Version 4: the covariance's transform and energy-loss term; version 3 (neither), version 2
+  // (no scale mixture either) and version 1 (one scale for every |p|) are read too.
   static constexpr int kVersion = 4;
   // Windows per batch call of the network (scratch memory: 2 * kBlock * kMaxWidth floats).
   static constexpr int kBlock = 64;
@@ -226,6 +226,14 @@ class Propagator {
         p.mix_scale_ = {1.0};
       }
       if (version >= 4) {
+        p.cov_transform_ = r.values("covariance_transform", 25);
+        for (int i = 0; i < 5; ++i) {
+          if (!(p.cov_transform_[i * 5 + i] > 0.0))
+            r.fail(r.line(), "covariance_transform: a diagonal entry must be > 0");
+          for (int j = i + 1; j < 5; ++j)
+            if (p.cov_transform_[i * 5 + j] != 0.0)
+              r.fail(r.line(), "covariance_transform: must be lower-triangular");
+        }
         p.loss_variance_ = r.values("covariance_loss_variance", 1)[0];
         if (!(p.loss_variance_ >= 0.0))
           r.fail(r.line(), "covariance_loss_variance: a variance must be >= 0");
@@ -253,7 +261,7 @@ class Propagator {
   const std::vector<double>& covariance_mixture_weights() const { return mix_weight_; }
   const std::vector<double>& covariance_mixture_scales() const { return mix_scale_; }
   // The variance (GeV/c)^2 that energy-loss straggling adds to the momentum along its own
-  // direction u, beyond the head's: Q = (L s)(L s)^T + v u u^T (0 in a version 1 to 3 file).
+  // direction u, beyond the head's: Q = (s L T)(s L T)^T + v u u^T (0 in a version 1 to 3 file).
   double covariance_loss_variance() const { return loss_variance_; }
 
   // n tracks: states (n, states_per_step(), 6), oldest first, the last at a plane -> next
@@ -487,8 +495,9 @@ class Propagator {
     return s;
   }
 
-  // The covariance head's 15 numbers -> (L s)(L s)^T, L = D U (CovarianceHead), s = corr_std times
-  // the calibrated covariance_scale at the window's |p| = p, per row.
+  // The covariance head's 15 numbers -> (s L T)(s L T)^T, L = D U (CovarianceHead), s = corr_std
+  // times the calibrated covariance_scale at the window's |p| = p, per row, T the calibrated
+  // covariance_transform (lower-triangular; the identity in a version 1 to 3 file).
   void cholesky_product(const float* raw, double p, double* cov) const {
     double l[5][5] = {};
     for (int i = 0; i < 5; ++i) {
@@ -499,10 +508,14 @@ class Propagator {
     int k = 5;  // the unit-triangular entries, row by row (torch.tril_indices)
     for (int i = 1; i < 5; ++i)
       for (int j = 0; j < i; ++j, ++k) l[i][j] = l[i][i] * max_unit_ * std::tanh(raw[k] / max_unit_);
+    double lt[5][5] = {};  // l T, lower-triangular like both
+    for (int i = 0; i < 5; ++i)
+      for (int j = 0; j <= i; ++j)
+        for (int m = j; m <= i; ++m) lt[i][j] += l[i][m] * cov_transform_[m * 5 + j];
     for (int i = 0; i < 5; ++i)
       for (int j = 0; j <= i; ++j) {
         double sum = 0.0;
-        for (int m = 0; m <= j; ++m) sum += l[i][m] * l[j][m];
+        for (int m = 0; m <= j; ++m) sum += lt[i][m] * lt[j][m];
         cov[i * 5 + j] = cov[j * 5 + i] = sum;
       }
   }
@@ -515,7 +528,9 @@ class Propagator {
   std::vector<double> step_mean_, step_std_, static_mean_, static_std_, corr_mean_, corr_std_;
   std::vector<double> cov_knots_, cov_scale_;  // knots in |p|; 5 scales per knot
   std::vector<double> mix_weight_, mix_scale_;  // the covariance's scale mixture
-  double loss_variance_ = 0.0;                   // the covariance's energy-loss term
+  std::vector<double> cov_transform_ = {1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1,
+                                        0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1};  // row-major
+  double loss_variance_ = 0.0;  // the covariance's energy-loss term
   detail::Network body_, cov_head_;
   bool has_covariance_ = false;
   double max_unit_ = 0.0, min_diagonal_ = 0.0;

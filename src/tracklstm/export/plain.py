@@ -16,9 +16,10 @@ read back exactly) and the export metadata, in a text format a person can read:
     body L  dense n_in n_out W (row by row) b  ...  covariance 0|1 [max_unit_entry 1 ...
     min_cholesky_diagonal 1 ...  covariance_scale_momentum K ...  covariance_scale 5K ...
     covariance_mixture_weight M ...  covariance_mixture_scale M ...
-    covariance_loss_variance 1 ...  covariance_head ...]  end
+    covariance_transform 25 ...  covariance_loss_variance 1 ...  covariance_head ...]  end
 
-(The header still reads version 3 files, without the covariance's energy-loss term, version 2
+(The header still reads version 3 files, without the covariance's transform and energy-loss
+term, version 2
 files, without its scale mixture either, and version 1 files, with one ``covariance_scale 5``
 for all |p|.)
 
@@ -149,6 +150,7 @@ def weights_text(model: ResidualPropagator, meta: dict[str, Any]) -> str:
             _vector("covariance_scale", model.cov_scale),
             _vector("covariance_mixture_weight", model.cov_mixture_weight),
             _vector("covariance_mixture_scale", model.cov_mixture_scale),
+            _vector("covariance_transform", model.cov_transform),
             _vector("covariance_loss_variance", model.cov_loss_variance),
             *_network("covariance_head", head.net),
         ]

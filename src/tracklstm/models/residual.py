@@ -20,12 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from tracklstm.constants import N_FEATURES, PLANE_Z
-from tracklstm.models.scale_mixture import padded
+from tracklstm.models.covariance_head import (
+    CovarianceHead,
+    calibrated_covariance,
+    momentum_direction,
+    register_calibration,
+    scale_at,
+)
 from tracklstm.physics.helix_prior import field_tables, helix_step
 from tracklstm.settings import defaults
 
@@ -125,106 +130,6 @@ class RNNBody(nn.Module):
         return self.head(steps, torch.cat([x[:, -1], static], dim=1))
 
 
-#: Entries of a 5x5 lower-triangular Cholesky factor: 5 on the diagonal, then 10 below it.
-N_CHOLESKY: int = len(CORRECTED) * (len(CORRECTED) + 1) // 2
-#: Smallest diagonal entry of the factor, in units of the correction's spread: keeps every
-#: predicted covariance positive definite, however far out of range the input.
-MIN_CHOLESKY_DIAGONAL: float = 1e-3
-#: Largest entry below the diagonal of the factor's unit-triangular part (correlations up to
-#: about 0.995).
-MAX_UNIT_ENTRY: float = 10.0
-
-
-class CovarianceHead(nn.Module):
-    """The covariance of the corrected features at the next plane, as a Cholesky factor.
-
-    A small MLP on the same inputs as the body gives 15 numbers; the factor is L = D U: D the
-    diagonal of spreads (softplus, plus ``MIN_CHOLESKY_DIAGONAL``), U unit lower-triangular
-    with its 10 entries below the diagonal bounded by ``MAX_UNIT_ENTRY`` (tanh). L L^T is then
-    positive definite by construction and, whatever the input, the correlations it implies are
-    never so close to +-1 that float64 arithmetic loses them. L is in units of the correction's
-    spread (``corr_std``); ``ResidualPropagator.forward_with_covariance`` scales it to cm and
-    GeV/c.
-    """
-
-    def __init__(self, n_static: int, hidden_sizes: Sequence[int]) -> None:
-        super().__init__()
-        sizes = [n_static, *hidden_sizes]
-        layers: list[nn.Module] = []
-        for i in range(len(hidden_sizes)):
-            layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.SiLU()]
-        layers.append(nn.Linear(sizes[-1], N_CHOLESKY))
-        self.net = nn.Sequential(*layers)
-        self.n = len(CORRECTED)
-        self.max_unit = MAX_UNIT_ENTRY
-        self.min_diagonal = MIN_CHOLESKY_DIAGONAL
-        rows, cols = torch.tril_indices(len(CORRECTED), len(CORRECTED), offset=-1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-
-    def forward(self, static: torch.Tensor) -> torch.Tensor:
-        """``static`` (B, F): the last state and the step to the target plane (the noise of a
-        step does not depend on the earlier states) -> lower-triangular L (B, 5, 5), float64."""
-        raw = self.net(static)
-        raw = raw.to(torch.float64)
-        n = self.n
-        unit = torch.eye(n, dtype=torch.float64, device=raw.device).repeat(raw.shape[0], 1, 1)
-        unit[:, self.rows, self.cols] = self.max_unit * torch.tanh(raw[:, n:] / self.max_unit)
-        spread = nn.functional.softplus(raw[:, :n]) + self.min_diagonal
-        return spread.unsqueeze(2) * unit
-
-
-#: Knots in |p| of the covariance's calibrated scale (``cov_scale_momentum``): the scale is
-#: interpolated linearly between them, constant beyond the outer ones
-#: (``train.covariance.calibrate_scale`` uses as many as the held-out windows pin down).
-COV_SCALE_KNOTS: int = 8
-
-
-def cov_scale_table(knots: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's ``cov_scale_momentum`` (``COV_SCALE_KNOTS``,) and ``cov_scale`` (the same,
-    5) from K increasing knots (K,) and their scales (K, 5): beyond the last knot, knots 1 GeV/c
-    apart with its scale (which keeps the scale constant there)."""
-    extra = COV_SCALE_KNOTS - len(knots)
-    knots = knots.to(torch.float64)
-    scales = scales.to(torch.float64)
-    return (
-        torch.cat([knots, knots[-1] + torch.arange(1, extra + 1, dtype=torch.float64)]),
-        torch.cat([scales, scales[-1:].expand(extra, -1)]),
-    )
-
-
-def uniform_cov_scale(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(knots, scales) of a scale (5,) that does not depend on |p|: the knots 0, 1, ... (any
-    increasing ones), the same scale at each."""
-    return cov_scale_table(torch.zeros(1), scale.reshape(1, -1))
-
-
-def single_gaussian() -> tuple[torch.Tensor, torch.Tensor]:
-    """``cov_mixture_weight`` and ``cov_mixture_scale`` of one component of scale 1 (the errors
-    a single Gaussian of the covariance C): a model's before its mixture is fitted."""
-    weight, scale = padded(np.ones(1), np.ones(1))
-    return torch.from_numpy(weight), torch.from_numpy(scale)
-
-
-def _defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Weights saved before the covariance had its calibrated scale (a scale of 1), or before
-    the scale depended on |p| (one scale per feature): the same scale at every |p|; saved before
-    the mixture of its shape: one component of scale 1 (a single Gaussian); saved before its
-    energy-loss term: none."""
-    if prefix + "cov_head.net.0.weight" not in state:
-        return
-    key, knots = prefix + "cov_scale", prefix + "cov_scale_momentum"
-    if knots not in state:
-        scale = state.get(key, torch.ones(len(CORRECTED), dtype=torch.float64))
-        state[knots], state[key] = uniform_cov_scale(scale.reshape(-1)[: len(CORRECTED)])
-    if prefix + "cov_mixture_weight" not in state:
-        state[prefix + "cov_mixture_weight"], state[prefix + "cov_mixture_scale"] = (
-            single_gaussian()
-        )
-    if prefix + "cov_loss_variance" not in state:
-        state[prefix + "cov_loss_variance"] = torch.zeros((), dtype=torch.float64)
-
-
 class ResidualPropagator(nn.Module):
     """Next-plane state = float64 helix step of the last state + a learned, scaled correction.
 
@@ -272,26 +177,12 @@ class ResidualPropagator(nn.Module):
             self.body = MLPBody(n_static, history, hidden_sizes, dropout)
         else:
             self.body = RNNBody(body, n_static, history, hidden_sizes, head_sizes, dropout)
-        # The covariance head (trained after the body, on its errors: train.covariance).
+        # The covariance head (trained after the body, on its errors: train.covariance), and
+        # the buffers of its calibration
         self.has_covariance = bool(covariance)
         if self.has_covariance:
             self.cov_head = CovarianceHead(n_static, COVARIANCE_HIDDEN)
-            # the covariance's spread per feature as a function of |p| (at the knots
-            # cov_scale_momentum), calibrated on held-out windows after the head is trained
-            # (train.covariance.calibrate_scale); 1 before
-            knots, scale = uniform_cov_scale(torch.ones(len(CORRECTED), dtype=f64))
-            self.register_buffer("cov_scale_momentum", knots)
-            self.register_buffer("cov_scale", scale)
-            # the errors' shape under that covariance, sum_k w_k N(0, s_k C), fitted on the
-            # held-out windows too (models.scale_mixture); one component of scale 1 before
-            weight, spread = single_gaussian()
-            self.register_buffer("cov_mixture_weight", weight)
-            self.register_buffer("cov_mixture_scale", spread)
-            # the variance (GeV/c)^2 that energy-loss straggling adds to the momentum along its
-            # own direction, beyond the head's: rare hard collisions that a fit of the bulk
-            # leaves out (train.covariance.loss_variance); 0 before
-            self.register_buffer("cov_loss_variance", torch.zeros((), dtype=f64))
-            self._register_load_state_dict_pre_hook(_defaults_for_older_weights)
+            register_calibration(self)
 
     def prior(self, states: torch.Tensor) -> torch.Tensor:
         """Float64 helix step from the window's last state to the next plane: (B, 6).
@@ -377,46 +268,55 @@ class ResidualPropagator(nn.Module):
         return self._state(steps, static, prior), self._covariance(states, static)
 
     def _covariance(self, states: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        """The calibrated covariance (B, 5, 5) float64: the head's L L^T, its spread scaled to
-        cm and GeV/c and by ``covariance_scale`` at the last state's |p|, plus the energy-loss
-        term ``cov_loss_variance`` u u^T, u = (0, 0, p / |p|) the momentum's direction."""
-        momentum = states[:, -1, 3:6].to(torch.float64)
-        size = torch.linalg.vector_norm(momentum, dim=1)
-        spread = self.corr_std.unsqueeze(0) * self.covariance_scale(size)
-        factor = self.cov_head(static) * spread.unsqueeze(2)
-        u = torch.cat([torch.zeros_like(momentum[:, :2]), momentum / size.unsqueeze(1)], dim=1)
-        loss = self.cov_loss_variance * (u.unsqueeze(2) * u.unsqueeze(1))
-        return factor @ factor.transpose(1, 2) + loss
+        """The calibrated covariance (B, 5, 5) float64 (``covariance_head.calibrated_covariance``)
+        of the head's factor in cm and GeV/c at the last state's |p| and direction."""
+        factor, u, size = self._head_factor(states, static)
+        return self.calibrated(factor, u, size)
+
+    def calibrated(self, factor: torch.Tensor, u: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """The calibrated covariance (B, 5, 5) of the head's ``factor`` L (B, 5, 5) in cm and
+        GeV/c at momentum direction ``u`` (B, 5) and |p| ``size`` (B,), with this model's
+        calibration's buffers."""
+        return calibrated_covariance(
+            factor,
+            u,
+            size,
+            self.cov_scale_momentum,
+            self.cov_scale,
+            self.cov_transform,
+            self.cov_loss_variance,
+        )
+
+    def _head_factor(
+        self, states: torch.Tensor, static: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The head's factor L (B, 5, 5) in cm and GeV/c (its rows times ``corr_std``), the
+        momentum's direction u (B, 5) and |p| (B,) of the last state."""
+        u, size = momentum_direction(states)
+        return self.cov_head(static) * self.corr_std.unsqueeze(1), u, size
 
     @torch.no_grad()
-    def covariance_errors(
+    def calibration_parts(
         self, states: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The error of the predicted x, y, px, py, pz (B, 5) and the predicted covariance
-        (B, 5, 5), both float64 in cm and GeV/c (the error from the float64 prediction, before
-        ``forward`` rounds it to float32): what the covariance is judged on in training."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What ``train.covariance`` calibrates the head with, float64 in cm and GeV/c: the error
+        of the predicted x, y, px, py, pz (B, 5) (from the float64 prediction, before ``forward``
+        rounds it to float32), the head's factor L (B, 5, 5), u (B, 5) and |p| (B,)."""
         steps, static, prior = self.encode(states)
         corr = self.body(steps, static).to(torch.float64) * self.corr_std + self.corr_mean
-        truth = targets.to(torch.float64)[:, self.corrected]
-        return truth - prior[:, self.corrected] - corr, self._covariance(states, static)
+        error = targets.to(torch.float64)[:, self.corrected] - prior[:, self.corrected] - corr
+        return error, *self._head_factor(states, static)
 
     def covariance_scale(self, momentum: torch.Tensor) -> torch.Tensor:
-        """The calibrated scale of the covariance's spread (B, 5) at |p| ``momentum`` (B,):
-        ``cov_scale`` interpolated linearly between its knots ``cov_scale_momentum``, constant
-        beyond them (a sum of clamped ramps, which every export form runs)."""
-        knots, scale = self.cov_scale_momentum, self.cov_scale
-        out = scale[0].unsqueeze(0).expand(momentum.shape[0], -1)
-        for k in range(knots.shape[0] - 1):
-            ramp = ((momentum - knots[k]) / (knots[k + 1] - knots[k])).clamp(0.0, 1.0)
-            out = out + ramp.unsqueeze(1) * (scale[k + 1] - scale[k]).unsqueeze(0)
-        return out
+        """The calibrated scale of the covariance's spread (B, 5) at |p| ``momentum`` (B,)."""
+        return scale_at(self.cov_scale_momentum, self.cov_scale, momentum)
 
     def head_error(
         self, states: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The body's error in the scaled correction (B, 5) float64, held fixed (no gradient),
         and the head's Cholesky factor L (B, 5, 5) in the same units: what the head is fit on
-        (``covariance_nll``) and calibrated with (``train.covariance.calibrate_scale``)."""
+        (``covariance_nll``)."""
         steps, static, prior = self.encode(states)
         with torch.no_grad():
             error = self.scaled_target(targets, prior) - self.body(steps, static)

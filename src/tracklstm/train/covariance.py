@@ -42,28 +42,24 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from tracklstm.models.residual import CORRECTED, COV_SCALE_KNOTS, cov_scale_table
-from tracklstm.models.scale_mixture import fit_scale_mixture, padded
 from tracklstm.train.checkpoints import cpu_state
 from tracklstm.train.config import DEFAULT_TRAINING
+from tracklstm.train.covariance_calibration import (
+    CALIBRATION_BATCH,
+    CALIBRATION_BUFFERS,
+    Batch,
+    calibrate,
+)
 from tracklstm.train.data import WindowSource, subset_batches
 from tracklstm.train.runtime import Dist
 
 log = logging.getLogger("tracklstm.train")
-
-#: The largest standard error of a feature's mean error^2 / variance (over the mean) on the
-#: held-out windows for which ``calibrate_scale`` scales its spread: 0.03, 1.5 % in the spread,
-#: below the few % the head is off by. Measured 2026-12-07: 0.05-0.065 for x, y, px, py on the
-#: demo's 4,600 held-out windows (scaled by 0.1 there, the test windows' widths moved by as much
-#: noise as bias: chi2/ndf 0.99 -> 0.95), 0.007 at full size (447,603: widths 1.10 -> 0.99);
-#: pz 0.52 and 0.21, never pinned down.
-MAX_SCALE_ERROR: float = 0.03
 
 #: The share of the choosing windows whose NLL is left out when the head's epoch is chosen: the
 #: largest errors are single hard collisions (one plane can take 40 MeV/c of a track's momentum,
@@ -166,148 +162,19 @@ def fit_covariance(
         sum(len(x) for x, _ in fit_part),
         split,
     )
-    calibration = fit_part + choose_part
+    sources = (val_src, train_src) if split == "train" else (val_src,)
+
+    def windows() -> Iterator[Batch]:
+        for source in sources:
+            yield from source.eval_batches(CALIBRATION_BATCH, Dist())
+
     log.info(
-        "covariance scale of x, y, px, py and energy-loss term from %d windows",
-        sum(len(x) for x, _ in calibration),
+        "covariance calibration on %d windows (%s)",
+        sum(source.n for source in sources),
+        " and ".join(("validation", "train")[: len(sources)]),
     )
-    knots, scale = calibrate_scale(work, calibration)
-    for target in (work, model):
-        target.cov_scale_momentum.copy_(knots)
-        target.cov_scale.copy_(scale)
-    variance = loss_variance(work, calibration)
-    for target in (work, model):
-        target.cov_loss_variance.fill_(variance)
-    weight, spread = padded(
-        *fit_scale_mixture(held_out_chi2(work, choose_part), int(cfg["covariance_components"]))
-    )
-    for target in (work, model):
-        target.cov_mixture_weight.copy_(torch.from_numpy(weight))
-        target.cov_mixture_scale.copy_(torch.from_numpy(spread))
+    calibrate(work, windows, int(cfg["covariance_components"]))
+    for name in CALIBRATION_BUFFERS:
+        getattr(model, name).copy_(getattr(work, name))
     model.cov_head.load_state_dict(best[1])
     return cpu_state(work.state_dict())
-
-
-def _scales(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sqrt(mean) of each column of ``ratio`` (n, 5: error_i^2 / C_ii), and each mean's
-    standard error over the mean (infinite for fewer than 2 rows)."""
-    mean = ratio.mean(0)
-    if len(ratio) < 2:
-        return torch.sqrt(mean), torch.full_like(mean, torch.inf)
-    return torch.sqrt(mean), ratio.std(0) / len(ratio) ** 0.5 / mean
-
-
-@torch.no_grad()
-def held_out_chi2(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
-    """chi2 = e^T C^-1 e of the windows of ``batches`` under the model's calibrated covariance
-    (``covariance_errors``): what the mixture of its shape is fitted to
-    (``models.scale_mixture.fit_scale_mixture``)."""
-    values = []
-    for x, y in batches:
-        error, cov = model.covariance_errors(x, y)
-        factor = torch.linalg.cholesky(cov)
-        white = torch.linalg.solve_triangular(factor, error.unsqueeze(2), upper=False)
-        values.append((white.squeeze(2) ** 2).sum(1).cpu())
-    return torch.cat(values).numpy() if values else np.zeros(0)
-
-
-@torch.no_grad()
-def loss_variance(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """The variance (GeV/c)^2 of the energy-loss term (``cov_loss_variance``): the second moment
-    of the momentum's error along its direction u over the windows of ``batches``, less what the
-    scaled head already gives there (mean u^T C u), never below 0.
-
-    Straggling moves the momentum along u. Its rare hard collisions (one thin plane now and
-    then takes 1-40 MeV/c, a thousand times its usual loss) carry most of that second moment;
-    the head, fit to the bulk, leaves them out, and a scale of pz's spread would not put their
-    spread where it belongs: along u, correlated in px, py and pz (a chi2 of thousands for each
-    such window). The term is one number for every step: its rate is a thin plane's,
-    whatever the state; it is pinned down only by many windows (the demo's 41,400: to about
-    30 %)."""
-    model.cov_loss_variance.zero_()
-    along_sum, core_sum, n = 0.0, 0.0, 0
-    for x, y in batches:
-        error, cov = model.covariance_errors(x, y)
-        momentum = x[:, -1, 3:6].to(torch.float64)
-        u = momentum / torch.linalg.vector_norm(momentum, dim=1, keepdim=True)
-        along_sum += float(((error[:, 2:] * u).sum(1) ** 2).sum())
-        core_sum += float(torch.einsum("bi,bij,bj->b", u, cov[:, 2:, 2:], u).sum())
-        n += len(x)
-    if not n:
-        return 0.0
-    variance = max(0.0, (along_sum - core_sum) / n)
-    log.info(
-        "energy-loss term: the momentum error along p %.4f MeV/c rms, the head %.4f: sigma %.4f",
-        1e3 * (along_sum / n) ** 0.5,
-        1e3 * (core_sum / n) ** 0.5,
-        1e3 * variance**0.5,
-    )
-    return variance
-
-
-@torch.no_grad()
-def calibrate_scale(
-    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The covariance's spread per feature, as a function of |p|, that gives the pulls of
-    ``batches`` a width of 1 in x, y, px and py: (knots in |p| (K,), scales (K, 5)) with
-    K = ``COV_SCALE_KNOTS`` for the model's ``cov_scale_momentum`` and ``cov_scale``,
-    interpolated linearly between the knots.
-
-    The windows are cut into |p| bins of equal counts, as many (8, 4, 2 or 1) as pin every
-    bin's mean error_i^2 / C_ii down to ``MAX_SCALE_ERROR`` (its standard error over the mean)
-    for each of x, y, px, py whose mean over all of them is; a knot is a bin's median |p|, its
-    scale sqrt(mean(error_i^2 / C_ii)) over the bin. A feature not pinned down takes its scale
-    over all the windows at every |p|. pz keeps a scale of 1: its spread beyond the head's is
-    the energy-loss term's (``loss_variance``).
-
-    The head's fit of the bulk leaves the second moment of heavy-tailed errors off, by an amount
-    that changes with |p| (a Student t head's scale matrix is narrower than the covariance by
-    design: 1.15-1.25 in spread at 10 degrees of freedom). At full size (2026-12-07) the
-    Gaussian head promised 15-19 % too little spread in x, y, px, py at 0.85 GeV/c and 5 % too
-    much at 3.2 GeV/c. One scale for all |p| left the test windows' pull widths at 1.05-1.06 in
-    the lowest |p| quartile and 0.88-0.89 in the highest; the 8 knots brought every quartile to
-    0.97-1.00. A variance calibration, it keeps the head's shape and correlations."""
-    n = len(CORRECTED)
-    ratios, momenta = [], []
-    for x, y in batches:
-        error, factor = model.head_error(x, y)
-        ratios.append((error * error / (factor * factor).sum(2)).cpu())  # e_i^2 / (L L^T)_ii
-        momenta.append(torch.linalg.vector_norm(x[:, -1, 3:6].double(), dim=1).cpu())
-    ratio = torch.cat(ratios) if ratios else torch.zeros(0, n, dtype=torch.float64)
-    momentum = torch.cat(momenta) if momenta else torch.zeros(0, dtype=torch.float64)
-    scale, relative = _scales(ratio)
-    scaled = torch.arange(n) != n - 1  # x, y, px, py; not pz
-    if not len(ratio):
-        scale = torch.ones(n, dtype=torch.float64)
-    scale = torch.where(scaled, scale, torch.ones_like(scale))
-    pinned = scaled & (relative < MAX_SCALE_ERROR)
-    if len(ratio) > 1:
-        log.info(
-            "covariance scale: relative error of each mean %s (per |p| below %g)",
-            ", ".join(f"{v:.3f}" for v in relative.tolist()),
-            MAX_SCALE_ERROR,
-        )
-    knots = momentum.median().reshape(1) if len(momentum) else torch.zeros(1, dtype=torch.float64)
-    table = scale.unsqueeze(0)
-    order = torch.argsort(momentum)
-    for bins in (COV_SCALE_KNOTS, 4, 2):
-        if not pinned.any() or len(ratio) < 2 * bins:
-            break
-        parts = [order[i] for i in torch.tensor_split(torch.arange(len(order)), bins)]
-        fits = [_scales(ratio[i]) for i in parts]
-        medians = torch.stack([momentum[i].median() for i in parts])
-        pinned_in_each = all(bool((rel[pinned] < MAX_SCALE_ERROR).all()) for _, rel in fits)
-        if pinned_in_each and bool((medians.diff() > 0).all()):
-            knots, table = medians, torch.stack([s for s, _ in fits])
-            break
-    table = torch.where(pinned, table, scale.unsqueeze(0))  # the others: one scale for all |p|
-    log.info(
-        "covariance scale of x, y, px, py, pz at %d |p| knot(s) (%s GeV/c): %s",
-        len(knots),
-        ", ".join(f"{v:.2f}" for v in knots.tolist()),
-        "; ".join(", ".join(f"{v:.3f}" for v in row) for row in table.tolist()),
-    )
-    knots, table = cov_scale_table(knots, table)
-    device = model.cov_scale.device
-    return knots.to(device), table.to(device)

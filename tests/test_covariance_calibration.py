@@ -1,0 +1,197 @@
+"""The calibration of the covariance head (``train.covariance_calibration``): the spread per
+feature and |p|, the whitening transform, the energy-loss term, on errors of known shape."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from test_covariance import model_with_head, simulated_windows
+
+from tracklstm.evaluate.calibration import covariance_metrics
+from tracklstm.models.covariance_head import COV_SCALE_KNOTS
+from tracklstm.models.residual import build_residual
+from tracklstm.train import covariance_calibration as calibration
+from tracklstm.train.covariance import fit_covariance
+from tracklstm.train.covariance_calibration import (
+    calibrate_scale,
+    loss_variance,
+    whitening_transform,
+)
+from tracklstm.train.data import DeviceWindows
+from tracklstm.train.runtime import Dist
+
+
+@pytest.fixture(scope="module")
+def windows() -> tuple[torch.Tensor, torch.Tensor]:
+    return simulated_windows()
+
+
+def test_the_covariance_is_calibrated_on_the_windows_of_its_errors(
+    windows: tuple[torch.Tensor, torch.Tensor],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the head is trained its spread is scaled so that the pulls of the windows it
+    learned on and of the held-out ones have width 1 in x, y, px, py, at |p| knots where they
+    pin the scale down (here with a looser bound than the default) and with one scale for
+    every |p| where they do not; pz keeps 1 and the energy-loss term is set; errors twice as
+    large ask for twice the scale; weights saved before the scale, the mixture or the term
+    existed load with a scale of 1, one component and no term."""
+    model = model_with_head(windows, history=0, steps=300)
+    inputs, targets = windows
+    cut, test = 2000, len(inputs)
+    val_src = DeviceWindows(inputs[cut:test], targets[cut:test])
+    cfg = {"covariance_epochs": 5, "batch_size": 256, "seed": 1}
+    default = calibration.MAX_SCALE_ERROR
+    monkeypatch.setattr(calibration, "MAX_SCALE_ERROR", 0.2)
+    with caplog.at_level(logging.INFO, logger="tracklstm.train"):
+        train_src = DeviceWindows(inputs[:cut], targets[:cut])
+        weights = fit_covariance(model, model.state_dict(), train_src, val_src, cfg)
+    assert f"covariance calibration on {test} windows (validation and train)" in caplog.text
+    scale, knots = weights["cov_scale"], weights["cov_scale_momentum"]
+    assert torch.equal(model.cov_scale, scale) and torch.equal(model.cov_scale_momentum, knots)
+    assert scale.shape == (COV_SCALE_KNOTS, 5) and bool((knots.diff() > 0).all())
+    assert bool((scale[:, 4] == 1).all()) and not torch.all(scale == 1)
+    assert float(weights["cov_loss_variance"]) == float(model.cov_loss_variance) >= 0
+    pooled = inputs[:test].numpy(), targets[:test].numpy().astype(float)
+    widths = covariance_metrics(model, *pooled)["pull_width"]
+    # the root mean square of the pulls is 1 (their standard deviation: nearly)
+    assert all(abs(widths[f] - 1) < 0.05 for f in ("x", "y", "px", "py")), widths
+    with torch.no_grad():
+        pred = model(inputs[cut:test]).double()
+    doubled = targets[cut:test].double() + (targets[cut:test].double() - pred)
+    _, once = calibrate_scale(model, [(inputs[cut:test], targets[cut:test])])
+    monkeypatch.setattr(calibration, "MAX_SCALE_ERROR", default)
+    # 5,000 windows do not pin a scale down to the default 3 % at any knot: one scale at every
+    # |p|, each feature's over all the windows
+    batches = list(val_src.eval_batches(256, Dist()))
+    _, uniform = calibrate_scale(model, batches)
+    assert torch.equal(uniform, uniform[:1].expand_as(uniform)) and bool((uniform[:, 4] == 1).all())
+    assert not torch.all(uniform == 1)
+    monkeypatch.setattr(calibration, "MAX_SCALE_ERROR", 0.2)
+    _, twice = calibrate_scale(model, [(inputs[cut:test], doubled)])
+    torch.testing.assert_close(twice[:, :4], 2 * once[:, :4], rtol=2e-3, atol=0)
+    assert bool((once[:, 4] == 1).all()) and bool((twice[:, 4] == 1).all())
+    # the mixture of the errors' shape, fitted on the held-out windows, is stored too
+    mix_w, mix_s = weights["cov_mixture_weight"], weights["cov_mixture_scale"]
+    assert torch.equal(model.cov_mixture_weight, mix_w) and float(mix_w.sum()) == pytest.approx(1)
+    assert "chi2 scale mixture, 1 component(s)" in caplog.text and bool((mix_s > 0).all())
+    fresh_keys = ("cov_scale", "cov_mixture", "cov_transform", "cov_loss_variance")
+    old = {k: v for k, v in weights.items() if not k.startswith(fresh_keys)}
+    fresh = build_residual({"hidden_sizes": [32], "history": 0, "covariance": True})
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.cov_scale, torch.ones(COV_SCALE_KNOTS, 5, dtype=torch.float64))
+    assert fresh.cov_mixture_weight.tolist() == [1, 0, 0]
+    assert fresh.cov_mixture_scale.tolist() == [1, 1, 1]
+    assert float(fresh.cov_loss_variance) == 0
+    assert torch.equal(fresh.cov_transform, torch.eye(5, dtype=torch.float64))
+    # saved when the scale was one per feature: that scale at every |p|
+    fresh.load_state_dict({**old, "cov_scale": torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double()})
+    assert torch.equal(fresh.cov_scale[5], torch.tensor([1.1, 1.2, 1.3, 1.4, 1.0]).double())
+    momentum = torch.tensor([0.5, 2.0, 9.0], dtype=torch.float64)
+    assert torch.allclose(fresh.covariance_scale(momentum)[:, 3], torch.full((3,), 1.4).double())
+
+
+def test_the_energy_loss_term_is_the_momentum_spread_along_its_direction(
+    windows: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Errors drawn from the head's covariance plus a spread s along the momentum's direction
+    u: ``loss_variance`` finds s^2 (the second moment along u less the head's), and the model
+    then predicts C + s^2 u u^T; errors with nothing beyond the head's give a term of 0."""
+    model = model_with_head(windows, history=0, steps=300)
+    inputs = windows[0][:6000]
+    with torch.no_grad():
+        pred, cov = model.forward_with_covariance(inputs)
+    gen = torch.Generator().manual_seed(7)
+    core = torch.linalg.cholesky(cov) @ torch.randn(len(inputs), 5, 1, generator=gen).double()
+    momentum = inputs[:, -1, 3:].double()
+    u = torch.cat(
+        [torch.zeros(len(inputs), 2).double(), momentum / momentum.norm(dim=1, keepdim=True)], 1
+    )
+    along = torch.einsum("bi,bij,bj->b", u, cov, u).sqrt().median()
+    spread = 3 * float(along)
+    delta = spread * torch.randn(len(inputs), 1, generator=gen).double()
+    for extra, want in ((delta * u, spread**2), (torch.zeros_like(u), 0.0)):
+        truth = pred.double().clone()
+        truth[:, [0, 1, 3, 4, 5]] += core.squeeze(2) + extra
+        variance = loss_variance(model, [(inputs, truth.float())])
+        assert variance == pytest.approx(want, abs=0.1 * spread**2)
+    with torch.no_grad():
+        model.cov_loss_variance.fill_(spread**2)
+        _, with_term = model.forward_with_covariance(inputs)
+    term = spread**2 * u.unsqueeze(2) * u.unsqueeze(1)
+    torch.testing.assert_close(with_term - cov, term, rtol=1e-9, atol=1e-12 * spread**2)
+
+
+def test_the_covariance_scale_follows_momentum(
+    windows: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors that are twice as large above the median |p| as the head says, and as large
+    below: the scale is calibrated at knots in |p|, about 1 at the low knots and 2 at the high
+    ones, and the pulls of the lowest and the highest quarter get width 1 again; between the
+    knots it is interpolated linearly, constant beyond them."""
+    monkeypatch.setattr(calibration, "MAX_SCALE_ERROR", 0.2)
+    model = model_with_head(windows, history=0, steps=300)
+    inputs = windows[0][:6000]
+    momentum = torch.linalg.vector_norm(inputs[:, -1, 3:6].double(), dim=1)
+    _, body_cov = model.forward_with_covariance(inputs)
+    with torch.no_grad():
+        pred = model(inputs).double()
+        # errors of the spread the head says (pulls of width 1), times 2 above the median |p|
+        white = torch.randn(len(inputs), 5, generator=torch.Generator().manual_seed(4)).double()
+        sigma = torch.sqrt(torch.diagonal(body_cov, dim1=1, dim2=2))
+        factor = torch.where(momentum > momentum.median(), 2.0, 1.0).unsqueeze(1)
+        errors = white * sigma * factor
+    bent = pred.clone()
+    bent[:, [0, 1, 3, 4, 5]] += errors
+    knots, scale = calibrate_scale(model, [(inputs, bent.float())])
+    assert bool((knots.diff() > 0).all()) and scale.shape == (COV_SCALE_KNOTS, 5)
+    ratio = scale[-1, :4] / scale[0, :4]
+    assert bool(((ratio > 1.6) & (ratio < 2.4)).all()), scale
+    with torch.no_grad():
+        model.cov_scale_momentum.copy_(knots)
+        model.cov_scale.copy_(scale)
+        between = model.covariance_scale((knots[:2].sum() / 2).reshape(1))[0]
+        beyond = model.covariance_scale(torch.tensor([0.0, 100.0], dtype=torch.float64))
+    torch.testing.assert_close(between, scale[:2].mean(0))
+    torch.testing.assert_close(beyond, scale[[0, -1]])
+    result = covariance_metrics(model, inputs.numpy(), bent.numpy())
+    quartiles = result["pull_width_by_momentum_quartile"]
+    low, high = quartiles[0], quartiles[3]
+    assert all(abs(low[f] - 1) < 0.12 and abs(high[f] - 1) < 0.12 for f in ("x", "y", "px")), result
+
+
+def test_the_whitening_transform_sets_the_correlations(
+    windows: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Errors e = L A z (z unit Gaussians) whose spreads and correlations differ from the
+    head's L: the transform T comes out as A, and under L T the chi2/ndf is 1 and the pulls of
+    x and px are as correlated as the covariance says."""
+    model = model_with_head(windows, history=0, steps=300)
+    inputs = windows[0][:8000]
+    with torch.no_grad():
+        pred, cov = model.forward_with_covariance(inputs)
+    mix = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 1.2, 0.0, 0.0, 0.0],
+            [0.6, 0.0, 0.5, 0.0, 0.0],
+            [0.0, -0.3, 0.0, 0.8, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+        ],
+        dtype=torch.float64,
+    )
+    gen = torch.Generator().manual_seed(11)
+    white = torch.randn(len(inputs), 5, 1, generator=gen).double()
+    truth = pred.double().clone()
+    truth[:, [0, 1, 3, 4, 5]] += (torch.linalg.cholesky(cov) @ mix @ white).squeeze(2)
+    transform = whitening_transform(model, [(inputs, truth.float())])
+    torch.testing.assert_close(transform, mix, rtol=0, atol=0.05)
+    before = covariance_metrics(model, inputs.numpy(), truth.numpy())
+    with torch.no_grad():
+        model.cov_transform.copy_(transform)
+    after = covariance_metrics(model, inputs.numpy(), truth.numpy())
+    assert abs(after["chi2_ndf_mean"] - 1) < 0.03 < abs(before["chi2_ndf_mean"] - 1)
+    assert all(abs(w - 1) < 0.03 for w in after["pull_width"].values()), after
