@@ -114,6 +114,32 @@ def test_the_benchmark_judges_each_number_of_components() -> None:
     assert one["0.683"] > 0.75, one
 
 
+def test_the_subsets_benchmark_shows_how_one_rare_error_moves_a_small_set() -> None:
+    """benchmarks/covariance_subsets.py: Gaussian errors of exactly the predicted covariance
+    give every set of 200 tracks a mean chi2/ndf near 1; one error of 300 sigma in one track
+    moves its set's mean by 5 (90,000 over 5 times 3,600 windows) and no other set's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import covariance_subsets as cs
+
+    rng = np.random.default_rng(5)
+    n, per_track = 36_000, 18
+    covs = np.broadcast_to(np.diag([1.0, 2.0, 0.5, 0.5, 3.0]), (n, 5, 5)).copy()
+    errors = rng.standard_normal((n, 5)) * np.sqrt([1.0, 2.0, 0.5, 0.5, 3.0])
+    track = np.repeat(np.arange(n // per_track), per_track)
+    momentum = rng.uniform(0.5, 4.0, n)
+    calm = cs.over_sets(errors, covs, momentum, track, 200)
+    assert calm["sets"] == 10 and calm["test_tracks"] == 2000
+    assert calm["over_the_sets"]["chi2_ndf_mean"]["min"] > 0.93
+    assert calm["over_the_sets"]["chi2_ndf_mean"]["max"] < 1.07
+    errors[7, 4] = 300 * np.sqrt(3.0)  # one hard collision
+    rare = cs.over_sets(errors, covs, momentum, track, 200)
+    assert rare["over_the_sets"]["chi2_ndf_mean"]["max"] > 5.5
+    medians = rare["over_the_sets"]["chi2_ndf_median"], calm["over_the_sets"]["chi2_ndf_median"]
+    assert abs(medians[0]["max"] - medians[1]["max"]) < 0.01  # the median does not see it
+    share = "share_of_sets_with_chi2_ndf_within_0.05_of_1"
+    assert rare[share] == pytest.approx(calm[share] - 0.1)  # one set of ten left the band
+
+
 def test_the_setting_allows_what_the_model_holds() -> None:
     """training.covariance_components: at most the components the model's buffers hold."""
     from tracklstm.models.scale_mixture import MAX_COMPONENTS

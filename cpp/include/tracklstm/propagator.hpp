@@ -255,9 +255,10 @@ class Propagator {
   const std::vector<double>& plane_z() const { return plane_z_; }
   const std::string& metadata_json() const { return metadata_; }
   // The shape of the errors around the covariance Q of next()/step(): sum_k w_k N(0, s_k Q), a
-  // scale mixture fitted to held-out windows (tracklstm.models.scale_mixture) that describes the
-  // tails of scattering and energy loss: the components of a Gaussian-sum filter. Weights add up
-  // to 1 (components of weight 0 are unused); one component of scale 1 for a version 1 or 2 file.
+  // scale mixture fitted on the calibration windows (tracklstm.models.scale_mixture) that
+  // describes the tails of scattering and energy loss: the components of a Gaussian-sum filter.
+  // Weights add up to 1 (components of weight 0 are unused); one component of scale 1 for a
+  // version 1 or 2 file.
   const std::vector<double>& covariance_mixture_weights() const { return mix_weight_; }
   const std::vector<double>& covariance_mixture_scales() const { return mix_scale_; }
   // The variance (GeV/c)^2 that energy-loss straggling adds to the momentum along its own

@@ -9,7 +9,7 @@ inside C's 68.3 % region, 96 % inside its 95 % region).
 
 A Gaussian-sum description of the same shape (Fruehwirth's Gaussian-sum filter models
 scattering so) says what no single Gaussian can: e ~ sum_k w_k N(0, s_k C), so that
-chi2 ~ sum_k w_k s_k chi2(5). ``fit_scale_mixture`` fits the weights and scales to held-out
+chi2 ~ sum_k w_k s_k chi2(5). ``fit_scale_mixture`` fits the weights and scales to the calibration
 windows' chi2 by expectation-maximization, with 1 to ``MAX_COMPONENTS`` components (chosen by
 the Bayesian information criterion); ``mixture_cdf`` and ``mixture_quantile`` give its regions:
 the region of content q is chi2 below the mixture's q-quantile. The training stage stores the fit
@@ -31,7 +31,7 @@ log = logging.getLogger("tracklstm.train")
 NDF: int = 5
 #: The most components a fit may use (and the length of the model's mixture buffers).
 MAX_COMPONENTS: int = 3
-#: Fewer held-out windows than this per free parameter: one component (a single Gaussian).
+#: Fewer windows than this per free parameter: one component (a single Gaussian).
 WINDOWS_PER_PARAMETER: int = 200
 #: Expectation-maximization stops when the mean log-likelihood gains less than this.
 TOLERANCE: float = 1e-9
@@ -107,7 +107,7 @@ def fit_scale_mixture(
     chi2: np.ndarray, max_components: int = MAX_COMPONENTS, iterations: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weights and scales (increasing) of sum_k w_k s_k chi2(5) fitted to ``chi2`` (the
-    held-out windows' chi2 under the predicted covariance) by expectation-maximization: of the
+    calibration windows' chi2 under the predicted covariance) by expectation-maximization: of the
     fits with 1 to ``max_components`` components (each with at least ``WINDOWS_PER_PARAMETER``
     windows per free parameter), the one with the lowest Bayesian information criterion (on at
     most ``MAX_FIT_WINDOWS`` of them)."""

@@ -1,40 +1,41 @@
 """The second stage of a residual propagator with a covariance head (``model.covariance``).
 
 After the body is trained (``train.fit``), the body's best weights are loaded and held fixed,
-and the covariance head (``models.residual.CovarianceHead``) learns the distribution of the
-body's errors by Gaussian negative log-likelihood: Adam at 1e-3 with cosine decay over
-``training.covariance_epochs`` epochs. ``training.covariance_split`` says where it learns:
+and the covariance head (``models.covariance_head.CovarianceHead``) learns the distribution of
+the body's errors: Adam at 1e-3 with cosine decay over ``training.covariance_epochs`` epochs, by
+the negative log-likelihood of a Student t of ``training.covariance_dof`` degrees of freedom
+(10; null: a Gaussian's). A Gaussian head learns the second moment window by window, and the
+errors' rare hard collisions (a thin plane now and then takes 1-40 MeV/c, a thousand times its
+usual loss) then inflate its spread at the few training states where they happened and nowhere
+else: on 360,000 new windows its pz pulls had width 2.7-3.1 and its chi2/ndf was 2.7-3.3
+(2026-12-07, the demo's one-state model). The t's tails leave those windows little pull on the
+head, which learns the bulk; the calibration then gives the covariance its second moment
+(``train.covariance_calibration``). ``training.covariance_split`` says where the head learns:
 
 - ``train`` (the default): on the training windows (at most ``training.covariance_windows``
   of them, 100,000: a fixed random subset of a larger split, which the head's 1,700 parameters
   do not need and which would cost a full-size run minutes); it keeps its last epoch (the
   validation split's negative log-likelihood, logged each epoch, cannot choose one: its mean is
-  set by the few windows with the largest Landau losses, thousands of sigma out; at full size
-  it rose by 6 nats from epoch 4 on while the fit's kept falling, and the head it chose was
-  half-trained, pull widths 1.10-1.12). A body errs a little less on its own training windows
-  than on new ones, so a head fit there could promise too little; for the demo's MLP bodies
-  the data it gains matter far more.
-  Measured on the demo's test windows (2026-12-06): pull widths 1.00-1.05 (pz 0.95-1.15),
-  chi2/ndf 1.00-1.15, the one-state walk's chi2/ndf at plane 24 0.94; fit on half of the
-  validation split instead, the head (1,700 parameters on 2,300 windows) could not learn how
-  the spread falls with |p| on short steps (a near-constant 9 um in x where the simulator's
-  exact spread goes from 11 to 3 um): widths 1.08-1.45, chi2/ndf 1.24-1.43.
+  set by the few windows with the largest Landau losses). A body errs a little less on its own
+  training windows than on new ones, so a head fit there could promise too little; for the
+  demo's MLP bodies the data it gains matter far more (fit on half of the validation split
+  instead, the head, 1,700 parameters on 2,300 windows, could not learn how the spread falls
+  with |p| on short steps: pull widths 1.08-1.45, 2026-12-06).
 - ``validation``: on the validation split only, which the body never trained on (for a body
   that overfits: a small LSTM body's head fit on its 90 training epochs' windows gave chi2/ndf
   2.6 on new windows); its even batches fit the head, the odd ones choose the epoch with the
   best negative log-likelihood.
 
-Then its spread per feature is calibrated on windows it did not learn on (the validation
-split, or the odd batches): ``calibrate_scale`` sets ``cov_scale`` so that their pulls have
-width 1, for each feature whose scale they pin down (x, y, px, py; not pz). Last, the shape of
-the errors under that covariance: a scale mixture sum_k w_k N(0, s_k C) with at most
-``training.covariance_components`` components fitted to the same windows' chi2
-(``models.scale_mixture``), stored as ``cov_mixture_weight`` and ``cov_mixture_scale``.
+Then ``train.covariance_calibration.calibrate`` sets the spread per feature and |p|, the
+whitening transform, the energy-loss term and the scale mixture of the errors' shape, on the
+validation windows and (with ``train``) the training windows too: every window whose error is
+known, since the hard collisions that set the second moment are rare.
 
 The prediction of the state is untouched (the body's weights do not move), so a model with a
 covariance head predicts exactly what it would without one.
 
-It takes seconds on the demo; it is not checkpointed (a killed run redoes it on resume).
+It takes seconds on the demo and two minutes at full size (2 cores); it is not checkpointed
+(a killed run redoes it on resume).
 """
 
 from __future__ import annotations

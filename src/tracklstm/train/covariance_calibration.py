@@ -184,7 +184,7 @@ def loss_variance(model: nn.Module, batches: Iterable[Batch]) -> float:
     A scale of pz's spread would not put the hard collisions' spread where it belongs: along
     u, in px, py and pz together (a chi2 of thousands for each such window). The term is one
     number for every step, as a thin plane's rate of hard collisions is; only many windows pin
-    it down (one step in about 30,000 loses 40 MeV/c: the demo's 41,400 windows hold one or two
+    it down (one step in about 35,000 loses 40 MeV/c: the demo's 41,400 windows hold one or two
     such steps, its v is uncertain by a factor of 2)."""
     along_sum, core_sum, n = 0.0, 0.0, 0
     zero = torch.zeros((), dtype=torch.float64, device=model.cov_loss_variance.device)
