@@ -7,9 +7,9 @@ covariance C the model predicts for it:
 - pulls e_i / sqrt(C_ii) per feature: width (standard deviation) and mean, overall and per
   quartile of |p| (the last input state's momentum); a calibrated model gives widths of 1. Each
   width and mean chi2/ndf has its standard error (``*_error``): a heavy tail makes them large
-  (on the demo's 327,600 test windows pz's width is 0.72 +- 0.07, x's 1.015 +- 0.003), and
+  (on the demo's 147,600 test windows pz's width is 1.53 +- 0.22, x's 1.026 +- 0.004), and
   still too small where the sample holds too few of the rarest errors (over sets of 3,600 of
-  those windows, the mean chi2/ndf of one covariance runs from 0.79 to 1.71). Beside
+  those windows, the mean chi2/ndf of one covariance runs from 0.79 to 4.34). Beside
   each width its core's (``pull_width_core``, from the median absolute deviation): scattering's
   and straggling's far tails (a hard collision takes a thousand times the median loss in one
   step) set the standard deviation, which no Gaussian follows in the bulk and the tails at once;
