@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,16 @@ def add_model_and_windows(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=Path, default=ROOT / "results/demo/windows.h5")
 
 
-def record_per_dataset(out: Path, windows: Path, result: dict[str, Any]) -> None:
+def record_per_dataset(
+    out: Path, windows: Path, result: dict[str, Any], started: float | None = None
+) -> None:
     """Put ``result`` into the JSON file ``out`` under the name of ``windows``'s folder (the
-    dataset: ``demo``, ``full``), keeping the other datasets' entries."""
+    dataset: ``demo``, ``full``), keeping the other datasets' entries; with the machine, the
+    date and, from ``started`` (a ``time.perf_counter()``), the seconds it took."""
+    if started is not None:
+        result["seconds"] = round(time.perf_counter() - started, 1)
+    result["machine"] = machine()
+    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     record = json.loads(out.read_text()) if out.is_file() else {}
     record[windows.resolve().parent.name] = result
     write_json(out, record)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import add_model_and_windows, machine, record_per_dataset  # noqa: E402
+from benchlib import add_model_and_windows, record_per_dataset  # noqa: E402
 
 from tracklstm.evaluate.calibration import errors_and_covariances  # noqa: E402
 from tracklstm.evaluate.gaussian import chi2_of  # noqa: E402
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     result = measure(args.model, args.windows, args.components)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["machine"] = machine()
-    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    record_per_dataset(args.out, args.windows, result)
+    record_per_dataset(args.out, args.windows, result, started)
     return 0
 
 

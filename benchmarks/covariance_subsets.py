@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import add_model_and_windows, machine, record_per_dataset  # noqa: E402
+from benchlib import add_model_and_windows, record_per_dataset  # noqa: E402
 
 from tracklstm.evaluate.calibration import calibration_metrics, errors_and_covariances  # noqa: E402
 from tracklstm.export.loading import load_model  # noqa: E402
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     result = measure(args.model, args.windows, args.tracks)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["machine"] = machine()
-    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    record_per_dataset(args.out, args.windows, result)
+    record_per_dataset(args.out, args.windows, result, started)
     log.info("%s", result["over_the_sets"].get("chi2_ndf_mean"))
     return 0
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchlib import add_model_and_windows, machine, record_per_dataset  # noqa: E402
+from benchlib import add_model_and_windows, record_per_dataset  # noqa: E402
 
 from tracklstm.data.simulate import simulate_tracks  # noqa: E402
 from tracklstm.evaluate import track_fit as tf  # noqa: E402
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         mixture = (np.asarray(stored["weights"]), np.asarray(stored["scales"]))
         step = tf.learned_step(model, length)
         result["learned"] = compare(step, test[:, 1:], mixture, args.resolution)
-    result.update(model=str(args.model), machine=machine(), date=time.strftime("%Y-%m-%d %H:%M"))
+    result["model"] = str(args.model)
     record_per_dataset(args.out, args.windows, result)
     return 0
 

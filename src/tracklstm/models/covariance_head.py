@@ -80,7 +80,7 @@ class CovarianceHead(nn.Module):
 
 #: Knots in |p| of the covariance's calibrated scale (``cov_scale_momentum``): the scale is
 #: interpolated linearly between them, constant beyond the outer ones
-#: (``train.covariance.calibrate_scale`` uses as many as its windows pin down).
+#: (``train.covariance_calibration.calibrate_scale`` uses as many as its windows pin down).
 COV_SCALE_KNOTS: int = 8
 
 
@@ -133,11 +133,11 @@ def defaults_for_older_weights(state: dict[str, Any], prefix: str, *_: Any) -> N
 
 
 def register_calibration(module: nn.Module) -> None:
-    """The buffers of the head's calibration on ``module`` (``train.covariance.calibrate``), at
-    their values before it: a scale of 1 at every |p| (``cov_scale_momentum``, ``cov_scale``),
-    the identity transform (``cov_transform``), no energy-loss term (``cov_loss_variance``) and a
-    single Gaussian (``cov_mixture_weight``, ``cov_mixture_scale``); and the hook that gives
-    older weights those values."""
+    """The buffers of the head's calibration (``train.covariance_calibration.calibrate``) on
+    ``module``, at their values before it: a scale of 1 at every |p| (``cov_scale_momentum``,
+    ``cov_scale``), the identity transform (``cov_transform``), no energy-loss term
+    (``cov_loss_variance``) and a single Gaussian (``cov_mixture_weight``,
+    ``cov_mixture_scale``); and the hook that gives older weights those values."""
     f64 = torch.float64
     knots, scale = uniform_cov_scale(torch.ones(N_CORRECTED, dtype=f64))
     module.register_buffer("cov_scale_momentum", knots)

@@ -85,7 +85,7 @@ def trimmed_mean(values: torch.Tensor, trim: float) -> torch.Tensor:
 
 def split_nll(
     model: nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: list[Batch],
     trim: float = 0.0,
     dof: float | None = None,
 ) -> float:
@@ -109,7 +109,7 @@ def fit_covariance(
     into ``model`` too (its body stays the last epoch's)."""
     work = copy.deepcopy(model)
     work.load_state_dict(best_weights)
-    work.train()
+    work.eval()  # the body predicts as exported (no dropout); the head has no such layer
     for p in work.parameters():
         p.requires_grad_(False)
     head = work.cov_head
