@@ -19,9 +19,8 @@ read back exactly) and the export metadata, in a text format a person can read:
     covariance_transform 25 ...  covariance_loss_variance 1 ...  covariance_head ...]  end
 
 (The header still reads version 3 files, without the covariance's transform and energy-loss
-term, version 2
-files, without its scale mixture either, and version 1 files, with one ``covariance_scale 5``
-for all |p|.)
+term, version 2 files, without its scale mixture either, and version 1 files, with one
+``covariance_scale 5`` for all |p|.)
 
 Only the residual kind with an MLP body has one (``supported``). Before the file appears under
 its name the stage compiles ``cpp/tracklstm_propagate.cpp`` with the machine's C++ compiler
