@@ -76,6 +76,7 @@ def project(workdir: Path, tracks: int, model: str, epochs: int | None = None) -
         "description": "simulated, the real file's size",
         "source": "simulate",
         "simulate": {"tracks_per_shard": per_shard, "shards": SHARDS, "seed": 20261130},
+        "training": {"covariance_loss_tail": "simulator"},  # simulated, as the demo
     }
     config["build"] = {"datasets": ["full"], "models": [model]}
     if epochs is not None:

@@ -70,6 +70,10 @@ def test_layers_dataset_then_model(config: dict) -> None:
         (lambda c: c["datasets"]["demo"].update(source="ftp"), "datasets.demo.source"),
         (lambda c: c["build"].update(datasets=["nope"]), "nope"),
         (lambda c: c["datasets"]["mlchallenge2"].pop("url"), "url"),
+        (
+            lambda c: c["datasets"]["demo"]["training"].update(covariance_loss_tail="landau"),
+            "covariance_loss_tail",
+        ),
     ],
 )
 def test_errors_name_the_key(config: dict, edit, named: str) -> None:

@@ -178,6 +178,15 @@ def landau_loss(
     return np.clip(loss, 0.0, np.minimum(mpv + t_max, MAX_LAYER_LOSS))
 
 
+def largest_momentum_loss(p: np.ndarray, capped: bool = True) -> np.ndarray:
+    """The largest momentum (GeV/c) a pion of momentum ``p`` loses in one thin layer: T_max over
+    beta, and with ``capped`` at most ``MAX_LAYER_LOSS`` over beta, where ``landau_loss`` piles
+    every larger loss (a thin layer's most probable loss, a few keV, left out)."""
+    beta2, _, t_max = _pion(np.asarray(p, dtype=np.float64))
+    cut = np.minimum(t_max, MAX_LAYER_LOSS) if capped else t_max
+    return cut / np.sqrt(beta2)
+
+
 def highland(medium: Medium, grams: np.ndarray, p: np.ndarray, beta2: np.ndarray) -> np.ndarray:
     """Highland's theta_0 (rad) for ``grams`` of ``medium`` (path length included)."""
     x = np.maximum(grams / medium.radiation_length, 1e-12)

@@ -174,7 +174,7 @@ def fit_covariance(
         sum(source.n for source in sources),
         " and ".join(("validation", "train")[: len(sources)]),
     )
-    calibrate(work, windows, int(cfg["covariance_components"]))
+    calibrate(work, windows, int(cfg["covariance_components"]), cfg["covariance_loss_tail"])
     for name in CALIBRATION_BUFFERS:
         getattr(model, name).copy_(getattr(work, name))
     model.cov_head.load_state_dict(best[1])
