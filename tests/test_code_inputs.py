@@ -130,12 +130,15 @@ def test_what_each_stage_is_made_of() -> None:
         "data/checksums.py"
     }
     assert not {"settings.py", "stage_cli.py", "evaluation_plan.py", "train/__init__.py"} & train
+    # the energy-loss term's tail needs the simulator's cut, not its material
+    assert "physics/delta_rays.py" in train and "physics/material.py" not in train
 
     simulate = names(ci.module_files("tracklstm.data.simulate"))
     assert simulate == {
         "data/simulate.py",
         "physics/solenoid.py",
         "physics/material.py",
+        "physics/delta_rays.py",
         "constants.py",
         "files.py",
     }

@@ -4,6 +4,8 @@ feature and |p|, the whitening transform, the energy-loss term, on errors of kno
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from test_covariance import model_with_head, simulated_windows
 from tracklstm.evaluate.calibration import covariance_metrics
 from tracklstm.models.covariance_head import COV_SCALE_KNOTS, scale_at
 from tracklstm.models.residual import build_residual
-from tracklstm.physics.material import COPPER, MAX_LAYER_LOSS, landau_loss, largest_momentum_loss
+from tracklstm.physics.delta_rays import MAX_LAYER_LOSS, largest_momentum_loss
+from tracklstm.physics.material import COPPER, landau_loss
 from tracklstm.train import covariance_calibration as calibration
 from tracklstm.train.covariance import fit_covariance
 from tracklstm.train.covariance_calibration import (
@@ -278,3 +281,29 @@ def test_the_knots_give_every_bin_width_one_under_the_interpolated_scale() -> No
         widths(fitted), torch.ones(4, 5, dtype=torch.float64), atol=1e-5, rtol=0
     )
     assert float(fitted[1].min()) > float(own[1].max())  # the peak's knot rises
+
+
+def test_the_fresh_tracks_benchmark_judges_in_parts_as_at_once(
+    windows: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/covariance_fresh.py judges a covariance on fresh tracks a part at a time:
+    its widths, quartiles, chi2 and coverage are those of all the windows judged at once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import covariance_fresh as cf
+
+    from tracklstm.data.simulate import simulate_tracks
+    from tracklstm.data.windows import make_windows
+    from tracklstm.evaluate.calibration import calibration_metrics, errors_and_covariances
+
+    model = model_with_head(windows, history=0, steps=100)
+    monkeypatch.setattr(cf, "PART", 70)
+    judged = cf.judge_fresh(model, 200, 7, 24)
+    parted = cf.judged_metrics(judged.pop("whole"))
+    drawn = [simulate_tracks(n, seed=cf.SEED, shard=i) for i, n in enumerate((70, 70, 60))]
+    inputs, targets, _, _ = make_windows(np.concatenate(drawn).astype(np.float32), 7)
+    at_once = calibration_metrics(*errors_and_covariances(model, inputs, targets))
+    assert parted["windows"] == at_once["windows"] == len(inputs) > 3000
+    for key in ("pull_width", "chi2_ndf_mean", "coverage_95", "momentum_quartile_edges"):
+        assert parted[key] == at_once[key], key
+    assert parted["pull_width_by_momentum_quartile"] == at_once["pull_width_by_momentum_quartile"]
+    assert judged["tracks"] == 200 and judged["steps_at_the_cap"] >= 0

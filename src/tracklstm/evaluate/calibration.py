@@ -78,14 +78,21 @@ def pulls_and_chi2(
     ``momentum`` (n,) and ``quartile`` (n,: 0-3, of |p|, edges ``edges``); ``positive`` (N,)."""
     chi2, positive = chi2_of(errors, covs)
     sigma = np.sqrt(np.diagonal(covs[positive], axis1=1, axis2=2))
-    p = momentum[positive]
-    edges = np.quantile(p, [0.25, 0.5, 0.75]) if len(p) else np.zeros(3)
+    return judged_from(errors[positive] / sigma, chi2, momentum[positive], positive)
+
+
+def judged_from(
+    pulls: np.ndarray, chi2: np.ndarray, momentum: np.ndarray, positive: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``pulls_and_chi2``'s result from the pulls, chi2 and |p| of the positive definite
+    windows and ``positive`` (N,): their |p| quartiles added (for windows judged in parts)."""
+    edges = np.quantile(momentum, [0.25, 0.5, 0.75]) if len(momentum) else np.zeros(3)
     return {
-        "pulls": errors[positive] / sigma,
+        "pulls": pulls,
         "chi2": chi2,
-        "momentum": p,
+        "momentum": momentum,
         "edges": edges,
-        "quartile": np.searchsorted(edges, p),
+        "quartile": np.searchsorted(edges, momentum),
         "positive": positive,
     }
 
@@ -110,15 +117,21 @@ def calibration_metrics(
     covs: np.ndarray,
     momentum: np.ndarray,
     mixture: dict[str, list[float]] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The statistics of the module notes for errors (N, 5) and covariances (N, 5, 5); with
     ``mixture`` (the model's ``covariance_mixture``) its coverage too."""
-    judged = pulls_and_chi2(errors, covs, momentum)
+    return judged_metrics(pulls_and_chi2(errors, covs, momentum), mixture)
+
+
+def judged_metrics(
+    judged: dict[str, np.ndarray], mixture: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """``calibration_metrics`` of windows judged by ``pulls_and_chi2`` or ``judged_from``."""
     pulls, chi2, quartile = judged["pulls"], judged["chi2"], judged["quartile"]
     ndf = len(ANSWER_FEATURES)
     extra = {"mixture": mixture_coverage(chi2, mixture)} if mixture else {}
     return {
-        "windows": len(errors),
+        "windows": len(judged["positive"]),
         "not_positive_definite": int((~judged["positive"]).sum()),
         "pull_width": _widths(pulls),
         "pull_width_error": _width_errors(pulls),

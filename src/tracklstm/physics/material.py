@@ -54,9 +54,9 @@ to plane 24) with ``benchmarks/sim_vs_real.py``: the median |p| loss (10.0 MeV/c
 - the chamber gas (Ar/CO2) from the endplate on: mean Bethe loss only, 2.5 keV per cm;
 - the scattering tail: 4.5 % of the crossings scatter 3.5 times wider (fitted, with the real
   track's kicks and the flights' 95 % region);
-- the Landau tail is cut at 40 MeV per layer (``MAX_LAYER_LOSS``; T_max is 100-400 MeV here):
-  the rare larger losses would dominate the simulated variance of pz; the largest of the 31
-  real losses is 33 MeV/c.
+- the Landau tail is cut at 40 MeV per layer (``MAX_LAYER_LOSS``, in ``physics.delta_rays``;
+  T_max is 100-400 MeV here): the rare larger losses would dominate the simulated variance of
+  pz; the largest of the 31 real losses is 33 MeV/c.
 
 ``python -m tracklstm.physics.material`` prints the table of layers.
 """
@@ -70,11 +70,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracklstm.constants import PLANE_Z
+from tracklstm.physics.delta_rays import (
+    ELECTRON_MASS,
+    MAX_LAYER_LOSS,
+    PION_MASS,
+    pion_kinematics,
+)
 
-#: Mass (GeV/c^2) of the tracked particle: the charged pion.
-PION_MASS: float = 0.13957
-#: Electron mass (GeV/c^2) and the Bethe constant K = 4 pi N_A r_e^2 m_e c^2 (GeV cm^2/mol).
-ELECTRON_MASS: float = 0.51099895e-3
+#: The Bethe constant K = 4 pi N_A r_e^2 m_e c^2 (GeV cm^2/mol).
 BETHE_K: float = 0.307075e-3
 #: Landau variates: the standard Landau mode, and the shift from the stable variate to Landau's.
 LANDAU_MODE: float = -0.22278
@@ -82,8 +85,6 @@ _LANDAU_SHIFT: float = math.log(math.pi / 2.0)
 #: Single-scattering tail of the angle distribution: share of crossings and relative width.
 TAIL_WEIGHT: float = 0.045
 TAIL_WIDTH: float = 3.5
-#: Largest energy loss (GeV) drawn in one layer (see the module notes on the Landau tail).
-MAX_LAYER_LOSS: float = 0.040
 
 
 @dataclass(frozen=True)
@@ -135,19 +136,9 @@ def _kinematics(s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return p, p / s[4], p2 / (p2 + PION_MASS * PION_MASS)
 
 
-def _pion(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """beta^2, (beta gamma)^2 and T_max (GeV), the largest energy one collision gives an
-    electron, of a pion of momentum ``p``."""
-    beta2 = p * p / (p * p + PION_MASS * PION_MASS)
-    bg2 = (p / PION_MASS) ** 2
-    ratio = ELECTRON_MASS / PION_MASS
-    t_max = 2 * ELECTRON_MASS * bg2 / (1 + 2 * np.sqrt(1.0 + bg2) * ratio + ratio * ratio)
-    return beta2, bg2, t_max
-
-
 def bethe_mean_loss(medium: Medium, grams: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Mean energy lost (GeV) by a pion of momentum ``p`` crossing ``grams`` (g/cm^2)."""
-    beta2, bg2, t_max = _pion(p)
+    beta2, bg2, t_max = pion_kinematics(p)
     i_gev = medium.excitation_ev * 1e-9
     log_term = 0.5 * np.log(2 * ELECTRON_MASS * bg2 * t_max / (i_gev * i_gev))
     delta_half = medium.density_effect(0.5 * np.log(bg2))
@@ -166,7 +157,7 @@ def landau_loss(
     medium: Medium, grams: np.ndarray, p: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Energy lost (GeV), Landau-distributed about the PDG most probable value, capped at T_max."""
-    beta2, bg2, t_max = _pion(p)
+    beta2, bg2, t_max = pion_kinematics(p)
     i_gev = medium.excitation_ev * 1e-9
     xi = 0.5 * BETHE_K * medium.z_over_a * grams / beta2
     safe_xi = np.maximum(xi, 1e-30)
@@ -176,15 +167,6 @@ def landau_loss(
     )
     loss = mpv + xi * (landau(rng, len(p)) - LANDAU_MODE)
     return np.clip(loss, 0.0, np.minimum(mpv + t_max, MAX_LAYER_LOSS))
-
-
-def largest_momentum_loss(p: np.ndarray, capped: bool = True) -> np.ndarray:
-    """The largest momentum (GeV/c) a pion of momentum ``p`` loses in one thin layer: T_max over
-    beta, and with ``capped`` at most ``MAX_LAYER_LOSS`` over beta, where ``landau_loss`` piles
-    every larger loss (a thin layer's most probable loss, a few keV, left out)."""
-    beta2, _, t_max = _pion(np.asarray(p, dtype=np.float64))
-    cut = np.minimum(t_max, MAX_LAYER_LOSS) if capped else t_max
-    return cut / np.sqrt(beta2)
 
 
 def highland(medium: Medium, grams: np.ndarray, p: np.ndarray, beta2: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from tracklstm.models.covariance_head import (
     scale_at,
 )
 from tracklstm.models.scale_mixture import fit_scale_mixture, padded
-from tracklstm.physics.material import largest_momentum_loss
+from tracklstm.physics.delta_rays import largest_momentum_loss
 
 log = logging.getLogger("tracklstm.train")
 
@@ -232,7 +232,7 @@ def landau_tail(lost: int, momentum: np.ndarray, tail: str) -> float:
     """The second moment (GeV/c)^2 per window of the losses beyond ``TAIL_START`` among windows
     of |p| ``momentum`` (n,), ``lost`` of them beyond it, from Landau's tail: the density
     A / t^2 of a loss t from ``TAIL_START`` (t0) to the largest loss c of the window's |p|
-    (``physics.material.largest_momentum_loss``), A fitted to the count ``lost``.
+    (``physics.delta_rays.largest_momentum_loss``), A fitted to the count ``lost``.
 
     ``simulator``: every loss beyond c sits at c (P(loss > t) = A / t below it; second moment
     A (2 c - t0)); ``t_max``: c is T_max and nothing lies beyond (P(loss > t) = A (1/t - 1/c);
