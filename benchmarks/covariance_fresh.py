@@ -4,7 +4,8 @@ pz's pull width and the mean chi2/ndf of a calibrated covariance are ruled by en
 rarest steps (about one in 35,000 loses 40 MeV/c, with a chi2 of thousands), so on the demo's
 147,600 test windows pz's width has a standard error of 0.12 and on a full-size test split of
 0.09 (``covariance_subsets.py``). This benchmark draws ``--tracks`` new tracks from the
-simulator (a seed no dataset uses; rounded to float32 as the pipeline stores them), cuts them
+simulator (a seed no dataset uses; rounded as the CSV holds them, then to float32 as the
+pipeline stores them: the rounding sets the covariance's narrowest direction), cuts them
 into the windows file's windows and judges the model's covariance on all of them, a part at a
 time (``tracklstm.evaluate.calibration``: pull widths overall and per |p| quartile with their
 standard errors, chi2/ndf, coverage of C's regions and of its scale mixture's), with the count
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchlib import add_model_and_windows, record_per_dataset  # noqa: E402
 from covariance_subsets import CAP_STEP  # noqa: E402
 
-from tracklstm.data.simulate import simulate_tracks  # noqa: E402
+from tracklstm.data.simulate import as_written, simulate_tracks  # noqa: E402
 from tracklstm.data.windows import make_windows  # noqa: E402
 from tracklstm.evaluate.calibration import (  # noqa: E402
     errors_and_covariances,
@@ -60,7 +61,7 @@ def judge_fresh(model: Any, tracks: int, length: int, last_plane: int) -> dict[s
     for shard, first in enumerate(tqdm(range(0, tracks, PART), desc="parts", unit="part")):
         drawn = simulate_tracks(min(PART, tracks - first), seed=SEED, shard=shard)
         inputs, targets, _, _ = make_windows(
-            drawn.astype(np.float32), length, last_target_plane=last_plane
+            as_written(drawn).astype(np.float32), length, last_target_plane=last_plane
         )
         errors, covs, size = errors_and_covariances(model, inputs, targets)
         judged = pulls_and_chi2(errors, covs, size)

@@ -291,7 +291,7 @@ def test_the_fresh_tracks_benchmark_judges_in_parts_as_at_once(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import covariance_fresh as cf
 
-    from tracklstm.data.simulate import simulate_tracks
+    from tracklstm.data.simulate import as_written, simulate_tracks
     from tracklstm.data.windows import make_windows
     from tracklstm.evaluate.calibration import calibration_metrics, errors_and_covariances
 
@@ -300,7 +300,7 @@ def test_the_fresh_tracks_benchmark_judges_in_parts_as_at_once(
     judged = cf.judge_fresh(model, 200, 7, 24)
     parted = cf.judged_metrics(judged.pop("whole"))
     drawn = [simulate_tracks(n, seed=cf.SEED, shard=i) for i, n in enumerate((70, 70, 60))]
-    inputs, targets, _, _ = make_windows(np.concatenate(drawn).astype(np.float32), 7)
+    inputs, targets, _, _ = make_windows(as_written(np.concatenate(drawn)).astype(np.float32), 7)
     at_once = calibration_metrics(*errors_and_covariances(model, inputs, targets))
     assert parted["windows"] == at_once["windows"] == len(inputs) > 3000
     for key in ("pull_width", "chi2_ndf_mean", "coverage_95", "momentum_quartile_edges"):

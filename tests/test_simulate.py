@@ -314,6 +314,10 @@ def test_write_csv_round_trip(tmp_path: Path, small_sample: np.ndarray) -> None:
     flat = small_sample.reshape(300, 150)
     np.testing.assert_allclose(back, flat, rtol=1e-5, atol=0)
     assert not np.array_equal(back, flat)  # 6 significant digits, not full precision
+    # as_written gives what the file holds without writing it (all but rare ties)
+    written = sim.as_written(small_sample).reshape(300, 150)
+    assert np.mean(written == back) > 0.999
+    np.testing.assert_allclose(written, back, rtol=1.01e-5, atol=0)
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(sim.SimulationError, match="shape"):
         sim.write_csv(small_sample[:, :24], tmp_path / "bad.csv")
