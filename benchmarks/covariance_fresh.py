@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from benchlib import add_model_and_windows, record_per_dataset  # noqa: E402
-from covariance_subsets import CAP_STEP  # noqa: E402
+from covariance_subsets import steps_at_the_cap  # noqa: E402
 
 from tracklstm.data.simulate import as_written, simulate_tracks  # noqa: E402
 from tracklstm.data.windows import make_windows  # noqa: E402
@@ -65,9 +65,7 @@ def judge_fresh(model: Any, tracks: int, length: int, last_plane: int) -> dict[s
         )
         errors, covs, size = errors_and_covariances(model, inputs, targets)
         judged = pulls_and_chi2(errors, covs, size)
-        direction = inputs[:, -1, 3:].astype(np.float64)
-        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-        at_cap += int(((errors[:, 2:] * direction).sum(1) < -CAP_STEP).sum())
+        at_cap += steps_at_the_cap(inputs, errors)
         for kept, key in ((pulls, "pulls"), (chi2, "chi2"), (momentum, "momentum")):
             kept.append(judged[key])
         positive.append(judged["positive"])

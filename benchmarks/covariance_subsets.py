@@ -47,6 +47,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "covariance_subsets.json"
 CAP_STEP = 0.039
 
 
+def steps_at_the_cap(inputs: np.ndarray, errors: np.ndarray) -> int:
+    """How many of the windows ``inputs`` (N, W, 6), whose errors are ``errors`` (N, 5), have
+    a momentum error along the last state's direction beyond ``CAP_STEP``."""
+    direction = inputs[:, -1, 3:].astype(np.float64)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return int((np.abs((errors[:, 2:] * direction).sum(1)) > CAP_STEP).sum())
+
+
 def statistics(errors: np.ndarray, covs: np.ndarray, momentum: np.ndarray) -> dict[str, float]:
     """The judged statistics of one set of windows."""
     result = calibration_metrics(errors, covs, momentum)
@@ -109,15 +117,12 @@ def measure(model_path: Path, windows: Path, tracks_per_set: int) -> dict[str, A
         inputs, targets = h5["test/inputs"][...], h5["test/targets"][...]
         track = h5["test/track"][...]
     errors, covs, momentum = errors_and_covariances(model, inputs, targets)
-    direction = inputs[:, -1, 3:].astype(np.float64)
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    along = (errors[:, 2:] * direction).sum(1)
     result = over_sets(errors, covs, momentum, track, tracks_per_set)
     log.info("%d test windows, %d sets of %d tracks", len(errors), result["sets"], tracks_per_set)
     return {
         "model": str(model_path),
         "windows": str(windows),
-        "steps_at_the_cap": int((np.abs(along) > CAP_STEP).sum()),
+        "steps_at_the_cap": steps_at_the_cap(inputs, errors),
         **result,
     }
 
